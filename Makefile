@@ -1,0 +1,30 @@
+# trainserve: every target creates the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where datasets live. On a machine with no network, put the MNIST files in $(DATA_DIR)/mnist/.
+# A checkout with ../shared/datasets beside it (the team's machines and CI) uses that copy.
+DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
+ARGS ?=
+
+.PHONY: setup train test lint serve clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+train: setup
+	$(PY) -m training --data-dir $(DATA_DIR) $(ARGS)
+
+test: setup
+	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

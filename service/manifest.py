@@ -1,0 +1,198 @@
+"""The artifact contract between training and serving (stdlib only).
+
+An artifact is a folder ``<root>/<name>/<version>/`` holding ``model.pt`` (a scripted TorchScript module)
+and ``manifest.json`` (this module's :class:`Manifest`). Training writes it, the service reads it; neither
+guesses anything the manifest does not say. The schema is documented for humans in ``models/README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.pt"
+
+# Names travel in URLs (/v2/models/{name}) and in Prometheus labels: keep them boring.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+
+
+class ManifestError(ValueError):
+    """A manifest or artifact folder that breaks the contract."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one example looks like to the scripted module (the batch dimension is not included)."""
+
+    shape: tuple[int, ...]  # channels first: (C, H, W)
+    name: str = "input"
+    dtype: str = "float32"
+    # Float pixels are expected in this range; the module applies its own mean/std normalisation.
+    range: tuple[float, float] = (0.0, 1.0)
+    # The module also takes uint8 pixels 0..255 and scales them itself, so clients can send raw bytes.
+    accepts_uint8: bool = True
+    # "light": light strokes on a dark ground, as MNIST. Uploaded images are converted to match.
+    ink: str = "light"
+    # How uploaded images become inputs: "mnist" (crop to the ink, fit into 20x20, centre by mass in
+    # 28x28, as the MNIST set was made) or "resize" (plain resize to H x W).
+    image_preprocessing: str = "mnist"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the module returns per example: unnormalised class scores."""
+
+    shape: tuple[int, ...]  # (number of classes,)
+    name: str = "logits"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the service needs to know about one artifact, and how it was made."""
+
+    name: str
+    version: str
+    created: str  # ISO 8601, UTC
+    architecture: str
+    parameters: int
+    input: InputSpec
+    output: OutputSpec
+    labels: tuple[str, ...]
+    metrics: dict[str, Any]  # test_accuracy, test_loss, per_class_accuracy {label: accuracy}
+    training: dict[str, Any]  # the full training configuration, as given
+    dataset: dict[str, Any]  # name, source, train_examples, test_examples
+    torch_version: str
+    sha256: str  # of model.pt
+    file: str = MODEL_FILE
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, never required by the service
+
+    def __post_init__(self) -> None:
+        _check(self.schema_version == SCHEMA_VERSION,
+               f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
+        _check(bool(_NAME_RE.match(self.name)),
+               f"name {self.name!r} must match {_NAME_RE.pattern}")
+        _check(bool(_VERSION_RE.match(self.version)),
+               f"version {self.version!r} must be a positive integer")
+        _check(len(self.input.shape) >= 1 and all(d > 0 for d in self.input.shape),
+               f"input.shape {self.input.shape} must be positive dimensions")
+        _check(self.input.dtype == "float32", f"input.dtype {self.input.dtype!r} must be 'float32'")
+        _check(self.input.ink in ("light", "dark"), f"input.ink {self.input.ink!r} must be light or dark")
+        _check(self.input.image_preprocessing in ("mnist", "resize"),
+               f"input.image_preprocessing {self.input.image_preprocessing!r} must be mnist or resize")
+        _check(len(self.output.shape) == 1 and self.output.shape[0] == len(self.labels),
+               f"output.shape {self.output.shape} must be ({len(self.labels)},), one score per label")
+        _check(len(set(self.labels)) == len(self.labels), "labels must be unique")
+        _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256 must be 64 hex digits")
+
+    @property
+    def num_classes(self) -> int:
+        """How many labels the model scores."""
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form, keys in a stable order."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build and validate a manifest from parsed JSON; raise ManifestError on any mismatch."""
+        if not isinstance(data, dict):
+            raise ManifestError("manifest must be a JSON object")
+        try:
+            known = {f.name for f in fields(cls)}
+            unknown = set(data) - known
+            _check(not unknown, f"unknown manifest keys: {sorted(unknown)}")
+            values = dict(data)
+            values["input"] = _spec(InputSpec, data["input"])
+            values["output"] = _spec(OutputSpec, data["output"])
+            values["labels"] = tuple(str(label) for label in data["labels"])
+            values["version"] = str(data["version"])
+            return cls(**values)
+        except KeyError as exc:
+            raise ManifestError(f"manifest is missing {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ManifestError(f"manifest is malformed: {exc}") from None
+
+
+def _spec(kind: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{kind.__name__} must be an object")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return kind(**values)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ManifestError(message)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(manifest: Manifest, folder: Path) -> Path:
+    """Write ``manifest.json`` into an artifact folder and return its path."""
+    path = folder / MANIFEST_FILE
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and validate an artifact folder's manifest; the folder must match its name and version."""
+    path = folder / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
+    manifest = Manifest.from_dict(data)
+    if (folder.parent.name, folder.name) != (manifest.name, manifest.version):
+        raise ManifestError(f"{folder} holds {manifest.name}/{manifest.version}; the folder must match")
+    return manifest
+
+
+def verify_checksum(manifest: Manifest, folder: Path) -> Path:
+    """Return the model file's path once its sha256 matches the manifest's; raise ManifestError otherwise."""
+    path = folder / manifest.file
+    if not path.is_file():
+        raise ManifestError(f"{path} does not exist")
+    actual = sha256_file(path)
+    if actual != manifest.sha256:
+        raise ManifestError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}")
+    return path
+
+
+def artifact_dirs(root: Path) -> Iterator[Path]:
+    """Every ``<root>/<name>/<version>/`` folder that holds a manifest, in name then version order."""
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        versions = [p for p in model_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()]
+        yield from sorted(versions, key=lambda p: version_key(p.name))
+
+
+def next_version(root: Path, name: str) -> str:
+    """The version after the newest one of ``name`` under ``root`` ("1" when there is none)."""
+    model_dir = root / name
+    existing = [p.name for p in model_dir.iterdir()] if model_dir.is_dir() else []
+    numbers = [int(v) for v in existing if _VERSION_RE.match(v)]
+    return str(max(numbers, default=0) + 1)
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Sort key that orders numeric versions by value (2 before 10)."""
+    return (int(version), "") if version.isdigit() else (-1, version)
