@@ -64,5 +64,6 @@ def _count_request(response: Response) -> Response:
     model = g.get("model", "")
     metrics = plane().metrics
     metrics.requests.labels(model, endpoint, str(response.status_code)).inc()
-    metrics.request_seconds.labels(model, endpoint).observe(time.monotonic() - g.get("arrived", time.monotonic()))
+    elapsed = time.monotonic() - g.get("arrived", time.monotonic())
+    metrics.request_seconds.labels(model, endpoint).observe(elapsed)
     return response

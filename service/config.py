@@ -80,7 +80,7 @@ class ServiceConfig:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            var = "PROMETHEUS_MULTIPROC_DIR" if f.name.startswith("prometheus") else f"TRAINSERVE_{f.name.upper()}"
+            var = f.name.upper() if f.name.startswith("prometheus") else f"TRAINSERVE_{f.name.upper()}"
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue

@@ -59,7 +59,7 @@ class DataPlane:
         return not self.draining and batcher is not None and batcher.running
 
     def infer(self, model: LoadedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
-        """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived`` (monotonic)."""
+        """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
         if not self.model_ready(model):
             raise NotReady(f"model {model.key} is not ready")
         deadline = arrived + self.config.request_timeout_s

@@ -83,7 +83,8 @@ def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> n
         batch = np.concatenate([p.astype(np.float32) * np.float32(1 / 255) if p.dtype == np.uint8 else p
                                 for p in parts])
     if batch.shape[1:] != tuple(example_shape):
-        raise ValueError(f"batch has examples of shape {batch.shape[1:]}, the model takes {tuple(example_shape)}")
+        raise ValueError(f"batch has examples of shape {batch.shape[1:]}, "
+                         f"the model takes {tuple(example_shape)}")
     # torch.from_numpy needs a writable, contiguous array (a read-only one warns).
     return batch if batch.flags.writeable and batch.flags.c_contiguous else np.array(batch, order="C")
 

@@ -30,7 +30,8 @@ class Metrics:
         # In multiprocess mode values live in files, whatever registry the objects are attached to.
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("trainserve_requests", "HTTP requests answered, by model, endpoint and status",
+        self.requests = Counter("trainserve_requests",
+                                "HTTP requests answered, by model, endpoint and status",
                                 ["model", "endpoint", "status"], registry=r)
         self.request_seconds = Histogram("trainserve_request_duration_seconds",
                                          "Time from request arrival to response, by model and endpoint",

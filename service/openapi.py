@@ -21,19 +21,25 @@ _ERRORS = {
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "mnist-cnn"}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "example": "1"}
 _JSON = {"type": "object"}
+_INFER_ERRORS = ("400", "404", "413", "415", "429", "503", "504")
 
 # (path, method, summary, request body {content type: schema}, response schema, error statuses, example)
 _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], str]] = [
     ("/healthz", "get", "Liveness probe", None, _JSON, (), ""),
-    ("/readyz", "get", "Readiness probe: models loaded and warmed up, not draining", None, _JSON, ("503",), ""),
+    ("/readyz", "get", "Readiness probe: models loaded, warmed up, not draining", None, _JSON, ("503",), ""),
     ("/metrics", "get", "Prometheus metrics, summed over all workers", None, None, (), ""),
     ("/v1/models", "get", "List served models and versions", None, _JSON, (), ""),
     ("/v1/models/{name}:predict", "post", "Predict from pixel lists", {"application/json": "PredictRequest"},
-     "PredictResponse", ("400", "404", "413", "415", "429", "503", "504"),
+     "PredictResponse", _INFER_ERRORS,
      '{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}'),
     ("/v1/models/{name}:classify", "post", "Classify uploaded PNG/JPEG images (raw body or multipart files)",
      {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
-     ("400", "404", "413", "415", "429", "503", "504"), ""),
+     _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}:predict", "post", "Predict with one version",
+     {"application/json": "PredictRequest"}, "PredictResponse", _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}:classify", "post", "Classify images with one version",
+     {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
+     _INFER_ERRORS, ""),
     ("/v2", "get", "OIP server metadata", None, _JSON, (), ""),
     ("/v2/health/live", "get", "OIP liveness", None, _JSON, (), ""),
     ("/v2/health/ready", "get", "OIP readiness", None, _JSON, ("503",), ""),
@@ -42,11 +48,11 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
     ("/v2/models/{name}/ready", "get", "OIP model readiness", None, _JSON, ("404", "503"), ""),
     ("/v2/models/{name}/versions/{version}/ready", "get", "OIP model version readiness", None, _JSON,
      ("404", "503"), ""),
-    ("/v2/models/{name}/infer", "post", "OIP inference (newest version)", {"application/json": "InferRequest"},
-     "InferResponse", ("400", "404", "413", "415", "429", "503", "504"),
+    ("/v2/models/{name}/infer", "post", "OIP inference (newest version)",
+     {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS,
      '{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0, ...]}]}'),
     ("/v2/models/{name}/versions/{version}/infer", "post", "OIP inference on one version",
-     {"application/json": "InferRequest"}, "InferResponse", ("400", "404", "413", "415", "429", "503", "504"), ""),
+     {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS, ""),
     ("/openapi.json", "get", "This document", None, _JSON, (), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, None, (), ""),
 ]
@@ -54,7 +60,8 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
 
 def build_spec(version: str = "0.1.0") -> dict[str, Any]:
     """The OpenAPI document as a dict."""
-    spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3", plugins=[MarshmallowPlugin()],
+    spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
                    info={"description": "Image classification with dynamic batching: the Open Inference "
                                         "Protocol v2, a simple JSON API and image uploads."})
     for name in ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "Error"):
@@ -75,7 +82,8 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, response: A
         op["responses"][status] = {"description": _ERRORS[status],
                                    "content": {"application/json": {"schema": "Error"}}}
     if body:
-        op["requestBody"] = {"required": True, "content": {ctype: _body(kind) for ctype, kind in body.items()}}
+        content = {ctype: _body(kind) for ctype, kind in body.items()}
+        op["requestBody"] = {"required": True, "content": content}
         if example:
             op["description"] = f"Example body: `{example}`"
     if path.endswith(":classify"):

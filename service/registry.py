@@ -52,9 +52,10 @@ def resolve_device(device: str, half: bool) -> torch.device:
         if not torch.cuda.is_available():
             raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device")
         if (resolved.index or 0) >= torch.cuda.device_count():
-            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees {torch.cuda.device_count()} CUDA devices")
+            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees "
+                                f"{torch.cuda.device_count()} CUDA devices")
     elif half:
-        raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow or missing on CPU)")
+        raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow on CPU)")
     return resolved
 
 
@@ -114,7 +115,8 @@ class Registry:
         if version is None:
             version = max(versions, key=version_key)
         if version not in versions:
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {', '.join(sorted(versions))})")
+            known = ", ".join(sorted(versions, key=version_key))
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
         return versions[version]
 
     def __iter__(self) -> Iterator[LoadedModel]:
@@ -138,7 +140,8 @@ def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batc
             registry.refused[str(folder)] = str(exc)
             log.error("refused artifact %s: %s", folder, exc)
     if not len(registry):
-        raise RegistryError(f"no loadable model under {model_dir} (refused: {registry.refused or 'none found'})")
+        why = registry.refused or "no artifact folders"
+        raise RegistryError(f"no loadable model under {model_dir} ({why})")
     return registry
 
 

@@ -26,11 +26,14 @@ table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top
 {% for path, ops in spec.paths.items() %}{% for method, op in ops.items() %}
 <div class="op"><h3><span class="m {{ method }}">{{ method.upper() }}</span> <code>{{ path }}</code></h3>
 <p>{{ op.summary }}</p>{% if op.description %}<p>{{ op.description }}</p>{% endif %}
-{% if op.requestBody %}<p>Body: {% for ctype in op.requestBody.content %}<code>{{ ctype }}</code> {% endfor %}</p>{% endif %}
-<table>{% for status, r in op.responses.items() %}<tr><td><code>{{ status }}</code></td><td>{{ r.description }}</td></tr>{% endfor %}</table>
+{% if op.requestBody %}<p>Body: {% for ctype in op.requestBody.content %}<code>{{ ctype }}</code>
+{% endfor %}</p>{% endif %}
+<table>{% for status, r in op.responses.items() %}
+<tr><td><code>{{ status }}</code></td><td>{{ r.description }}</td></tr>{% endfor %}</table>
 </div>{% endfor %}{% endfor %}
 <h2>Schemas</h2>
-{% for name, schema in spec.components.schemas.items() %}<h3>{{ name }}</h3><pre>{{ pretty(schema) }}</pre>{% endfor %}
+{% for name, schema in spec.components.schemas.items() %}
+<h3>{{ name }}</h3><pre>{{ pretty(schema) }}</pre>{% endfor %}
 </body></html>"""
 
 

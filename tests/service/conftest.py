@@ -70,7 +70,7 @@ class TinyNet(nn.Module):
 class SlowNet(nn.Module):
     """A real but deliberately slow model (a few large matmuls per batch) for drain and deadline tests."""
 
-    def __init__(self, rounds: int = 6) -> None:
+    def __init__(self, rounds: int = 4) -> None:
         super().__init__()
         self.head = nn.Linear(784, 10)
         self.register_buffer("m", torch.randn(768, 768) / 30)
@@ -83,6 +83,19 @@ class SlowNet(nn.Module):
         return self.head(x.flatten(1)) + acc.mean() * 0.0
 
 
+class PoisonNet(nn.Module):
+    """A real model that raises on a valid input whose top-left pixel is bright (a failing batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x[:, :, 0, 0].max() > 2.0):
+            raise RuntimeError("poisoned input")
+        return self.head(x.flatten(1))
+
+
 def _train(net: nn.Module, mnist: dict[str, np.ndarray]) -> PixelClassifier:
     torch.manual_seed(0)
     model = PixelClassifier(net, MEAN, STD)
@@ -90,7 +103,7 @@ def _train(net: nn.Module, mnist: dict[str, np.ndarray]) -> PixelClassifier:
     y = torch.from_numpy(mnist["train_y"]).long()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for epoch in range(2):
+    for epoch in range(1):
         for i in range(0, len(x), 64):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
@@ -101,7 +114,7 @@ def _train(net: nn.Module, mnist: dict[str, np.ndarray]) -> PixelClassifier:
 
 def _info(name: str, arch: str, version: str, accuracy: float) -> ArtifactInfo:
     return ArtifactInfo(name=name, architecture=arch, labels=LABELS, input_shape=(1, 28, 28),
-                        metrics={"test_accuracy": accuracy}, training={"epochs": 2, "examples": 8000},
+                        metrics={"test_accuracy": accuracy}, training={"epochs": 1, "examples": 8000},
                         dataset={"name": "mnist", "source": "tests", "train_examples": 8000,
                                  "test_examples": 1000}, version=version)
 
@@ -124,12 +137,13 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.
 
 
 @pytest.fixture(scope="session")
-def slow_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.ndarray]) -> Path:
-    """models/ with one slow model, for tests that need requests to be in flight for a while."""
-    root = tmp_path_factory.mktemp("slow-models")
+def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with "slow" (requests stay in flight a while) and "poison" (some inputs make it raise)."""
+    root = tmp_path_factory.mktemp("special-models")
     torch.manual_seed(0)
-    model = PixelClassifier(SlowNet(), MEAN, STD).eval()
-    export(model, _info("slow", "slow", "1", 0.1), root, torch.zeros(2, 1, 28, 28))
+    probe = torch.zeros(2, 1, 28, 28)
+    export(PixelClassifier(SlowNet(), MEAN, STD).eval(), _info("slow", "slow", "1", 0.1), root, probe)
+    export(PixelClassifier(PoisonNet(), MEAN, STD).eval(), _info("poison", "poison", "1", 0.1), root, probe)
     return root
 
 
