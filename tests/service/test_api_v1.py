@@ -91,7 +91,8 @@ def test_classify_a_jpeg_photo_of_a_dark_digit_on_light_paper(client, mnist):
     photo[40:180, 200:340] = np.minimum(digit, 235)[..., None]
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="JPEG", quality=85)
-    response = client.post("/v1/models/mnist-tiny:classify", data=buffer.getvalue(), content_type="image/jpeg")
+    response = client.post("/v1/models/mnist-tiny:classify", data=buffer.getvalue(),
+                           content_type="image/jpeg")
     assert response.json["predictions"][0]["label"] == str(mnist["test_y"][0])
 
 
@@ -100,7 +101,8 @@ def test_classify_errors(client):
                        content_type="image/png").status_code == 400
     response = client.post("/v1/models/mnist-tiny:classify", json={"instances": []})
     assert response.status_code == 415 and "image/png" in response.json["error"]
-    empty = client.post("/v1/models/mnist-tiny:classify", data={"x": "text"}, content_type="multipart/form-data")
+    empty = client.post("/v1/models/mnist-tiny:classify", data={"x": "text"},
+                        content_type="multipart/form-data")
     assert empty.status_code == 400 and "no file" in empty.json["error"]
     assert client.post("/v1/models/mnist-tiny:classify?top_k=x", data=b"",
                        content_type="image/png").status_code == 400

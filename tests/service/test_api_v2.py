@@ -30,7 +30,8 @@ def test_model_metadata_describes_the_real_tensors(client):
 
 
 def test_model_ready(client):
-    assert client.get("/v2/models/mnist-tiny/ready").json == {"name": "mnist-tiny", "version": "2", "ready": True}
+    expected = {"name": "mnist-tiny", "version": "2", "ready": True}
+    assert client.get("/v2/models/mnist-tiny/ready").json == expected
     assert client.get("/v2/models/mnist-tiny/versions/1/ready").status_code == 200
 
 
@@ -63,7 +64,8 @@ def test_nested_data_and_same_answers_as_flat(client, mnist):
 
 def test_requested_outputs_and_classification_extension(client, mnist):
     x = mnist["test_x"][:2]
-    body = infer_body(x, outputs=[{"name": "label"}, {"name": "probabilities", "parameters": {"classification": 3}}])
+    top3 = {"name": "probabilities", "parameters": {"classification": 3}}
+    body = infer_body(x, outputs=[{"name": "label"}, top3])
     outputs = client.post("/v2/models/mnist-tiny/infer", json=body).json["outputs"]
     assert [o["name"] for o in outputs] == ["label", "probabilities"]
     top = outputs[1]
@@ -101,7 +103,8 @@ def test_invalid_requests_are_400_with_a_reason(client, mutate, message):
 
 def test_nan_and_infinity_are_400(client):
     for token in ("NaN", "1e999", "Infinity"):
-        raw = '{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [%s]}]}' % token
+        raw = '{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [TOKEN]}]}'
+        raw = raw.replace("TOKEN", token)
         response = client.post("/v2/models/mnist-tiny/infer", data=raw, content_type="application/json")
         assert response.status_code == 400, token
 

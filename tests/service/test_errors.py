@@ -21,7 +21,8 @@ def test_oversized_body_is_413(make_app):
     client = make_app(max_request_bytes=4096).test_client()
     response = client.post("/v1/models/mnist-tiny:predict", json={"instances": [[0.5] * 784] * 4})
     assert response.status_code == 413 and "error" in response.json
-    image = client.post("/v1/models/mnist-tiny:classify", data=b"\x89PNG" + bytes(5000), content_type="image/png")
+    image = client.post("/v1/models/mnist-tiny:classify", data=b"\x89PNG" + bytes(5000),
+                        content_type="image/png")
     assert image.status_code == 413
 
 

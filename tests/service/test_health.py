@@ -26,7 +26,8 @@ def test_draining_turns_readiness_off_and_refuses_new_inference_with_503(app, cl
 
 
 def test_metrics_count_requests_batches_and_describe_models(client, mnist):
-    client.post("/v1/models/mnist-tiny:predict", json={"instances": mnist["test_x"][:5].tolist(), "dtype": "uint8"})
+    client.post("/v1/models/mnist-tiny:predict",
+                json={"instances": mnist["test_x"][:5].tolist(), "dtype": "uint8"})
     client.post("/v1/models/nope:predict", json={"instances": [[0] * 784]})
     response = client.get("/metrics")
     assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
@@ -43,7 +44,7 @@ def test_metrics_count_requests_batches_and_describe_models(client, mnist):
         assert family in text
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)")
 def test_metrics_pass_promtool_check(client):
     client.post("/v2/models/mnist-tiny/infer", json={"inputs": [
         {"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": np.zeros(784, int).tolist()}]})
