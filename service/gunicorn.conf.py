@@ -4,6 +4,7 @@
 # the tests start the service the same way. No --preload: each worker builds its own app after the fork,
 # so torch, CUDA and the batcher threads never cross a fork.
 
+import math
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ keepalive = 5
 # The heartbeat timeout must cover loading and warming up the models at boot.
 timeout = 120
 # SIGTERM: stop accepting, finish queued and in-flight requests, then exit (gthread waits this long).
-graceful_timeout = _settings.graceful_timeout_s
+graceful_timeout = math.ceil(_settings.graceful_timeout_s)
 
 # --- Logging ---------------------------------------------------------------------------------------------
 # One configuration for gunicorn's loggers and the service's, text or JSON. No access log: per-request

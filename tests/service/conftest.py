@@ -203,9 +203,9 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout}s:\n{self.log.read_text()}")
