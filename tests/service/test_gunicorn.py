@@ -20,8 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 pytestmark = pytest.mark.slow
 
 ZERO = {"instances": [[0] * 784], "dtype": "uint8"}
-PREDICTED = re.compile(r'^trainserve_requests_total\{endpoint="v1.predict",model="mnist-tiny",status="200"\} (\S+)$',
-                       re.M)
+PREDICTED = re.compile(
+    r'^trainserve_requests_total\{endpoint="v1.predict",model="mnist-tiny",status="200"\} (\S+)$', re.M)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -82,7 +82,8 @@ def test_metrics_from_two_workers_are_summed_in_one_scrape(gunicorn, artifact_ro
     sent, counts = 0, {}
     with ThreadPoolExecutor(8) as pool:
         for _ in range(10):  # until both workers have answered some (the kernel picks who accepts)
-            statuses = list(pool.map(lambda _: requests.post(url, json=ZERO, timeout=30).status_code, range(16)))
+            statuses = [r.status_code for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),
+                                                        range(16))]
             assert statuses == [200] * 16
             sent += 16
             counts = _per_worker_counts(prom, tmp_path / f"split{sent}")
