@@ -59,11 +59,15 @@ class DataPlane:
         return not self.draining and batcher is not None and batcher.running
 
     def infer(self, model: LoadedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
-        """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
-        if not self.model_ready(model):
+        """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``.
+
+        Draining does not refuse requests: gunicorn stops accepting connections, and those it has already
+        read are in flight and finish. Only a closed batcher refuses (NotReady).
+        """
+        batcher = self.batchers.get(model.key)
+        if batcher is None:
             raise NotReady(f"model {model.key} is not ready")
-        deadline = arrived + self.config.request_timeout_s
-        return self.batchers[model.key].submit(inputs, deadline)
+        return batcher.submit(inputs, arrived + self.config.request_timeout_s)
 
     def begin_drain(self) -> None:
         """SIGTERM: stop reporting ready; requests already queued still run."""

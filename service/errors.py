@@ -98,8 +98,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
-        if exc.status >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.message)
+        # 500s are failures to look at; 503/504 are expected under overload or during a drain.
+        log.log(logging.WARNING if exc.status == 500 else logging.DEBUG, "%s: %s", type(exc).__name__,
+                exc.message)
         return error_response(exc.status, exc.message, exc.headers())
 
     @app.errorhandler(HTTPException)

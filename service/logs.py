@@ -33,6 +33,9 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            # Gunicorn writes an access line per request whenever a logging config is given; that costs
+            # throughput, so it is shown only at debug level (the requests metric counts every request).
+            "gunicorn.access": {"level": "INFO" if level == "debug" else "WARNING", "handlers": ["stderr"],
+                                "propagate": False},
         },
     }

@@ -15,14 +15,19 @@ def test_healthz_and_readyz(client):
     assert ready.status_code == 200 and ready.json["models"] == ["mnist-tiny/1", "mnist-tiny/2"]
 
 
-def test_draining_turns_readiness_off_and_refuses_new_inference_with_503(app, client):
-    app.extensions["trainserve"].begin_drain()
+def test_draining_turns_readiness_off_then_a_closed_plane_refuses_with_503(app, client):
+    plane = app.extensions["trainserve"]
+    plane.begin_drain()
     assert client.get("/readyz").status_code == 503
     assert client.get("/v2/health/ready").status_code == 503
     assert client.get("/v2/models/mnist-tiny/ready").status_code == 503
     assert client.get("/healthz").status_code == 200  # alive while it drains: no restart
-    response = client.post("/v1/models/mnist-tiny:predict", json={"instances": [[0] * 784]})
-    assert response.status_code == 503 and response.json["error"] == "model mnist-tiny/2 is not ready"
+    body = {"instances": [[0] * 784]}
+    # a request the worker has already read is in flight: it still gets its answer
+    assert client.post("/v1/models/mnist-tiny:predict", json=body).status_code == 200
+    plane.close(timeout=10)
+    response = client.post("/v1/models/mnist-tiny:predict", json=body)
+    assert response.status_code == 503 and response.json["error"] == "model mnist-tiny/2 is shutting down"
 
 
 def test_metrics_count_requests_batches_and_describe_models(client, mnist):
