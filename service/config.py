@@ -96,6 +96,10 @@ class ServiceConfig:
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def __post_init__(self) -> None:
+        for name in ("model_dir", "prometheus_multiproc_dir"):  # accept str paths from callers too
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
         for name, (_, rule) in _PARSERS.items():
             value = getattr(self, name)
             check = _CHECKS.get(name)
