@@ -65,34 +65,41 @@ def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def match_ink(grey: np.ndarray, ink: str) -> np.ndarray:
     """Invert a grey image when its ground is the wrong way round for ``ink`` (light or dark strokes)."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    light_ground = float(np.median(border)) > 127
+    light_ground = _ground(grey) > 127
     return 255 - grey if light_ground == (ink == "light") else grey
 
 
 def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = FIT_BOX) -> np.ndarray:
     """Light-on-dark grey image -> crop to the ink, fit into box x box, centre by mass in ``size``."""
-    values = grey.astype(np.float32)
-    ground = float(np.median(np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])))
-    peak = float(values.max())
+    ground, peak = _ground(grey), int(grey.max())
     out = np.zeros(size, dtype=np.uint8)
     if peak - ground < 1:
         return out  # no ink at all: a blank field, as the model would see an empty MNIST cell
-    stretched = np.clip((values - ground) * (255.0 / (peak - ground)), 0, 255)
-    rows, cols = np.nonzero(stretched > 255 * INK_THRESHOLD)
-    crop = stretched[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    # Crop first (on the raw pixels, so a large photo costs one comparison per pixel), then stretch the
+    # ground-to-ink range of the small crop to 0..255.
+    mask = grey > ground + INK_THRESHOLD * (peak - ground)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if ground or peak != 255:
+        crop = ((np.maximum(crop, ground) - ground) * np.float32(255 / (peak - ground))).round().astype(np.uint8)
     scale = box / max(crop.shape)
     fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
-    patch = _resize(crop.round().astype(np.uint8), fit).astype(np.float32)
-    mass = patch.sum()
+    patch = _resize(crop, fit)
+    mass = patch.sum(dtype=np.float64)
     if mass <= 0:
         return out
-    cy = (patch.sum(axis=1) * np.arange(fit[0])).sum() / mass
-    cx = (patch.sum(axis=0) * np.arange(fit[1])).sum() / mass
-    top = int(np.clip(round(size[0] / 2 - cy), 0, size[0] - fit[0]))
-    left = int(np.clip(round(size[1] / 2 - cx), 0, size[1] - fit[1]))
-    out[top:top + fit[0], left:left + fit[1]] = patch.round().astype(np.uint8)
+    cy = patch.sum(axis=1, dtype=np.float64) @ np.arange(fit[0]) / mass
+    cx = patch.sum(axis=0, dtype=np.float64) @ np.arange(fit[1]) / mass
+    top = min(max(round(size[0] / 2 - cy), 0), size[0] - fit[0])
+    left = min(max(round(size[1] / 2 - cx), 0), size[1] - fit[1])
+    out[top:top + fit[0], left:left + fit[1]] = patch
     return out
+
+
+def _ground(grey: np.ndarray) -> int:
+    # The background level: the median of the border pixels (a digit rarely touches the border).
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return int(np.sort(border)[len(border) // 2])
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
