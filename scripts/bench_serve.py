@@ -3,7 +3,7 @@
     python scripts/bench_serve.py --start                      # starts gunicorn itself, then measures
     python scripts/bench_serve.py --url http://127.0.0.1:8000  # measures a service that is already up
 
-For each payload (one PNG per request on the image endpoint, one UINT8 tensor per request on OIP infer) and
+For each payload (one PNG per request on the image endpoint; one UINT8 image, or 64, per OIP request) and
 each concurrency it runs wrk with a Lua script and prints images/s, p50 and p99 latency, errors, and the
 throughput as a fraction of the model's in-process images/s at batch 64 (loaded from the same artifact,
 same torch thread budget as the whole service). Results also go to bench-results/serve.json.
@@ -54,7 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections (default: %(default)s)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default: %(default)s)")
-    parser.add_argument("--payloads", default="png,json", help="png and/or json (default: %(default)s)")
+    parser.add_argument("--payloads", default="png,json,json64",
+                        help="png (one image), json (one UINT8 tensor), json64 (64 images per request) "
+                             "(default: %(default)s)")
     parser.add_argument("--out", default="bench-results/serve.json",
                         help="JSON results (default: %(default)s)")
     return parser.parse_args()
@@ -81,8 +83,11 @@ def in_process(model_dir: Path, name: str, seconds: float = 3.0) -> dict[str, fl
     return result
 
 
+IMAGES_PER_REQUEST = {"png": 1, "json": 1, "json64": 64}
+
+
 def payload(kind: str, name: str, folder: Path) -> tuple[str, str, Path]:
-    """(path, content type, body file) for one single-image request of this kind: a real-looking digit."""
+    """(path, content type, body file) for one request of this kind, made of a real-looking digit."""
     from PIL import Image
 
     digit = np.zeros((28, 28), np.uint8)
@@ -93,26 +98,29 @@ def payload(kind: str, name: str, folder: Path) -> tuple[str, str, Path]:
         Image.fromarray(digit).save(buffer, format="PNG")
         body.write_bytes(buffer.getvalue())
         return f"/v1/models/{name}:classify", "image/png", body
-    request = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "UINT8",
-                           "data": digit.ravel().tolist()}], "outputs": [{"name": "label"}]}
+    n = IMAGES_PER_REQUEST[kind]
+    request = {"inputs": [{"name": "input", "shape": [n, 1, 28, 28], "datatype": "UINT8",
+                           "data": np.tile(digit.ravel(), n).tolist()}], "outputs": [{"name": "label"}]}
     body.write_text(json.dumps(request))
     return f"/v2/models/{name}/infer", "application/json", body
 
 
-def wrk(url: str, content_type: str, body: Path, connections: int, seconds: int, folder: Path) -> dict:
+def wrk(url: str, content_type: str, body: Path, connections: int, seconds: int, folder: Path,
+        images: int) -> dict:
     """One wrk run; its Lua script prints a RESULT line with totals and latency percentiles."""
     script = folder / "bench.lua"
     script.write_text(LUA % {"content_type": content_type, "body": body})
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    return {"connections": connections, "images_per_s": result["requests"] / (result["duration_us"] / 1e6),
+    return {"connections": connections, "images_per_request": images,
+            "images_per_s": images * result["requests"] / (result["duration_us"] / 1e6),
             "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": result["errors"]}
 
 
 def report(row: dict) -> str:
     """One result line."""
-    return (f"{row['payload']:4} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
+    return (f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
             f"{row['ratio']:.2f} x in-process")
 
@@ -145,7 +153,8 @@ def main() -> None:
             for kind in args.payloads.split(","):
                 path, content_type, body = payload(kind, name, Path(tmp))
                 for c in (int(v) for v in args.concurrency.split(",")):
-                    row = wrk(args.url + path, content_type, body, c, args.duration, Path(tmp))
+                    row = wrk(args.url + path, content_type, body, c, args.duration, Path(tmp),
+                              IMAGES_PER_REQUEST[kind])
                     row |= {"payload": kind, "ratio": row["images_per_s"] / reference["batch64_images_per_s"]}
                     rows.append(row)
                     print(report(row))
