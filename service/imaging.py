@@ -81,7 +81,8 @@ def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = F
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     if ground or peak != 255:
-        crop = ((np.maximum(crop, ground) - ground) * np.float32(255 / (peak - ground))).round().astype(np.uint8)
+        gain = np.float32(255 / (peak - ground))
+        crop = ((np.maximum(crop, ground) - ground) * gain).round().astype(np.uint8)
     scale = box / max(crop.shape)
     fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
     patch = _resize(crop, fit)
