@@ -1,0 +1,56 @@
+"""The OpenAPI document and a docs page rendered from it on the server (no scripts, no CDN: works offline)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template_string
+
+from service.api.common import respond
+from service.openapi import build_spec
+
+bp = Blueprint("docs", __name__)
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ spec.info.title }} API</title>
+<style>
+body{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+code,pre{font:13px ui-monospace,monospace;background:#f4f4f4;border-radius:4px}
+pre{padding:.6em;overflow-x:auto} .op{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.2em 1em}
+.m{display:inline-block;min-width:4em;font-weight:bold} .get{color:#0a6} .post{color:#06c}
+table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top:1px solid #eee}
+</style></head><body>
+<h1>{{ spec.info.title }} {{ spec.info.version }}</h1>
+<p>{{ spec.info.description }} Machine-readable: <a href="openapi.json">openapi.json</a>.</p>
+{% for path, ops in spec.paths.items() %}{% for method, op in ops.items() %}
+<div class="op"><h3><span class="m {{ method }}">{{ method.upper() }}</span> <code>{{ path }}</code></h3>
+<p>{{ op.summary }}</p>{% if op.description %}<p>{{ op.description }}</p>{% endif %}
+{% if op.requestBody %}<p>Body: {% for ctype in op.requestBody.content %}<code>{{ ctype }}</code>
+{% endfor %}</p>{% endif %}
+<table>{% for status, r in op.responses.items() %}
+<tr><td><code>{{ status }}</code></td><td>{{ r.description }}</td></tr>{% endfor %}</table>
+</div>{% endfor %}{% endfor %}
+<h2>Schemas</h2>
+{% for name, schema in spec.components.schemas.items() %}
+<h3>{{ name }}</h3><pre>{{ pretty(schema) }}</pre>{% endfor %}
+</body></html>"""
+
+
+def _spec() -> dict[str, Any]:
+    cache = current_app.extensions.setdefault("trainserve.openapi", {})
+    if "spec" not in cache:
+        cache["spec"] = build_spec()
+    return cache["spec"]
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 document."""
+    return respond(_spec())
+
+
+@bp.get("/docs")
+def docs() -> str:
+    """A self-contained HTML page describing every endpoint."""
+    return render_template_string(_PAGE, spec=_spec(), pretty=lambda s: json.dumps(s, indent=2))

@@ -1,0 +1,56 @@
+"""A simple JSON API: list models, predict from pixel lists, classify uploaded images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from service.api.common import image_batch, json_body, logits, model, plane, respond
+from service.inference import parse_tensor, predictions
+from service.registry import LoadedModel
+from service.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
+
+
+def describe(found: LoadedModel) -> dict[str, Any]:
+    """A model's summary for the listing."""
+    m = found.manifest
+    return {"name": m.name, "version": m.version, "architecture": m.architecture, "labels": list(m.labels),
+            "input_shape": list(m.input.shape), "test_accuracy": m.metrics.get("test_accuracy"),
+            "ready": plane().model_ready(found)}
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """Every served model version; ``default`` marks the version a bare name addresses."""
+    served = plane().registry
+    return respond({"models": [describe(m) | {"default": m is served.get(m.manifest.name)} for m in served]})
+
+
+@bp.post("/models/<name>:predict")
+@bp.post("/models/<name>/versions/<version>:predict")
+def predict(name: str, version: str | None = None) -> Response:
+    """Labels and probabilities for images sent as pixel lists."""
+    found = model(name, version)
+    body = json_body(PREDICT_REQUEST)
+    inputs = parse_tensor(body["instances"], DATATYPE[body["dtype"]], None, found.manifest.input)
+    return _answer(found, inputs, body["top_k"])
+
+
+@bp.post("/models/<name>:classify")
+@bp.post("/models/<name>/versions/<version>:classify")
+def classify(name: str, version: str | None = None) -> Response:
+    """Labels and probabilities for uploaded PNG/JPEG images (raw body or multipart files)."""
+    found = model(name, version)
+    args = load(CLASSIFY_ARGS, request.args.to_dict())
+    return _answer(found, image_batch(found), args["top_k"])
+
+
+def _answer(found: LoadedModel, inputs: Any, top_k: int | None) -> Response:
+    m = found.manifest
+    return respond({"model": m.name, "version": m.version,
+                    "predictions": predictions(logits(found, inputs), m.labels, top_k)})

@@ -1,0 +1,68 @@
+"""Open Inference Protocol v2 (as Triton and KServe speak it): health, metadata and inference."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from service.api.common import json_body, logits, model, plane, respond
+from service.errors import NotReady, UnsupportedMediaType
+from service.inference import oip_outputs, parse_tensor
+from service.schemas import INFER_REQUEST
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+SERVER = {"name": "trainserve", "version": "0.1.0", "extensions": ["classification"]}
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    """Server name, version and protocol extensions."""
+    return respond(SERVER)
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    """The process answers."""
+    return respond({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    """Every model can take requests."""
+    if not plane().ready:
+        raise NotReady("the server is not ready")
+    return respond({"ready": True})
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    """Inputs, outputs and versions of a model."""
+    return respond(plane().metadata(model(name, version)))
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    """Whether a model version takes requests now (503 when it does not)."""
+    found = model(name, version)
+    if not plane().model_ready(found):
+        raise NotReady(f"model {found.key} is not ready")
+    return respond({"name": found.manifest.name, "version": found.manifest.version, "ready": True})
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Response:
+    """Run an inference request: one input tensor of FP32 or UINT8 images, chosen outputs back."""
+    found = model(name, version)
+    if "Inference-Header-Content-Length" in request.headers:
+        raise UnsupportedMediaType("the binary tensor data extension is not supported yet: send JSON data")
+    body = json_body(INFER_REQUEST)
+    tensor = body["inputs"][0]
+    inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], found.manifest.input)
+    outputs = oip_outputs(logits(found, inputs), body["outputs"], found.manifest.labels)
+    answer = {"model_name": found.manifest.name, "model_version": found.manifest.version, "outputs": outputs}
+    if "id" in body:
+        answer["id"] = body["id"]
+    return respond(answer)

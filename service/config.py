@@ -1,0 +1,169 @@
+"""Service settings: one frozen dataclass, read from the environment once, at the edge.
+
+Every setting is a ``TRAINSERVE_*`` variable (documented in the README's settings table). A bad value stops
+start-up with a message that names the variable and says what it accepts; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
+_BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _cpu_count() -> int:
+    # The cores this process may run on (a container's cpuset), not the host's.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service needs to start; built by :meth:`from_env`, passed down explicitly."""
+
+    model_dir: Path = Path("models")
+    # auto: the first CUDA device when torch sees one, else the CPU.
+    device: str = "auto"
+    # CUDA only: run the model in float16 (inputs are cast inside the module).
+    half: bool = False
+    bind: str = "127.0.0.1:8000"
+    # CPU: one worker per core parses HTTP in parallel (the GIL serialises it inside one process) and
+    # each runs its own model copy with torch_threads threads; 0 means "one per core".
+    workers: int = 0
+    # Concurrent requests one worker holds; it bounds how many single-image requests can meet in a batch.
+    threads: int = 32
+    # 0 means cores // workers, so the workers together use every core once and never oversubscribe.
+    torch_threads: int = 0
+    # Rows (images) in one forward pass; bigger requests are split into batches of this size.
+    max_batch_size: int = 64
+    # How long the batcher waits for company once it sees concurrent traffic; a lone request never waits.
+    max_batch_delay_ms: float = 2.0
+    # Requests waiting for the model in one worker; beyond it the service answers 429 at once.
+    max_queue: int = 256
+    # Deadline for one request, from arrival to answer; past it the service answers 504.
+    request_timeout_s: float = 10.0
+    max_request_bytes: int = 16 * 1024 * 1024
+    log_format: str = "text"
+    log_level: str = "info"
+    # SIGTERM drain: queued and in-flight requests get this long to finish.
+    graceful_timeout_s: float = 30.0
+    # prometheus_client's own variable; gunicorn.conf.py sets it up when it is missing.
+    prometheus_multiproc_dir: Path | None = None
+
+    @property
+    def worker_count(self) -> int:
+        """Gunicorn workers to start (``workers``, or one per core)."""
+        return self.workers or _cpu_count()
+
+    @property
+    def torch_thread_count(self) -> int:
+        """Intra-op threads for each worker's model."""
+        return self.torch_threads or max(1, _cpu_count() // self.worker_count)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Read every ``TRAINSERVE_*`` setting; raise ConfigError naming the first bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = f.name.upper() if f.name.startswith("prometheus") else f"TRAINSERVE_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            parse, rule = _PARSERS[f.name]
+            try:
+                values[f.name] = parse(raw.strip())
+            except (ValueError, TypeError):
+                raise ConfigError(f"{var}={raw!r} is not valid: expected {rule}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ServiceConfig:
+        """A copy with some fields changed (validated like the original)."""
+        return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+    def __post_init__(self) -> None:
+        for name in ("model_dir", "prometheus_multiproc_dir"):  # accept str paths from callers too
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        for name, (_, rule) in _PARSERS.items():
+            value = getattr(self, name)
+            check = _CHECKS.get(name)
+            if check is not None and value is not None and not check(value):
+                raise ConfigError(f"{name}={value!r} is not valid: expected {rule}")
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(raw)
+        return raw.lower()
+    return parse
+
+
+def _matching(pattern: re.Pattern[str]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not pattern.match(raw):
+            raise ValueError(raw)
+        return raw
+    return parse
+
+
+_PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "model_dir": (Path, "a folder path"),
+    "device": (_matching(_DEVICE_RE), "auto, cpu, cuda or cuda:N"),
+    "half": (_bool, "0 or 1"),
+    "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
+    "workers": (int, "an integer >= 0 (0: one per core)"),
+    "threads": (int, "an integer >= 1"),
+    "torch_threads": (int, "an integer >= 0 (0: cores / workers)"),
+    "max_batch_size": (int, "an integer >= 1"),
+    "max_batch_delay_ms": (float, "milliseconds >= 0"),
+    "max_queue": (int, "an integer >= 1"),
+    "request_timeout_s": (float, "seconds > 0"),
+    "max_request_bytes": (int, "a byte count >= 1024"),
+    "log_format": (_choice("text", "json"), "text or json"),
+    "log_level": (_choice("debug", "info", "warning", "error", "critical"),
+                  "debug, info, warning, error or critical"),
+    "graceful_timeout_s": (float, "seconds >= 0"),
+    "prometheus_multiproc_dir": (Path, "a folder path"),
+}
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "device": lambda v: bool(_DEVICE_RE.match(v)),
+    "bind": lambda v: bool(_BIND_RE.match(v)),
+    "workers": lambda v: v >= 0,
+    "threads": lambda v: v >= 1,
+    "torch_threads": lambda v: v >= 0,
+    "max_batch_size": lambda v: v >= 1,
+    "max_batch_delay_ms": lambda v: v >= 0,
+    "max_queue": lambda v: v >= 1,
+    "request_timeout_s": lambda v: v > 0,
+    "max_request_bytes": lambda v: v >= 1024,
+    "log_format": lambda v: v in ("text", "json"),
+    "log_level": lambda v: v in ("debug", "info", "warning", "error", "critical"),
+    "graceful_timeout_s": lambda v: v >= 0,
+}

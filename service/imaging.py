@@ -1,0 +1,110 @@
+"""Uploaded images to model inputs: decode, match the ink, and prepare them as the MNIST set was made.
+
+MNIST digits are light strokes on a black ground, cropped to the ink, scaled to fit a 20x20 box keeping
+their aspect ratio, and placed in a 28x28 field with their centre of mass in the middle. A photo or a
+drawing only classifies well once it looks like that; these pure functions do it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import InvalidInput
+from service.manifest import InputSpec
+
+# Decoding is the cost to bound: 40 megapixels is any phone photo, and well under what exhausts memory.
+MAX_PIXELS = 40_000_000
+# Pixels brighter than this fraction of the ground-to-ink range count as ink when cropping, so that paper
+# texture and JPEG noise do not widen the box.
+INK_THRESHOLD = 0.25
+FIT_BOX = 20
+
+
+def decode(data: bytes, channels: int = 1) -> np.ndarray:
+    """Decode PNG/JPEG/... bytes into uint8 [H, W] (grey) or [H, W, 3]; raise InvalidInput if undecodable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise InvalidInput(f"image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels")
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"cannot decode the image: {exc}") from None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = _flatten_alpha(image.convert("RGBA"))
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"))
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    # A drawing on a transparent canvas: put it on the ground that contrasts with its strokes, so that the
+    # strokes stay visible whatever colour they are.
+    rgba = np.asarray(image, dtype=np.float32)
+    alpha = rgba[..., 3] / 255.0
+    ink = (rgba[..., :3].mean(axis=2) * alpha).sum() / max(alpha.sum(), 1.0)
+    ground = 0.0 if ink > 127 else 255.0
+    flat = rgba[..., :3] * alpha[..., None] + ground * (1.0 - alpha[..., None])
+    return Image.fromarray(flat.round().astype(np.uint8), "RGB")
+
+
+def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A decoded image as one uint8 example [C, H, W] for a model with this input spec."""
+    channels, height, width = spec.shape
+    if channels == 1:
+        grey = match_ink(pixels, spec.ink)
+        if spec.image_preprocessing == "mnist":
+            return mnist_style(grey, (height, width))[None]
+        return _resize(grey, (height, width))[None]
+    return _resize(pixels, (height, width)).transpose(2, 0, 1).copy()
+
+
+def match_ink(grey: np.ndarray, ink: str) -> np.ndarray:
+    """Invert a grey image when its ground is the wrong way round for ``ink`` (light or dark strokes)."""
+    light_ground = _ground(grey) > 127
+    return 255 - grey if light_ground == (ink == "light") else grey
+
+
+def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = FIT_BOX) -> np.ndarray:
+    """Light-on-dark grey image -> crop to the ink, fit into box x box, centre by mass in ``size``."""
+    ground, peak = _ground(grey), int(grey.max())
+    out = np.zeros(size, dtype=np.uint8)
+    if peak - ground < 1:
+        return out  # no ink at all: a blank field, as the model would see an empty MNIST cell
+    # Crop first (on the raw pixels, so a large photo costs one comparison per pixel), then stretch the
+    # ground-to-ink range of the small crop to 0..255.
+    mask = grey > ground + INK_THRESHOLD * (peak - ground)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if ground or peak != 255:
+        gain = np.float32(255 / (peak - ground))
+        crop = ((np.maximum(crop, ground) - ground) * gain).round().astype(np.uint8)
+    scale = box / max(crop.shape)
+    fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
+    patch = _resize(crop, fit)
+    mass = patch.sum(dtype=np.float64)
+    if mass <= 0:
+        return out
+    cy = patch.sum(axis=1, dtype=np.float64) @ np.arange(fit[0]) / mass
+    cx = patch.sum(axis=0, dtype=np.float64) @ np.arange(fit[1]) / mass
+    top = min(max(round(size[0] / 2 - cy), 0), size[0] - fit[0])
+    left = min(max(round(size[1] / 2 - cx), 0), size[1] - fit[1])
+    out[top:top + fit[0], left:left + fit[1]] = patch
+    return out
+
+
+def _ground(grey: np.ndarray) -> int:
+    # The background level: the median of the border pixels (a digit rarely touches the border).
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return int(np.sort(border)[len(border) // 2])
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if pixels.shape[:2] == size:
+        return pixels
+    image = Image.fromarray(pixels)
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.LANCZOS, reducing_gap=3.0))

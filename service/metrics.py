@@ -1,0 +1,97 @@
+"""Prometheus metrics, correct across gunicorn workers (prometheus_client multiprocess mode).
+
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py prepares and wipes it at start-up):
+each worker writes its samples to files there and a scrape, whichever worker answers it, builds a fresh
+registry that sums every worker's files. Without it (the Flask test client, a single process), each app
+keeps its own registry. Labels are bounded: model names and versions come from the registry, endpoints
+from the URL rules, statuses from HTTP; never request data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_mp
+
+from service.batching import BatchStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The service's metric families, registered in a registry of their own."""
+
+    def __init__(self, multiproc_dir: Path | None) -> None:
+        self.multiproc_dir = multiproc_dir
+        # In multiprocess mode values live in files, whatever registry the objects are attached to.
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("trainserve_requests",
+                                "HTTP requests answered, by model, endpoint and status",
+                                ["model", "endpoint", "status"], registry=r)
+        self.request_seconds = Histogram("trainserve_request_duration_seconds",
+                                         "Time from request arrival to response, by model and endpoint",
+                                         ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("trainserve_queue_wait_seconds",
+                                    "Time a request waited in its model's queue before its forward pass",
+                                    ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram("trainserve_compute_seconds", "Time of one batched forward pass",
+                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("trainserve_batch_size_images", "Images in one batched forward pass",
+                                    ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+        self.images = Counter("trainserve_inference_images", "Images run through a model",
+                              ["model", "version"], registry=r)
+        self.failed_batches = Counter("trainserve_failed_batches", "Batches whose forward pass raised",
+                                      ["model", "version"], registry=r)
+        self.queue_depth = Gauge("trainserve_queue_depth_requests", "Requests waiting for the model",
+                                 ["model", "version"], multiprocess_mode="livesum", registry=r)
+        self.load_seconds = Gauge("trainserve_model_load_seconds",
+                                  "Time to load, verify and warm up the model, per worker process",
+                                  ["model", "version"], multiprocess_mode="liveall", registry=r)
+        self.model_info = Gauge("trainserve_model_info", "Served models (value 1) and what they are",
+                                ["model", "version", "architecture", "device", "torch_version"],
+                                multiprocess_mode="livemax", registry=r)
+
+    def observer(self, model: str, version: str) -> BatchRecorder:
+        """The batcher observer for one model version."""
+        return BatchRecorder(self, model, version)
+
+    def render(self) -> bytes:
+        """The text exposition of every worker's samples (or this process's, outside gunicorn)."""
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        scrape = CollectorRegistry()
+        prom_mp.MultiProcessCollector(scrape, path=str(self.multiproc_dir))
+        return generate_latest(scrape)
+
+
+class BatchRecorder:
+    """Turns one batcher's measurements into samples (label children resolved once)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._wait = metrics.queue_wait.labels(model, version)
+        self._compute = metrics.compute.labels(model, version)
+        self._size = metrics.batch_size.labels(model, version)
+        self._images = metrics.images.labels(model, version)
+        self._failed = metrics.failed_batches.labels(model, version)
+        self._depth.set(0)
+
+    def queue_depth(self, depth: int) -> None:
+        """Current queue length."""
+        self._depth.set(depth)
+
+    def batch_done(self, stats: BatchStats) -> None:
+        """One batch's size, waits and compute time."""
+        for wait in stats.queue_wait_s:
+            self._wait.observe(wait)
+        self._compute.observe(stats.compute_s)
+        self._size.observe(stats.rows)
+        if stats.failed:
+            self._failed.inc()
+        else:
+            self._images.inc(stats.rows)

@@ -1,0 +1,171 @@
+"""The model repository: load, verify and warm up every artifact under the model folder.
+
+This module and ``training/export.py`` are the only places that call ``torch.jit`` (it is deprecated in
+current torch and warns; the customer asked for TorchScript), so its warning filter lives here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.errors import ModelNotFound
+from service.inference import merge_inputs
+from service.manifest import (
+    Manifest,
+    ManifestError,
+    artifact_dirs,
+    read_manifest,
+    verify_checksum,
+    version_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(RuntimeError):
+    """The service cannot serve anything: no usable device or no loadable artifact."""
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        yield
+
+
+def resolve_device(device: str, half: bool) -> torch.device:
+    """Turn the device setting into a torch.device that exists here; raise RegistryError otherwise."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device")
+        if (resolved.index or 0) >= torch.cuda.device_count():
+            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees "
+                                f"{torch.cuda.device_count()} CUDA devices")
+    elif half:
+        raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow on CPU)")
+    return resolved
+
+
+@dataclass
+class LoadedModel:
+    """One verified, warmed-up artifact on its device; ``forward`` is what the batcher calls."""
+
+    manifest: Manifest
+    module: torch.jit.ScriptModule
+    device: torch.device
+    half: bool
+    load_seconds: float = 0.0
+    _pinned: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        """``name/version``."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+    def forward(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits for the concatenated parts, as a float32 array [N, num_classes]."""
+        batch = merge_inputs(parts, self.manifest.input.shape)
+        with torch.inference_mode():
+            x = self._to_device(torch.from_numpy(batch))
+            logits = self.module(x)
+            return logits.float().cpu().numpy()
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return x
+        # Stage in page-locked memory so the host-to-device copy can run asynchronously; one buffer per
+        # model, grown on demand (only the batcher thread calls forward).
+        if self._pinned is None or self._pinned.dtype != x.dtype or self._pinned.numel() < x.numel():
+            self._pinned = torch.empty(max(x.numel(), 1 << 16), dtype=x.dtype).pin_memory()
+        staged = self._pinned[: x.numel()].view(x.shape)
+        staged.copy_(x)
+        x = staged.to(self.device, non_blocking=True)
+        return x.half() if self.half and x.is_floating_point() else x
+
+
+@dataclass
+class Registry:
+    """Every loaded model, by name and version; the newest version is each name's default."""
+
+    models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
+
+    def add(self, model: LoadedModel) -> None:
+        """Register a loaded model."""
+        self.models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The named model (newest version unless one is given); raise ModelNotFound."""
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if version is None:
+            version = max(versions, key=version_key)
+        if version not in versions:
+            known = ", ".join(sorted(versions, key=version_key))
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
+        return versions[version]
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        for name in sorted(self.models):
+            versions = self.models[name]
+            yield from (versions[v] for v in sorted(versions, key=version_key))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.models.values())
+
+
+def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batch: int) -> Registry:
+    """Load every artifact under ``model_dir``; refuse (and log why) those that fail their checks."""
+    if not model_dir.is_dir():
+        raise RegistryError(f"TRAINSERVE_MODEL_DIR={model_dir} is not a folder")
+    registry = Registry()
+    for folder in artifact_dirs(model_dir):
+        try:
+            registry.add(load_model(folder, device, half, warmup_batch))
+        except (ManifestError, RuntimeError, ValueError, OSError) as exc:
+            registry.refused[str(folder)] = str(exc)
+            log.error("refused artifact %s: %s", folder, exc)
+    if not len(registry):
+        why = registry.refused or "no artifact folders"
+        raise RegistryError(f"no loadable model under {model_dir} ({why})")
+    return registry
+
+
+def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int) -> LoadedModel:
+    """Check the manifest and checksum, load the TorchScript file onto ``device``, and warm it up."""
+    started = time.perf_counter()
+    manifest = read_manifest(folder)
+    path = verify_checksum(manifest, folder)
+    with _quiet_jit():
+        module = torch.jit.load(str(path), map_location=device)
+    module.eval()
+    if half:
+        module.half()
+    model = LoadedModel(manifest=manifest, module=module, device=device, half=half)
+    # The first calls compile and allocate; run them now so the first client does not pay, and so a model
+    # that cannot take its declared input is refused here rather than on traffic.
+    dtypes = (np.float32, np.uint8) if manifest.input.accepts_uint8 else (np.float32,)
+    for dtype in dtypes:
+        for _ in range(2):
+            logits = model.forward([np.zeros((warmup_batch, *manifest.input.shape), dtype=dtype)])
+    if logits.shape != (warmup_batch, manifest.num_classes):
+        raise ManifestError(f"{folder}: warm-up returned shape {logits.shape}, "
+                            f"expected {(warmup_batch, manifest.num_classes)}")
+    model.load_seconds = time.perf_counter() - started
+    log.info("loaded %s on %s in %.2fs (%s, %d parameters)", model.key, device, model.load_seconds,
+             manifest.architecture, manifest.parameters)
+    return model

@@ -1,0 +1,238 @@
+"""Fixtures: tiny real artifacts trained on a real MNIST slice, apps built through the factory, and real
+gunicorn processes for process behaviour. No torch mocking anywhere."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from torch import nn
+
+from service.app import create_app
+from service.config import ServiceConfig
+from training.export import ArtifactInfo, PixelClassifier, export
+
+REPO = Path(__file__).resolve().parents[2]
+MEAN, STD = (0.1307,), (0.3081,)
+LABELS = tuple(str(d) for d in range(10))
+
+
+def _data_dir() -> Path:
+    for candidate in (os.environ.get("TRAINSERVE_DATA_DIR"), REPO.parent / "shared" / "datasets",
+                      REPO / "data"):
+        if candidate and (Path(candidate) / "mnist" / "t10k-images-idx3-ubyte.gz").exists():
+            return Path(candidate) / "mnist"
+    pytest.skip("MNIST files not found (set TRAINSERVE_DATA_DIR)")
+
+
+def _idx(path: Path, count: int) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return data[:count].copy()
+
+
+@pytest.fixture(scope="session")
+def mnist() -> dict[str, np.ndarray]:
+    """A real MNIST slice: 8,000 training and 1,000 test digits, uint8 [N, 28, 28]."""
+    root = _data_dir()
+    return {"train_x": _idx(root / "train-images-idx3-ubyte.gz", 8000),
+            "train_y": _idx(root / "train-labels-idx1-ubyte.gz", 8000),
+            "test_x": _idx(root / "t10k-images-idx3-ubyte.gz", 1000),
+            "test_y": _idx(root / "t10k-labels-idx1-ubyte.gz", 1000)}
+
+
+class TinyNet(nn.Module):
+    """A small CNN that reaches ~95% on MNIST after one pass over 8,000 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.head = nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SlowNet(nn.Module):
+    """A real but deliberately slow model (a few large matmuls per batch) for drain and deadline tests."""
+
+    def __init__(self, rounds: int = 4) -> None:
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+        self.register_buffer("m", torch.randn(768, 768) / 30)
+        self.rounds = rounds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = self.m
+        for _ in range(self.rounds):
+            acc = torch.tanh(acc @ self.m)
+        return self.head(x.flatten(1)) + acc.mean() * 0.0
+
+
+class PoisonNet(nn.Module):
+    """A real model that raises on a valid input whose top-left pixel is bright (a failing batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x[:, :, 0, 0].max() > 2.0):
+            raise RuntimeError("poisoned input")
+        return self.head(x.flatten(1))
+
+
+def _train(net: nn.Module, mnist: dict[str, np.ndarray]) -> PixelClassifier:
+    torch.manual_seed(0)
+    model = PixelClassifier(net, MEAN, STD)
+    x = torch.from_numpy(mnist["train_x"]).unsqueeze(1)
+    y = torch.from_numpy(mnist["train_y"]).long()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for epoch in range(1):
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+        del epoch
+    return model.eval()
+
+
+def _info(name: str, arch: str, version: str, accuracy: float) -> ArtifactInfo:
+    return ArtifactInfo(name=name, architecture=arch, labels=LABELS, input_shape=(1, 28, 28),
+                        metrics={"test_accuracy": accuracy}, training={"epochs": 1, "examples": 8000},
+                        dataset={"name": "mnist", "source": "tests", "train_examples": 8000,
+                                 "test_examples": 1000}, version=version)
+
+
+@pytest.fixture(scope="session")
+def artifact_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.ndarray]) -> Path:
+    """models/ with mnist-tiny versions 1 and 2 (2 is the same net, exported again) and a tampered one."""
+    root = tmp_path_factory.mktemp("models")
+    model = _train(TinyNet(), mnist)
+    probe = torch.from_numpy(mnist["test_x"][:8]).unsqueeze(1)
+    with torch.inference_mode():
+        accuracy = float((model(torch.from_numpy(mnist["test_x"]).unsqueeze(1)).argmax(1).numpy()
+                          == mnist["test_y"]).mean())
+    for version in ("1", "2"):
+        export(model, _info("mnist-tiny", "tiny-cnn", version, accuracy), root, probe)
+    broken = export(model, _info("tampered", "tiny-cnn", "1", accuracy), root, probe)
+    with (broken / "model.pt").open("ab") as fh:
+        fh.write(b"tampered")
+    return root
+
+
+@pytest.fixture(scope="session")
+def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with "slow" (requests stay in flight a while) and "poison" (some inputs make it raise)."""
+    root = tmp_path_factory.mktemp("special-models")
+    torch.manual_seed(0)
+    probe = torch.zeros(2, 1, 28, 28)
+    export(PixelClassifier(SlowNet(), MEAN, STD).eval(), _info("slow", "slow", "1", 0.1), root, probe)
+    export(PixelClassifier(PoisonNet(), MEAN, STD).eval(), _info("poison", "poison", "1", 0.1), root, probe)
+    return root
+
+
+@pytest.fixture
+def make_app(artifact_root: Path) -> Iterator[Callable[..., object]]:
+    """Build apps through the factory (CPU, tiny model); every one is closed after the test."""
+    apps = []
+
+    def build(**overrides: object) -> object:
+        settings = {"model_dir": artifact_root, "device": "cpu", "workers": 1, "torch_threads": 1,
+                    "max_batch_delay_ms": 2.0, "request_timeout_s": 10.0} | overrides
+        app = create_app(ServiceConfig(**settings))
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["trainserve"].close(timeout=10)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., object]) -> object:
+    """An app serving the tiny artifacts."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app: object) -> object:
+    """The Flask test client of ``app``."""
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    """A real gunicorn process serving the app on 127.0.0.1 (stopped at the end of the test)."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "gunicorn.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSERVE_", "PROMETHEUS_"))}
+        full_env |= {"TRAINSERVE_BIND": f"127.0.0.1:{self.port}", "TRAINSERVE_DEVICE": "cpu",
+                     "TRAINSERVE_TORCH_THREADS": "1"} | env
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
+            cwd=REPO, env=full_env, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._fh.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Gunicorn]]:
+    """Start real gunicorn servers with extra environment; each is stopped after the test."""
+    started: list[Gunicorn] = []
+
+    def start(env: dict[str, str]) -> Gunicorn:
+        server = Gunicorn(env, tmp_path)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,116 @@
+"""Process behaviour with a real gunicorn: SIGTERM drain, metrics across workers, start-up failures."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+pytestmark = pytest.mark.slow
+
+ZERO = {"instances": [[0] * 784], "dtype": "uint8"}
+PREDICTED = re.compile(
+    r'^trainserve_requests_total\{endpoint="v1.predict",model="mnist-tiny",status="200"\} (\S+)$', re.M)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def test_sigterm_drains_queued_and_in_flight_requests(gunicorn, special_root):
+    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
+                       "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
+                       "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30"})
+    url = f"{server.url}/v1/models/slow:predict"
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # one request runs, the others wait in the batcher's queue
+            depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
+                           "trainserve_queue_depth_requests", model="slow", version="1")
+            if depth and depth >= 2:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("requests never queued up")
+        server.proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        responses = [f.result(60) for f in pending]
+        finished_at = time.monotonic()
+    assert [r.status_code for r in responses] == [200] * 4
+    assert finished_at - stopped_at > 0.1  # they really were still running when SIGTERM came
+    assert server.proc.wait(timeout=60) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.post(url, json=ZERO, timeout=5)
+    assert "draining" in server.log.read_text()
+
+
+def _per_worker_counts(folder: Path, tmp: Path) -> dict[str, float]:
+    counts = {}
+    for db in folder.glob("counter_*.db"):
+        single = tmp / db.stem
+        single.mkdir(parents=True)
+        shutil.copy(db, single / db.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(single))
+        match = PREDICTED.search(generate_latest(registry).decode())
+        counts[db.stem] = float(match.group(1)) if match else 0.0
+    return counts
+
+
+def test_metrics_from_two_workers_are_summed_in_one_scrape(gunicorn, artifact_root, tmp_path):
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "counter_99999.db").write_bytes(b"stale")  # from an earlier run: must be wiped at start-up
+    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "2",
+                       "TRAINSERVE_THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(prom),
+                       "TRAINSERVE_LOG_FORMAT": "json"})
+    url = f"{server.url}/v1/models/mnist-tiny:predict"
+    sent, counts = 0, {}
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(10):  # until both workers have answered some (the kernel picks who accepts)
+            statuses = [r.status_code for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),
+                                                        range(16))]
+            assert statuses == [200] * 16
+            sent += 16
+            counts = _per_worker_counts(prom, tmp_path / f"split{sent}")
+            if sum(1 for c in counts.values() if c > 0) == 2:
+                break
+    assert sorted(c > 0 for c in counts.values()) == [True, True], counts
+    for _ in range(4):  # whichever worker answers the scrape, it reports both workers' requests
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert float(PREDICTED.search(text).group(1)) == sent
+        assert len(re.findall(r'^trainserve_model_load_seconds\{model="mnist-tiny",pid="\d+",version="2"\}',
+                              text, re.M)) == 2
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    server.stop()
+    lines = [line for line in server.log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all("message" in json.loads(line) for line in lines)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TRAINSERVE_MAX_BATCH_SIZE": "zero"}, "TRAINSERVE_MAX_BATCH_SIZE='zero' is not valid"),
+    ({"TRAINSERVE_MODEL_DIR": "/nonexistent/models"}, "is not a folder"),
+])
+def test_a_bad_setting_stops_start_up_with_a_clear_message(env, message, tmp_path):
+    full_env = {"PATH": "/usr/bin:/bin", "TRAINSERVE_BIND": "127.0.0.1:0", "TRAINSERVE_WORKERS": "1"} | env
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
+        cwd=Path(__file__).resolve().parents[2], env=full_env, capture_output=True, timeout=120)
+    assert result.returncode != 0
+    assert message in (result.stdout + result.stderr).decode()

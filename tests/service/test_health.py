@@ -1,0 +1,74 @@
+"""Probes, the Prometheus scrape and the API documents."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["models"] == ["mnist-tiny/1", "mnist-tiny/2"]
+
+
+def test_draining_turns_readiness_off_then_a_closed_plane_refuses_with_503(app, client):
+    plane = app.extensions["trainserve"]
+    plane.begin_drain()
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/models/mnist-tiny/ready").status_code == 503
+    assert client.get("/healthz").status_code == 200  # alive while it drains: no restart
+    body = {"instances": [[0] * 784]}
+    # a request the worker has already read is in flight: it still gets its answer
+    assert client.post("/v1/models/mnist-tiny:predict", json=body).status_code == 200
+    plane.close(timeout=10)
+    response = client.post("/v1/models/mnist-tiny:predict", json=body)
+    assert response.status_code == 503 and response.json["error"] == "model mnist-tiny/2 is shutting down"
+
+
+def test_metrics_count_requests_batches_and_describe_models(client, mnist):
+    client.post("/v1/models/mnist-tiny:predict",
+                json={"instances": mnist["test_x"][:5].tolist(), "dtype": "uint8"})
+    client.post("/v1/models/nope:predict", json={"instances": [[0] * 784]})
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
+    text = response.get_data(as_text=True)
+    assert 'trainserve_requests_total{endpoint="v1.predict",model="mnist-tiny",status="200"} 1.0' in text
+    # an unknown model name is client data: it must not become a label value
+    assert 'trainserve_requests_total{endpoint="v1.predict",model="",status="404"} 1.0' in text
+    assert 'trainserve_batch_size_images_count{model="mnist-tiny",version="2"}' in text
+    assert 'trainserve_inference_images_total{model="mnist-tiny",version="2"} 5.0' in text
+    assert 'trainserve_model_info{architecture="tiny-cnn",device="cpu"' in text
+    for family in ("trainserve_request_duration_seconds_bucket", "trainserve_queue_wait_seconds_bucket",
+                   "trainserve_compute_seconds_bucket", "trainserve_queue_depth_requests",
+                   "trainserve_model_load_seconds"):
+        assert family in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)")
+def test_metrics_pass_promtool_check(client):
+    client.post("/v2/models/mnist-tiny/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": np.zeros(784, int).tolist()}]})
+    text = client.get("/metrics").get_data()
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_openapi_document_covers_every_route(app, client):
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.") and spec["info"]["title"] == "trainserve"
+    documented = {path.replace("{", "<").replace("}", ">") for path in spec["paths"]}
+    routed = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert routed <= documented, routed - documented
+    assert "PredictRequest" in spec["components"]["schemas"]
+
+
+def test_docs_page_is_self_contained(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.content_type.startswith("text/html")
+    html = page.get_data(as_text=True)
+    assert "/v2/models/{name}/infer" in html and "<script" not in html and "http://" not in html

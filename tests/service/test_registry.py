@@ -1,0 +1,80 @@
+"""Loading artifacts: checks, refusal of bad ones, version routing, devices."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from service.errors import ModelNotFound
+from service.registry import RegistryError, load_registry, resolve_device
+
+CPU = torch.device("cpu")
+
+
+def test_loads_every_good_artifact_and_refuses_a_tampered_one(artifact_root, caplog):
+    with caplog.at_level(logging.ERROR, logger="service.registry"):
+        registry = load_registry(artifact_root, CPU, half=False, warmup_batch=4)
+    assert [m.key for m in registry] == ["mnist-tiny/1", "mnist-tiny/2"]
+    assert list(registry.refused) == [str(artifact_root / "tampered" / "1")]
+    assert "sha256" in caplog.text and "tampered" in caplog.text
+    assert all(m.load_seconds > 0 for m in registry)
+
+
+def test_newest_version_is_the_default_and_every_version_is_addressable(artifact_root):
+    registry = load_registry(artifact_root, CPU, half=False, warmup_batch=1)
+    assert registry.get("mnist-tiny").manifest.version == "2"
+    assert registry.get("mnist-tiny", "1").manifest.version == "1"
+    with pytest.raises(ModelNotFound):
+        registry.get("mnist-tiny", "3")
+    with pytest.raises(ModelNotFound):
+        registry.get("tampered")
+
+
+def test_forward_takes_uint8_and_float_and_mixed_batches_alike(artifact_root, mnist):
+    model = load_registry(artifact_root, CPU, half=False, warmup_batch=1).get("mnist-tiny")
+    x = mnist["test_x"][:4, None]
+    as_uint8 = model.forward([x])
+    as_float = model.forward([x.astype(np.float32) / 255])
+    mixed = model.forward([x[:2], x[2:].astype(np.float32) / 255])
+    np.testing.assert_allclose(as_uint8, as_float, atol=1e-4)
+    np.testing.assert_allclose(mixed, as_float, atol=1e-4)
+
+
+def test_no_loadable_model_is_a_start_up_error(tmp_path, artifact_root):
+    shutil.copytree(artifact_root / "tampered", tmp_path / "tampered")
+    with pytest.raises(RegistryError, match="no loadable model"):
+        load_registry(tmp_path, CPU, half=False, warmup_batch=1)
+    with pytest.raises(RegistryError, match="not a folder"):
+        load_registry(tmp_path / "missing", CPU, half=False, warmup_batch=1)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu", half=False) == CPU
+    with pytest.raises(RegistryError, match="needs a CUDA device"):
+        resolve_device("cpu", half=True)
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", half=False) == CPU
+        with pytest.raises(RegistryError, match="no CUDA device"):
+            resolve_device("cuda", half=False)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_pinned_non_blocking_path_matches_cpu(artifact_root, mnist, half):
+    cpu_model = load_registry(artifact_root, CPU, half=False, warmup_batch=1).get("mnist-tiny")
+    gpu_model = load_registry(artifact_root, resolve_device("cuda", half), half=half,
+                              warmup_batch=8).get("mnist-tiny")
+    x = mnist["test_x"][:64, None]
+    expected = cpu_model.forward([x])
+    got = gpu_model.forward([x])
+    assert gpu_model._pinned is not None and gpu_model._pinned.is_pinned()
+    np.testing.assert_allclose(got, expected, atol=5e-2 if half else 1e-3)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.98
