@@ -32,9 +32,11 @@ class TensorInput(_Strict):
     datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "UINT8"]),
                              metadata={"example": "UINT8"})
     parameters = fields.Dict(load_default=dict)
-    data = fields.Raw(required=True, validate=_list_only,
-                      metadata={"description": "flat (row-major) or nested numbers", "type": "array",
-                                "items": {}})
+    # Exactly one of data and parameters.binary_data_size (the binary tensor data extension).
+    data = fields.Raw(validate=_list_only,
+                      metadata={"description": "flat (row-major) or nested numbers; absent when "
+                                "parameters.binary_data_size says the tensor follows the JSON header as "
+                                "raw bytes", "type": "array", "items": {}})
 
 
 class RequestedOutput(_Strict):
