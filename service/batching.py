@@ -22,7 +22,8 @@ Contract of :class:`Batcher`, exactly:
 - If ``fn`` raises, or returns the wrong number of rows, every request in that batch fails with
   :class:`InferenceFailed` (HTTP 500) and the thread goes on with the next batch.
 - A request whose deadline passes while it waits fails with :class:`DeadlineExceeded` (HTTP 504); if it is
-  still queued it is dropped, never computed.
+  still queued it is dropped, never computed. A leader's forward pass cannot be interrupted: if its
+  deadline passed by the time it ends, it fails with :class:`DeadlineExceeded` then.
 - ``close()`` refuses new requests (:class:`NotReady`, HTTP 503), runs everything already queued, and joins
   the thread.
 """
@@ -142,6 +143,8 @@ class Batcher:
                 self._busy = False
                 if self._queue:
                     self._cond.notify()  # what queued meanwhile is the batching thread's next batch
+        if time.monotonic() > chunk.deadline:
+            raise DeadlineExceeded(f"model {self.name} did not answer before the request deadline")
         return chunk.future.result()
 
     def _wait(self, chunk: _Chunk) -> np.ndarray:
