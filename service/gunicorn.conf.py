@@ -42,6 +42,7 @@ graceful_timeout = math.ceil(_settings.graceful_timeout_s)
 # One configuration for gunicorn's loggers and the service's, text or JSON. No access log: per-request
 # lines cost throughput; the requests metric counts every request by model, endpoint and status.
 logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
+logger_class = "service.logs.GunicornLogger"
 loglevel = _settings.log_level
 accesslog = None
 

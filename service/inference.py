@@ -59,20 +59,22 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
 
 def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarray:
     if datatype == "UINT8":
+        if arr.dtype == np.uint8:
+            return arr  # binary data: every byte is a valid pixel
         if arr.dtype.kind == "f":
             raise InvalidInput("UINT8 data must be integers 0..255")
         if arr.min() < 0 or arr.max() > 255:
             raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min()}..{arr.max()}")
-        return arr.astype(np.uint8, copy=False)
+        return arr.astype(np.uint8)
     values = arr.astype(np.float32, copy=False)
+    low, high = spec.range
+    least, most = float(values.min()), float(values.max())  # NaN in the data makes both NaN
+    if low <= least and most <= high:
+        return values
     if not np.isfinite(values).all():
         raise InvalidInput("FP32 data must not contain NaN or infinity")
-    low, high = spec.range
-    if values.min() < low or values.max() > high:
-        hint = " (for 0..255 pixels send UINT8 data)" if values.max() > high and high <= 1 else ""
-        raise InvalidInput(f"FP32 values must be in [{low}, {high}], got "
-                           f"[{values.min():.4g}, {values.max():.4g}]{hint}")
-    return values
+    hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
+    raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
 
 
 def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> np.ndarray:
