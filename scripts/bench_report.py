@@ -7,7 +7,8 @@ from typing import Any
 
 LABELS = {"png": "1 PNG per request", "json": "1 UINT8 image per OIP JSON request",
           "bin64": "64 UINT8 images per binary OIP request", "json64": "64 UINT8 images per OIP JSON request",
-          "naive": "naive Flask app, 1 PNG per request"}
+          "naive": "naive Flask app, 1 PNG per request",
+          "live": "ceiling: GET /v2/health/live (no work), requests/s"}
 
 
 def report(row: dict[str, Any]) -> str:

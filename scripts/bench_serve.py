@@ -34,12 +34,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from bench_report import chart, report, summary  # noqa: E402
 
 LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "%(content_type)s"
-%(extra_headers)s
-local f = assert(io.open("%(body)s", "rb"))
-wrk.body = f:read("*all")
-f:close()
+%(request)s
 done = function(summary, latency, requests)
   local e = summary.errors
   local errors = e.status + e.connect + e.read + e.write + e.timeout
@@ -49,7 +44,15 @@ done = function(summary, latency, requests)
 end
 """
 
-IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1}
+IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1}
+POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "%(content_type)s"
+%(extra_headers)s
+local f = assert(io.open("%(body)s", "rb"))
+wrk.body = f:read("*all")
+f:close()
+"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,9 +69,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections (default: %(default)s)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default: %(default)s)")
-    parser.add_argument("--payloads", default="png,json,bin64",
+    parser.add_argument("--payloads", default="png,json,bin64,live",
                         help="png, json (one UINT8 image, JSON), bin64 (64 images, binary OIP), json64 "
-                             "(64 images, JSON) (default: %(default)s)")
+                             "(64 images, JSON), live (GET /v2/health/live: what gunicorn and Flask answer "
+                             "when there is no work, the ceiling for one-image requests) "
+                             "(default: %(default)s)")
     parser.add_argument("--out", default="bench-results/serve.json",
                         help="JSON results; the chart goes beside it (default: %(default)s)")
     return parser.parse_args()
@@ -112,6 +117,8 @@ def payload(kind: str, name: str, folder: Path) -> tuple[str, str, dict[str, str
     from PIL import Image
 
     body = folder / f"{kind}.body"
+    if kind == "live":
+        return "/v2/health/live", "", {}, body
     if kind in ("png", "naive"):
         buffer = io.BytesIO()
         Image.fromarray(digit()).save(buffer, format="PNG")
@@ -137,7 +144,8 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     """One wrk run (after a 1 s warm-up on the same connections count); the Lua script prints a RESULT."""
     script = folder / "bench.lua"
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
-    script.write_text(LUA % {"content_type": content_type, "body": body, "extra_headers": extra})
+    post = POST % {"content_type": content_type, "body": body, "extra_headers": extra}
+    script.write_text(LUA % {"request": post if content_type else ""})
     base = ["wrk", "-t1", f"-c{connections}", "--timeout", "10s", "-s", str(script), url]
     subprocess.run([*base, "-d1s"], capture_output=True, check=True)
     out = subprocess.run([*base, f"-d{seconds}s"], capture_output=True, text=True, check=True).stdout

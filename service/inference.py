@@ -104,9 +104,10 @@ def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = N
     k = len(labels) if top_k is None else min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(probs, order, axis=1).tolist()
-    names = np.asarray(labels, dtype=object)[order].tolist()
-    return [{"label": row_names[0], "probabilities": dict(zip(row_names, row_probs, strict=True))}
-            for row_names, row_probs in zip(names, top, strict=True)]
+    # Plain Python over the (few) labels of each row: cheaper than object arrays for one image.
+    return [{"label": labels[row[0]],
+             "probabilities": {labels[i]: p for i, p in zip(row, values, strict=True)}}
+            for row, values in zip(order.tolist(), top, strict=True)]
 
 
 def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None,

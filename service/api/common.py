@@ -91,7 +91,8 @@ def image_batch(found: LoadedModel) -> np.ndarray:
         raise UnsupportedMediaType(f"content type {mimetype or 'none'!r} is not an image: send image/png, "
                                    "image/jpeg or multipart/form-data")
     spec = found.manifest.input
-    return np.stack([imaging.to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs])
+    images = [imaging.to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs]
+    return images[0][None] if len(images) == 1 else np.stack(images)
 
 
 def logits(found: LoadedModel, inputs: np.ndarray) -> np.ndarray:
