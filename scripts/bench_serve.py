@@ -79,8 +79,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def in_process(model_dir: Path, name: str, seconds: float = 3.0) -> dict[str, float]:
-    """The model's own images/s at batch 1 and 64, loaded as the service loads it, on all cores."""
+def in_process(model_dir: Path, name: str, rounds: int = 5, seconds: float = 0.6) -> dict[str, float]:
+    """The model's own images/s at batch 1 and 64, loaded as the service loads it, on all cores.
+
+    The best of several short rounds: on a shared machine a round that another job slowed down would
+    flatter every ratio against this figure.
+    """
     import torch
 
     from service.manifest import artifact_dirs
@@ -92,15 +96,24 @@ def in_process(model_dir: Path, name: str, seconds: float = 3.0) -> dict[str, fl
     result = {"torch_threads": torch.get_num_threads()}
     for batch in (1, 64):
         x = np.random.default_rng(0).integers(0, 256, (batch, *model.manifest.input.shape), dtype=np.uint8)
-        times = []
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            t0 = time.perf_counter()
-            model.forward([x])
-            times.append(time.perf_counter() - t0)
-        result[f"batch{batch}_images_per_s"] = batch * len(times) / sum(times)
-        result[f"batch{batch}_p50_ms"] = float(np.median(times)) * 1000
+        rates, p50s = [], []
+        for _ in range(rounds):
+            times = []
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                t0 = time.perf_counter()
+                model.forward([x])
+                times.append(time.perf_counter() - t0)
+            rates.append(batch * len(times) / sum(times))
+            p50s.append(float(np.median(times)) * 1000)
+        result[f"batch{batch}_images_per_s"] = max(rates)
+        result[f"batch{batch}_p50_ms"] = min(p50s)
     return result
+
+
+def best(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The better of two in-process measurements, figure by figure (the higher rate, the lower latency)."""
+    return {k: (min if k.endswith("_ms") else max)(a[k], b[k]) for k in a}
 
 
 def digit() -> np.ndarray:
@@ -228,12 +241,21 @@ def main() -> None:
             rows = measure(args.url, args.payloads.split(","), name, args, reference, Path(tmp))
             stop(proc)
             proc = None
+            # Once more now the service is stopped: the reference is the better of the two.
+            again = best(reference, in_process(Path(args.model_dir), name))
+            for row in rows:
+                row["ratio"] = row["images_per_s"] / again["batch64_images_per_s"]
+            reference.update(again)
             if args.naive:
                 env = serve_env(args.naive_url, args.model_dir) | {"NAIVE_MODEL": name}
                 cores = str(len(os.sched_getaffinity(0)))
                 proc, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
                                  "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
                 rows += measure(args.naive_url, ["naive"], name, args, reference, Path(tmp))
+        print(f"\nin-process reference (the better of before and after): batch 1 p50 "
+              f"{reference['batch1_p50_ms']:.2f} ms, "
+              f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
+        print("\n".join(report(row) for row in rows))
     finally:
         stop(proc)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
