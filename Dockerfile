@@ -84,12 +84,12 @@ COPY --from=train-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY training training
 COPY service service
-# Owned by the training user, so a fresh named volume mounted here is writable.
-RUN install -d -o 10001 -g 10001 /models /data
+# Owned by the training user, so fresh named volumes mounted here are writable.
+RUN install -d -o 10001 -g 10001 /models /data /runs
 USER 10001:10001
 ENV PYTHONPATH=/app
 ENTRYPOINT ["python", "-m", "training"]
-CMD ["--data-dir", "/data", "--out", "/models"]
+CMD ["--data-dir", "/data", "--out", "/models", "--run-dir", "/runs"]
 
 # ---------------------------------------------------------------------------------------------------------
 # serve (default): gunicorn serving every model under /models. Only the serving dependencies, the service

@@ -68,25 +68,11 @@ base=$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile | head -n1)
 base=${base%%@*}  # a local image has no registry digest: tag the name, build with the name
 [[ -n $base ]] || die "no 'ARG PYTHON_IMAGE=' default in the Dockerfile"
 
-# The first bookworm mirror in the machine's apt sources (deb822 .sources or one-line .list files).
-debian_mirror() {
-    local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
-    awk '
-        FNR == 1 { uris = ""; suites = "" }
-        /^deb / && $0 !~ /security/ && $3 ~ /^bookworm$/ { print $2; exit }
-        /^URIs:/   { uris = $2 }
-        /^Suites:/ { suites = $0 }
-        /^[ \t]*$/ || /^URIs:|^Suites:/ {
-            if (uris != "" && uris !~ /security/ && suites ~ /[ \t]bookworm([ \t]|$)/) { print uris; exit }
-            if ($0 ~ /^[ \t]*$/) { uris = ""; suites = "" }
-        }' "${files[@]}" 2>/dev/null | head -n1
-}
-
 if podman image exists "$base"; then
     log "base image $base already in $work"
 else
-    mirror=$(debian_mirror)
-    [[ -n $mirror ]] || die "no Debian bookworm mirror found in /etc/apt/sources.list{,.d}"
+    # The mirror this machine's apt uses: no host name is written here.
+    mirror=$(python3 deploy/ci/debian_mirror.py --suite bookworm) || die "no Debian bookworm mirror in apt's sources"
     log "debootstrap bookworm from $mirror"
     rootfs=$work/rootfs
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \

@@ -42,7 +42,8 @@ def png(pixels: bytes, width: int = 28) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, len(pixels) // width, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 def call(url: str, body: bytes | None = None, content_type: str = "application/json") -> bytes:
@@ -80,13 +81,15 @@ def check_metrics(base: str, model: str) -> None:
               rf'[^}}]*status="200"[^}}]*}} (\S+)$'
     found = re.search(pattern, text, re.MULTILINE)
     if not found or float(found.group(1)) < 1:
-        sys.exit("metrics: no trainserve_requests_total sample for v1.predict with status 200:\n" + text[:3000])
+        sys.exit("metrics: no trainserve_requests_total sample for v1.predict with status 200:\n"
+                 + text[:3000])
     print(f"metrics: {found.group(0)}")
 
 
 def main() -> None:
     """Parse arguments, then predict and scrape."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="base URL of the running service")
     parser.add_argument("--mnist", type=Path, help="folder with the MNIST test files (default: none)")
     parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")

@@ -7,8 +7,9 @@ Usage: python requirements.py pyproject.toml serve [train ...]
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def requirements(pyproject: Path, extras: list[str]) -> list[str]:
