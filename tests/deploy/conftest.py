@@ -5,10 +5,12 @@ A tool missing on a developer's machine skips its tests with the install command
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -54,6 +56,15 @@ class DeployKit:
         """Render a kustomization with kubectl's kustomize and parse every document."""
         out = self.run(self.tool("kubectl"), "kustomize", str(path)).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
+
+    @staticmethod
+    def load(path: Path) -> ModuleType:
+        """Import a stand-alone script (deploy/ci/*.py, deploy/docker/*.py) as a module."""
+        spec = importlib.util.spec_from_file_location(f"deploy_script_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
     @staticmethod
     def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
