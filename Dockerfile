@@ -88,8 +88,8 @@ COPY service service
 RUN install -d -o 10001 -g 10001 /models /data /runs
 USER 10001:10001
 ENV PYTHONPATH=/app
-ENTRYPOINT ["python", "-m", "training"]
-CMD ["--data-dir", "/data", "--out", "/models", "--run-dir", "/runs"]
+# The folders are part of the entry point, so `docker run IMAGE --epochs 3` adds to them (a later flag wins).
+ENTRYPOINT ["python", "-m", "training", "--data-dir", "/data", "--out", "/models", "--run-dir", "/runs"]
 
 # ---------------------------------------------------------------------------------------------------------
 # serve (default): gunicorn serving every model under /models. Only the serving dependencies, the service
