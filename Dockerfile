@@ -107,7 +107,8 @@ COPY models /models
 # The metrics directory's parent is writable like /tmp (gunicorn.conf.py empties the directory at start).
 # Under a read-only root filesystem mount a volume (Kubernetes: an emptyDir) on /run/trainserve.
 RUN install -d -m 1777 /run/trainserve
-ENV TRAINSERVE_MODEL_DIR=/models \
+ENV PYTHONPATH=/app \
+    TRAINSERVE_MODEL_DIR=/models \
     TRAINSERVE_BIND=0.0.0.0:8000 \
     TRAINSERVE_LOG_FORMAT=json \
     PROMETHEUS_MULTIPROC_DIR=/run/trainserve/metrics \
