@@ -89,8 +89,15 @@ fi
 # --- 2. build --------------------------------------------------------------------------------------------
 # The host's CA bundle and local wheel folder reach pip through build arguments (empty by default in the
 # Dockerfile) and read-only bind mounts that exist only while the build runs.
-ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
-wheels=${PIP_FIND_LINKS:-}
+# Each from pip's environment variable, else pip's configuration (make test has created .venv by now).
+pip_setting() {
+    local from_env=$1 key=$2
+    if [[ -n ${!from_env:-} ]]; then printf '%s\n' "${!from_env}"; return; fi
+    [[ -x .venv/bin/python ]] && .venv/bin/python -m pip config get "global.$key" 2>/dev/null | awk '{print $1}'
+}
+ca_bundle=$(pip_setting PIP_CERT cert || true)
+ca_bundle=${ca_bundle:-/etc/ssl/certs/ca-certificates.crt}
+wheels=$(pip_setting PIP_FIND_LINKS find-links || true)
 build_args=(--build-arg "PIP_CERT=/run/build/ca.crt")
 mounts=(-v "$ca_bundle:/run/build/ca.crt:ro")
 if [[ -n $wheels && -d $wheels ]]; then

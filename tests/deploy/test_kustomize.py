@@ -4,6 +4,8 @@ schemas, and the pieces fit together (selectors, probes, volumes, settings, GPU 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,18 @@ def test_the_service_accepts_every_setting(kit: Any, overlay: str,
     assert set(settings) <= known, f"settings the service does not read: {sorted(set(settings) - known)}"
     assert parsed.worker_count * parsed.torch_thread_count <= float(
         container(kit.find(rendered[overlay], "Deployment"), "trainserve")["resources"]["limits"]["cpu"])
+
+
+def test_pods_wait_for_a_published_model(kit: Any, rendered: dict[str, list[dict[str, Any]]],
+                                         tmp_path: Path) -> None:
+    """The init container's script runs, and lets the pod start once the Job has published an artifact."""
+    spec = pod_spec(kit.find(rendered["cpu"], "Deployment"))
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["python", "-c"]
+    assert [m["mountPath"] for m in init["volumeMounts"]] == ["/models"]
+    published = tmp_path / "mnist-cnn" / "1"
+    published.mkdir(parents=True)
+    (published / "manifest.json").write_text("{}")
+    script = init["args"][0].replace('"/models"', repr(str(tmp_path)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
