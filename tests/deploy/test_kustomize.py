@@ -197,5 +197,6 @@ def test_pods_wait_for_a_published_model(kit: Any, rendered: dict[str, list[dict
     published.mkdir(parents=True)
     (published / "manifest.json").write_text("{}")
     script = init["args"][0].replace('"/models"', repr(str(tmp_path)))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          check=False)
     assert done.returncode == 0, done.stderr
