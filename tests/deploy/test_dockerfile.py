@@ -3,6 +3,8 @@ expect (pinned base, non-root, health check, exec'd gunicorn), and the helper sc
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -141,3 +143,54 @@ def test_requirements_are_the_serve_extra(kit: Any) -> None:
         kit.repo / "pyproject.toml", ["dev"]))
     with pytest.raises(SystemExit, match="unknown extras"):
         requirements.requirements(kit.repo / "pyproject.toml", ["gpu"])
+
+
+def _third_party_imports(package: Path) -> set[str]:
+    """Top-level modules a package imports, less the standard library and the project's own packages."""
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"service", "training", "__future__"}
+
+
+def _canonical(requirement: str) -> str:
+    """The normalised distribution name a requirement string starts with."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement.strip())
+    assert name, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """Distributions and everything they require (as installed here), extras' requirements left out."""
+    closed, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in closed:
+            continue
+        closed.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo += [_canonical(r) for r in requires if "extra ==" not in r]
+    return closed
+
+
+@pytest.mark.parametrize(("package", "extra"), [("service", "serve"), ("training", "train")])
+def test_the_image_installs_every_module_the_code_imports(kit: Any, package: str, extra: str) -> None:
+    """Each image installs the base dependencies plus one extra (and what they require), so every
+    third-party module its package imports must come from those; a gap would only show in the image."""
+    if not (kit.repo / package / "__init__.py").exists():
+        pytest.skip(f"{package}/ is not in this tree")
+    pytest.importorskip("tomllib", reason="Python 3.11+ (the image's Python)")
+    requirements = kit.load(kit.repo / "deploy" / "docker" / "requirements.py")
+    declared = {_canonical(r) for r in requirements.requirements(kit.repo / "pyproject.toml", [extra])}
+    installed = _with_dependencies(declared)
+    distributions = importlib.metadata.packages_distributions()
+    missing = {module: distributions.get(module, ["?"]) for module in _third_party_imports(kit.repo / package)
+               if not installed & {_canonical(d) for d in distributions.get(module, [])}}
+    assert not missing, f"imported by {package}/ but not installed with the {extra!r} extra: {missing}"
