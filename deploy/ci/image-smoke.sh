@@ -121,12 +121,14 @@ log "built: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=i
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # As Kubernetes runs it: read-only root, writable memory only for /tmp and the metrics folder (as emptyDirs),
 # no capabilities. Published on the loopback address only.
-# The HEALTHCHECK is run on demand below (its timer would need systemd).
+# The HEALTHCHECK is run on demand below: its timer would need systemd, which podman complains about
+# on stderr (kept in podman-run.log).
 podman run --detach --name "$container" --publish "127.0.0.1:$port:8000" \
     --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=64m --tmpfs /run/trainserve:rw,size=64m \
     --cap-drop ALL --security-opt no-new-privileges --health-interval disable \
     -e TRAINSERVE_WORKERS=2 -e TRAINSERVE_TORCH_THREADS=1 \
-    "$image" >/dev/null
+    "$image" >/dev/null 2>"$work/podman-run.log" \
+    || { cat "$work/podman-run.log" >&2; die "podman run failed"; }
 log "container $container on 127.0.0.1:$port"
 
 deadline=$((SECONDS + 180))
