@@ -92,6 +92,13 @@ ENV PYTHONPATH=/app
 ENTRYPOINT ["python", "-m", "training", "--data-dir", "/data", "--out", "/models", "--run-dir", "/runs"]
 
 # ---------------------------------------------------------------------------------------------------------
+# models: the shipped artifacts, made readable by the service's user whatever their modes in the build
+# context (an export's folder is private, 0700, like the temporary folder it was renamed from).
+FROM python AS models
+COPY models /models
+RUN chmod -R a+rX,go-w /models
+
+# ---------------------------------------------------------------------------------------------------------
 # serve (default): gunicorn serving every model under /models. Only the serving dependencies, the service
 # package and the shipped models; mount a volume on /models to serve others.
 FROM python AS serve
@@ -103,11 +110,13 @@ COPY --from=serve-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY service service
 COPY deploy/docker/entrypoint.sh deploy/docker/healthcheck.py ./
-COPY models /models
-# The metrics directory's parent is writable like /tmp (gunicorn.conf.py empties the directory at start).
-# Under a read-only root filesystem mount a volume (Kubernetes: an emptyDir) on /run/trainserve.
+COPY --from=models /models /models
+# /run/trainserve holds the run-time files: the metrics directory (gunicorn.conf.py empties it at start) and
+# gunicorn's control socket (XDG_RUNTIME_DIR; `gunicornc` inside the container talks to it). Writable like
+# /tmp; under a read-only root filesystem mount a volume there (Kubernetes: an emptyDir).
 RUN install -d -m 1777 /run/trainserve
 ENV PYTHONPATH=/app \
+    XDG_RUNTIME_DIR=/run/trainserve \
     TRAINSERVE_MODEL_DIR=/models \
     TRAINSERVE_BIND=0.0.0.0:8000 \
     TRAINSERVE_LOG_FORMAT=json \

@@ -112,7 +112,7 @@ if [[ -n $wheels && -d $wheels ]]; then
     fi
 fi
 log "buildah bud $image"
-buildah bud --isolation chroot --pull=never --format docker --layers=false \
+buildah bud --isolation chroot --pull=never --format docker --layers \
     "${mounts[@]}" "${build_args[@]}" -t "$image" . >"$work/build.log" 2>&1 \
     || { tail -n 40 "$work/build.log"; die "image build failed (log above)"; }
 log "built: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=iec) $image"
