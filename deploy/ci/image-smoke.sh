@@ -148,7 +148,7 @@ data_dir=${TRAINSERVE_DATA_DIR:-../shared/datasets}
 python3 deploy/ci/smoke_request.py "http://127.0.0.1:$port" --mnist "$data_dir/mnist"
 
 # SIGTERM drains and exits cleanly (gunicorn is PID 1, reached directly).
-podman stop --time 30 "$container" >/dev/null
+podman stop --time 30 "$container" >/dev/null 2>>"$work/podman-run.log"
 exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
 [[ $exit_code == 0 ]] || { podman logs --tail 20 "$container" >&2; die "exit code $exit_code after SIGTERM"; }
 log "stopped cleanly on SIGTERM; image smoke test passed in $((SECONDS - started)) s"
