@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the serving image without a Docker daemon and prove that it serves:
+# Build the images without a Docker daemon and prove that they work:
 #   1. debootstrap a minimal Debian bookworm with Python 3.11 and tag it with the Dockerfile's base name
 #      (no image registry is reachable, so the base is made here, from the machine's own Debian mirror);
 #   2. buildah bud --isolation chroot --pull=never, passing pip the host's CA bundle and wheel folder;
-#   3. run the image with podman (runc) on 127.0.0.1, read-only root like Kubernetes, wait for /readyz and
-#      the image's HEALTHCHECK, send real predictions, scrape /metrics; then remove everything it made.
+#   3. run the serving image with podman (runc) on 127.0.0.1, read-only root like Kubernetes, wait for
+#      /readyz and the image's HEALTHCHECK, send real MNIST digits, scrape /metrics, stop it with SIGTERM;
+#   4. train with the training image into a mounted volume and serve that artifact with the serving image;
+#   then remove everything it made.
 #
 # Usage: deploy/ci/image-smoke.sh        (as root; installs buildah, podman, debootstrap, runc if missing)
 # Environment: SMOKE_WORK (scratch folder and container storage; default a fresh one under /var/tmp),
@@ -50,10 +52,12 @@ runroot = "$work/run"
 EOF
 
 image=localhost/trainserve:smoke
+train_image=localhost/trainserve-train:smoke
 container=trainserve-smoke-$$
+containers=()
 cleanup() {
     local rc=$?
-    podman rm --force --time 5 "$container" >/dev/null 2>&1 || true
+    for name in "${containers[@]}"; do podman rm --force --time 5 "$name" >/dev/null 2>&1 || true; done
     if [[ ${SMOKE_KEEP:-0} != 1 ]]; then
         buildah rm --all >/dev/null 2>&1 || true
         podman system reset --force >/dev/null 2>&1 || true
@@ -111,44 +115,73 @@ if [[ -n $wheels && -d $wheels ]]; then
         log "torch $torch_version from $wheels"
     fi
 fi
-log "buildah bud $image"
-buildah bud --isolation chroot --pull=never --format docker --layers \
-    "${mounts[@]}" "${build_args[@]}" -t "$image" . >"$work/build.log" 2>&1 \
-    || { tail -n 40 "$work/build.log"; die "image build failed (log above)"; }
-log "built: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=iec) $image"
+build() {  # build TAG [buildah arguments...]
+    local tag=$1; shift
+    log "buildah bud $* -> $tag"
+    buildah bud --isolation chroot --pull=never --format docker --layers \
+        "${mounts[@]}" "${build_args[@]}" "$@" -t "$tag" . >>"$work/build.log" 2>&1 \
+        || { tail -n 40 "$work/build.log"; die "image build failed (log above)"; }
+    log "built $tag: $(podman image inspect --format '{{.Size}}' "$tag" | numfmt --to=iec)"
+}
 
-# --- 3. run and check ------------------------------------------------------------------------------------
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# As Kubernetes runs it: read-only root, writable memory only for /tmp and the metrics folder (as emptyDirs),
-# no capabilities. Published on the loopback address only.
-# The HEALTHCHECK is run on demand below: its timer would need systemd, which podman complains about
-# on stderr (kept in podman-run.log).
-podman run --detach --name "$container" --publish "127.0.0.1:$port:8000" \
-    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=64m --tmpfs /run/trainserve:rw,size=64m \
-    --cap-drop ALL --security-opt no-new-privileges --health-interval disable \
-    -e TRAINSERVE_WORKERS=2 -e TRAINSERVE_TORCH_THREADS=1 \
-    "$image" >/dev/null 2>"$work/podman-run.log" \
-    || { cat "$work/podman-run.log" >&2; die "podman run failed"; }
-log "container $container on 127.0.0.1:$port"
+# serve NAME [podman run arguments...]: start the serving image as Kubernetes runs it (read-only root,
+# writable memory only for /tmp and /run/trainserve, as emptyDirs; no capabilities), published on the
+# loopback address only; wait for /readyz and the image's HEALTHCHECK. Sets $url.
+serve() {
+    local name=$1 port; shift
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # The HEALTHCHECK is run on demand below: its timer needs systemd, which podman complains about on
+    # stderr (kept in podman.log).
+    podman run --detach --name "$name" --publish "127.0.0.1:$port:8000" \
+        --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=64m --tmpfs /run/trainserve:rw,size=64m \
+        --cap-drop ALL --security-opt no-new-privileges --health-interval disable \
+        -e TRAINSERVE_WORKERS=2 -e TRAINSERVE_TORCH_THREADS=1 "$@" \
+        "$image" >/dev/null 2>>"$work/podman.log" || { cat "$work/podman.log" >&2; die "podman run failed"; }
+    containers+=("$name")
+    url=http://127.0.0.1:$port
+    local deadline=$((SECONDS + 180))
+    until curl -fsS --max-time 2 "$url/readyz" >/dev/null 2>&1; do
+        if [[ $(podman inspect --format '{{.State.Running}}' "$name") != true ]] || ((SECONDS > deadline)); then
+            podman logs --tail 40 "$name" >&2 || true
+            die "$name did not become ready within 180 s"
+        fi
+        sleep 1
+    done
+    log "$name ready on $url: $(curl -fsS "$url/readyz")"
+    podman healthcheck run "$name" >/dev/null 2>>"$work/podman.log" || die "the image's HEALTHCHECK failed"
+    [[ $(podman exec "$name" id -u) == 10001 ]] || die "$name does not run as uid 10001"
+}
 
-deadline=$((SECONDS + 180))
-until curl -fsS --max-time 2 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
-    if [[ $(podman inspect --format '{{.State.Running}}' "$container") != true ]] || ((SECONDS > deadline)); then
-        podman logs --tail 40 "$container" >&2 || true
-        die "the service did not become ready within 180 s"
-    fi
-    sleep 1
-done
-log "ready: $(curl -fsS "http://127.0.0.1:$port/readyz")"
-podman healthcheck run "$container" >/dev/null || die "the image's HEALTHCHECK failed"
-log "HEALTHCHECK: $(podman inspect --format '{{.State.Health.Status}}' "$container")"
-[[ $(podman exec "$container" id -u) == 10001 ]] || die "the service does not run as uid 10001"
+# stop NAME: SIGTERM must drain and exit 0 (gunicorn is PID 1 and gets the signal itself).
+stop() {
+    podman stop --time 30 "$1" >/dev/null 2>>"$work/podman.log"
+    local code
+    code=$(podman inspect --format '{{.State.ExitCode}}' "$1")
+    [[ $code == 0 ]] || { podman logs --tail 20 "$1" >&2; die "$1 exited $code after SIGTERM"; }
+    log "$1 stopped cleanly on SIGTERM"
+}
 
+# --- 3. the serving image: the shipped model answers real MNIST digits -------------------------------------
+build "$image"
+serve "$container"
 data_dir=${TRAINSERVE_DATA_DIR:-../shared/datasets}
-python3 deploy/ci/smoke_request.py "http://127.0.0.1:$port" --mnist "$data_dir/mnist"
+python3 deploy/ci/smoke_request.py "$url" --mnist "$data_dir/mnist"
+stop "$container"
 
-# SIGTERM drains and exits cleanly (gunicorn is PID 1, reached directly).
-podman stop --time 30 "$container" >/dev/null 2>>"$work/podman-run.log"
-exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
-[[ $exit_code == 0 ]] || { podman logs --tail 20 "$container" >&2; die "exit code $exit_code after SIGTERM"; }
-log "stopped cleanly on SIGTERM; image smoke test passed in $((SECONDS - started)) s"
+# --- 4. the training image writes an artifact into a mounted volume; the serving image serves it ----------
+# As the Kubernetes Job runs it (read-only root; `U`: the tmpfs belongs to the image's user, as an emptyDir
+# with fsGroup does). scikit-learn's bundled 8x8 digits: no download, a few seconds of training.
+build "$train_image" --target train
+trained=$work/trained
+install -d -o 10001 -g 10001 "$trained"
+podman run --rm --read-only --read-only-tmpfs=false --tmpfs /tmp:rw --tmpfs /runs:rw,U --cap-drop ALL \
+    --security-opt no-new-privileges -v "$trained:/models" "$train_image" \
+    --dataset digits --epochs 1 --no-download --threads 2 >"$work/train.log" 2>&1 \
+    || { tail -n 30 "$work/train.log" >&2; die "training in the image failed"; }
+[[ -f $trained/digits-cnn/1/manifest.json ]] || die "no digits-cnn/1 artifact in the mounted volume"
+log "trained digits-cnn/1 into the mounted volume"
+serve "$container-trained" -v "$trained:/models:ro"
+python3 deploy/ci/smoke_request.py "$url" --model digits-cnn
+stop "$container-trained"
+
+log "image smoke test passed in $((SECONDS - started)) s"

@@ -2,7 +2,8 @@
 
 Used by image-smoke.sh against the container. Real MNIST test digits go through all three protocols
 (v1 predict, Open Inference Protocol v2, a PNG upload); the answers must be right, and /metrics must then
-count the requests. Without the MNIST files a blank image still exercises every path.
+count the requests. For a model that does not take 28x28 digits, or without the MNIST files, a blank image
+of the model's input shape still exercises every path.
 
 Usage: python smoke_request.py http://127.0.0.1:PORT [--mnist DIR] [--model NAME]
 """
@@ -18,15 +19,17 @@ import sys
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 DIGITS = 16
 MIN_CORRECT = 14  # a trained MNIST net misses about 1 digit in 100; 14 of 16 leaves room for a weak one
 
 
-def load_digits(mnist: Path | None) -> tuple[list[bytes], list[str] | None]:
-    """The first test digits as 784 raw pixels each, with their labels (None without the data set)."""
-    if mnist is None or not (mnist / "t10k-images-idx3-ubyte.gz").exists():
-        return [bytes(784)], None
+def load_digits(mnist: Path | None, shape: list[int]) -> tuple[list[bytes], list[str] | None]:
+    """The first MNIST test digits as raw pixels, with their labels; a blank image of ``shape`` (and no
+    labels) when the model does not take 28x28 digits or the data set is missing."""
+    if shape != [1, 28, 28] or mnist is None or not (mnist / "t10k-images-idx3-ubyte.gz").exists():
+        return [bytes(shape[-1] * shape[-2])], None
     with gzip.open(mnist / "t10k-images-idx3-ubyte.gz") as fh:
         images = fh.read(16 + 784 * DIGITS)[16:]
     with gzip.open(mnist / "t10k-labels-idx1-ubyte.gz") as fh:
@@ -53,18 +56,21 @@ def call(url: str, body: bytes | None = None, content_type: str = "application/j
         return response.read()
 
 
-def check_predictions(base: str, model: str, digits: list[bytes], labels: list[str] | None) -> None:
-    """v1 predict for every digit, v2 infer and a PNG upload for the first; exit if the answers are wrong."""
-    instances = [[list(d[r * 28:(r + 1) * 28]) for r in range(28)] for d in digits]
+def check_predictions(base: str, model: dict[str, Any], digits: list[bytes], labels: list[str] | None) -> None:
+    """v1 predict for every image, v2 infer and a PNG upload for the first; exit if the answers are wrong."""
+    name, (_, height, width) = model["name"], model["input_shape"]
+    instances = [[list(d[r * width:(r + 1) * width]) for r in range(height)] for d in digits]
     body = json.dumps({"instances": instances, "dtype": "uint8"}).encode()
-    v1 = [p["label"] for p in json.loads(call(f"{base}/v1/models/{model}:predict", body))["predictions"]]
-    v2_body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "UINT8",
+    v1 = [p["label"] for p in json.loads(call(f"{base}/v1/models/{name}:predict", body))["predictions"]]
+    v2_body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, height, width], "datatype": "UINT8",
                                       "data": list(digits[0])}]}).encode()
-    v2 = json.loads(call(f"{base}/v2/models/{model}/infer", v2_body))
-    upload = json.loads(call(f"{base}/v1/models/{model}:classify", png(digits[0]), "image/png"))
+    v2 = json.loads(call(f"{base}/v2/models/{name}/infer", v2_body))
+    upload = json.loads(call(f"{base}/v1/models/{name}:classify", png(digits[0], width), "image/png"))
     upload_label = upload["predictions"][0]["label"]
     print(f"v1 predict: {v1}\nv2 infer outputs: {[o['name'] for o in v2['outputs']]}\n"
           f"PNG upload: {upload_label}")
+    if not set(v1) | {upload_label} <= set(model["labels"]):
+        sys.exit(f"labels {[*v1, upload_label]} are not the model's {model['labels']}")
     if labels is None:
         return
     correct = sum(p == t for p, t in zip(v1, labels, strict=True))
@@ -95,10 +101,13 @@ def main() -> None:
     parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     args = parser.parse_args()
     base = args.url.rstrip("/")
-    model = args.model or json.loads(call(f"{base}/v1/models"))["models"][0]["name"]
-    digits, labels = load_digits(args.mnist)
+    served = json.loads(call(f"{base}/v1/models"))["models"]
+    model = next((m for m in served if m["name"] == args.model), None) if args.model else served[0]
+    if model is None:
+        sys.exit(f"{args.model} is not served; the service has {[m['name'] for m in served]}")
+    digits, labels = load_digits(args.mnist, model["input_shape"])
     check_predictions(base, model, digits, labels)
-    check_metrics(base, model)
+    check_metrics(base, model["name"])
 
 
 if __name__ == "__main__":
