@@ -56,7 +56,8 @@ def call(url: str, body: bytes | None = None, content_type: str = "application/j
         return response.read()
 
 
-def check_predictions(base: str, model: dict[str, Any], digits: list[bytes], labels: list[str] | None) -> None:
+def check_predictions(base: str, model: dict[str, Any], digits: list[bytes],
+                      labels: list[str] | None) -> None:
     """v1 predict for every image, v2 infer and a PNG upload for the first; exit if the answers are wrong."""
     name, (_, height, width) = model["name"], model["input_shape"]
     instances = [[list(d[r * width:(r + 1) * width]) for r in range(height)] for d in digits]
