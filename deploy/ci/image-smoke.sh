@@ -85,7 +85,7 @@ else
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
     log "importing it as $base"
-    tar -C "$rootfs" -c . | podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
+    tar -C "$rootfs" -c . | podman import --quiet --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
         - "$base" >/dev/null
     rm -rf "$rootfs"
 fi
@@ -117,7 +117,7 @@ if [[ -n $wheels && -d $wheels ]]; then
 fi
 build() {  # build TAG [buildah arguments...]
     local tag=$1; shift
-    log "buildah bud $* -> $tag"
+    log "building $tag${*:+ ($*)}"
     buildah bud --isolation chroot --pull=never --format docker --layers \
         "${mounts[@]}" "${build_args[@]}" "$@" -t "$tag" . >>"$work/build.log" 2>&1 \
         || { tail -n 40 "$work/build.log"; die "image build failed (log above)"; }
