@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-download", dest="download", action="store_false",
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",
-                      help=f"share of the training split held out for validation (default: {_D.val_fraction})")
+                      help=f"share of the training split held out to validate on (default: {_D.val_fraction})")
     data.add_argument("--image-size", type=int, default=_D.image_size, metavar="N",
                       help=f"folder:PATH only: resize images to NxN (default: {_D.image_size})")
     model = p.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHITECTURES, default=_D.arch, help=f"the net (default: {_D.arch})")
+    model.add_argument("--arch", choices=ARCHITECTURES, default=_D.arch,
+                       help=f"the net (default: {_D.arch})")
     model.add_argument("--hidden", type=_widths, default=_D.hidden, metavar="W,W",
                        help="mlp only: hidden layer widths (default: 256,128)")
     model.add_argument("--activation", choices=ACTIVATIONS, default=_D.activation,
@@ -91,7 +92,8 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help="a few batches end to end, exported under --run-dir instead of --out")
     g.add_argument("--name", default=None, metavar="NAME",
                    help="artifact name (default: DATASET-ARCH, e.g. mnist-cnn)")
-    g.add_argument("--version", default=None, metavar="V", help="artifact version (default: the next free one)")
+    g.add_argument("--version", default=None, metavar="V",
+                   help="artifact version (default: the next free one)")
     g.add_argument("--out", type=Path, default=_D.out, metavar="DIR",
                    help=f"model repository the artifact goes to (default: {_D.out})")
     g.add_argument("--run-dir", type=Path, default=_D.run_dir, metavar="DIR",

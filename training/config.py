@@ -76,7 +76,8 @@ class TrainConfig:
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
         _check(self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0")
         _check(self.workers >= 0 and self.threads >= 0, "workers and threads must be >= 0")
-        _check(bool(_DEVICE_RE.match(self.device)), f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
+        _check(bool(_DEVICE_RE.match(self.device)),
+               f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
         _check(bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", self.name)),
                f"name {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
         _check(self.version is None or bool(re.fullmatch(r"[1-9][0-9]{0,8}", self.version)),

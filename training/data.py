@@ -10,7 +10,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
-from training.datasets import IDX_DATASETS, DataError, ImageSet, Source, holdout, load_digits, load_idx_dataset
+from training.datasets import (
+    IDX_DATASETS,
+    DataError,
+    ImageSet,
+    Source,
+    holdout,
+    load_digits,
+    load_idx_dataset,
+)
 from training.folders import load_folder
 
 __all__ = ["DataError", "DataSplits", "ImageSet", "load_data", "make_loader"]

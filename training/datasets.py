@@ -171,7 +171,7 @@ def _download(spec: IdxDataset, data_dir: Path) -> None:
 def _missing_message(spec: IdxDataset, data_dir: Path, download: bool) -> str:
     files = ", ".join(f"{f}.gz" for f in IDX_FILES)
     where = data_dir.resolve() / spec.folders[0]
-    looked = ", ".join(str(data_dir / f) for f in spec.folders) + "".join(f", {f}" for f in spec.system_folders)
+    looked = ", ".join([str(data_dir / f) for f in spec.folders] + list(spec.system_folders))
     tried = "it could not be downloaded (no network?)" if download else "downloading is off (--no-download)"
     return (
         f"The {spec.name} dataset was not found and {tried}. Put its four IDX files ({files}; "

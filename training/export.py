@@ -58,13 +58,14 @@ class PixelClassifier(nn.Module):
         self.net = net
         channels = len(mean)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.tensor(list(std), dtype=torch.float32).view(1, channels, 1, 1))
+        inv_std = 1.0 / torch.tensor(list(std), dtype=torch.float32)
+        self.register_buffer("inv_std", inv_std.view(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.to(self.mean.dtype) * (1.0 / 255.0)
-        else:
-            x = x.to(self.mean.dtype)
+        raw_bytes = x.dtype == torch.uint8
+        x = x.to(self.mean.dtype)
+        if raw_bytes:
+            x = x * (1.0 / 255.0)
         return self.net((x - self.mean) * self.inv_std)
 
 

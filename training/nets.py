@@ -7,6 +7,7 @@ the convolutional ones end in global pooling or an adaptive pool, the MLP flatte
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -138,7 +139,7 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module._modules.items())
-        for (conv_key, conv), (bn_key, bn) in zip(children, children[1:]):
+        for (conv_key, conv), (bn_key, bn) in itertools.pairwise(children):
             if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
                 module._modules[conv_key] = fuse_conv_bn_eval(conv, bn)
                 module._modules[bn_key] = nn.Identity()

@@ -69,7 +69,7 @@ def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, predictions: torch
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax in axes:
         ax.axis("off")
-    for ax, i in zip(axes, worst):
+    for ax, i in zip(axes, worst, strict=False):
         picture = images[i].permute(1, 2, 0).numpy()
         ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{_short(classes[labels[i]])} -> {_short(classes[predictions[i]])}\n"

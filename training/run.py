@@ -110,8 +110,8 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
     test = evaluate(model, _batches(test_set, cfg.eval_batch_size), device, len(data.classes))
     runlog.write({"split": "test", "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "train_seconds": round(seconds, 1)})
-    log.info("test accuracy %.2f %% (loss %.4f) after %d epochs, %.0f s", 100 * test.accuracy, test.loss,
-             epochs, seconds)
+    log.info("test accuracy %.2f %% (loss %.4f) after %d epoch(s), %.0f s", 100 * test.accuracy,
+             test.loss, epochs, seconds)
     files = _draw_reports(runlog, test, test_set, data.classes, dest.run_folder)
     info = ArtifactInfo(
         name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
@@ -191,7 +191,7 @@ def _draw_reports(runlog: RunLog, test: Evaluation, test_set: ImageSet, classes:
 def _metrics(test: Evaluation, history: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "test_accuracy": round(test.accuracy, 6), "test_loss": round(test.loss, 6),
-        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, test.per_class_accuracy)},
+        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, test.per_class_accuracy, strict=True)},
     }
     last = [row for row in history if "val_accuracy" in row][-1:]
     if last:
@@ -203,7 +203,8 @@ def _summary(record: dict[str, Any], epochs: int) -> str:
     val = (f"  val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"
            if "val_loss" in record else "")
     return (f"epoch {record['epoch']:>2}/{epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {100 * record['train_accuracy']:.2f}%{val}  lr {record['lr']:.3g}  {record['seconds']:.1f}s")
+            f"acc {100 * record['train_accuracy']:.2f}%{val}  lr {record['lr']:.3g}  "
+            f"{record['seconds']:.1f}s")
 
 
 @contextmanager
