@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-download", dest="download", action="store_false",
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",
-                      help=f"share of the training split held out to validate on (default: {_D.val_fraction})")
+                      help=f"share of the train split held out to validate on (default: {_D.val_fraction})")
     data.add_argument("--image-size", type=int, default=_D.image_size, metavar="N",
                       help=f"folder:PATH only: resize images to NxN (default: {_D.image_size})")
     model = p.add_argument_group("model")
