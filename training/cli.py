@@ -110,19 +110,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, export; exit 0 on success, 1 on missing data or a failed export, 2 on bad flags."""
-    # Imported here so that --help and flag errors answer at once, without loading torch.
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    # Imported only now, so that --help and flag errors answer at once, without loading torch.
     from training.datasets import DataError
     from training.distributed import world_from_env
     from training.export import ExportError
     from training.run import run
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         world = world_from_env(os.environ)
         _configure_logging(world.rank)
-        run(config_from_args(args), world)
-    except ConfigError as exc:
+        run(cfg, world)
+    except ConfigError as exc:  # settings only the run can judge, such as --device cuda without a GPU
         parser.error(str(exc))
     except (DataError, ExportError) as exc:
         print(_paragraph(f"error: {exc}"), file=sys.stderr)

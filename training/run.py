@@ -96,6 +96,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                      "train_examples": int(stats.examples),
                       **_validate(cfg, device, data, model), "lr": current_lr(optimizer),
                       "seconds": round(time.perf_counter() - started, 2)}
             runlog.write(record, step=epoch)
