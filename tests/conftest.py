@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: where the repository and the MNIST files are, and a real MNIST slice."""
+"""Fixtures shared by the whole suite: the repository, the MNIST files, and a real MNIST slice."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    """The folder holding ``mnist/*.gz``: $TRAINSERVE_DATA_DIR, else ../shared/datasets beside the checkout."""
+    """The folder holding ``mnist/*.gz``: $TRAINSERVE_DATA_DIR, else ../shared/datasets by the checkout."""
     folder = Path(os.environ.get("TRAINSERVE_DATA_DIR") or REPO_ROOT.parent / "shared" / "datasets")
     if not (folder / "mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST is not in {folder}/mnist/ (set TRAINSERVE_DATA_DIR to the folder holding mnist/)")

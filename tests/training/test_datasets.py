@@ -76,7 +76,7 @@ def test_holdout_is_stratified_and_repeatable() -> None:
     labels = torch.arange(10).repeat_interleave(50)
     data = ImageSet(torch.arange(500).view(500, 1, 1, 1), labels)
     kept, held = holdout(data, 0.1)
-    again_kept, again_held = holdout(data, 0.1)
+    _, again_held = holdout(data, 0.1)
     assert torch.equal(held.labels.bincount(), torch.full((10,), 5))
     assert torch.equal(held.images, again_held.images) and len(kept) == 450
     assert not set(kept.images.flatten().tolist()) & set(held.images.flatten().tolist())

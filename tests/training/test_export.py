@@ -1,4 +1,4 @@
-"""export(): a scripted artifact that matches the eager model, a manifest that matches the file, or nothing."""
+"""export(): a scripted artifact that matches the eager model, a matching manifest, or nothing."""
 
 from __future__ import annotations
 
@@ -28,13 +28,14 @@ def _trained_looking(net: nn.Module) -> nn.Module:
 
 def _info(**overrides: object) -> ArtifactInfo:
     values: dict = {"name": "tiny", "architecture": "cnn", "labels": tuple("0123456789"),
-                    "input_shape": (1, 28, 28), "metrics": {"test_accuracy": 0.5}, "training": {"epochs": 1},
-                    "dataset": {"name": "mnist"}}
+                    "input_shape": (1, 28, 28), "metrics": {"test_accuracy": 0.5},
+                    "training": {"epochs": 1}, "dataset": {"name": "mnist"}}
     return ArtifactInfo(**{**values, **overrides})
 
 
 def _probe() -> torch.Tensor:
-    return torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=generator)
 
 
 def test_export_writes_a_checked_artifact(tmp_path: Path) -> None:

@@ -61,5 +61,5 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     _write(tmp_path / "a", 2, 10)
     _write(tmp_path / "b", 2, 90)
     (tmp_path / "b" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         load_folder(tmp_path, image_size=8)

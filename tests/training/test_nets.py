@@ -33,7 +33,8 @@ def test_parameter_counts_and_cost_on_mnist() -> None:
     assert count_macs(resnet, (1, 28, 28)) > 10 * CNN_MACS  # the stronger, costlier one
 
 
-@pytest.mark.parametrize(("activation", "kind"), [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid)])
+@pytest.mark.parametrize(("activation", "kind"),
+                         [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid)])
 def test_mlp_hidden_layers_and_activation(activation: str, kind: type[nn.Module]) -> None:
     net = build_net("mlp", (1, 8, 8), 10, hidden=(32, 16, 8), activation=activation)
     assert [m.out_features for m in net.modules() if isinstance(m, nn.Linear)] == [32, 16, 8, 10]

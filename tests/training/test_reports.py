@@ -20,7 +20,8 @@ def test_curves(tmp_path: Path) -> None:
 
 def test_confusion_small_and_large(tmp_path: Path) -> None:
     confusion = torch.diag(torch.full((10,), 100)) + torch.ones(10, 10, dtype=torch.int64)
-    assert reports.plot_confusion(confusion, list("0123456789"), tmp_path / "a.png").read_bytes().startswith(PNG)
+    path = reports.plot_confusion(confusion, list("0123456789"), tmp_path / "a.png")
+    assert path.read_bytes().startswith(PNG)
     labels = [f"class {i}" for i in range(30)]
     big = torch.eye(30, dtype=torch.int64) * 5
     assert reports.plot_confusion(big, labels, tmp_path / "b.png").read_bytes().startswith(PNG)

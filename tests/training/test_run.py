@@ -24,13 +24,14 @@ def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
     assert folder == tmp_path / "models" / "digits-cnn" / "1"
     manifest = read_manifest(folder)
     verify_checksum(manifest, folder)
-    assert manifest.metrics["test_accuracy"] > 0.8 and set(manifest.metrics["per_class_accuracy"]) == set(
-        "0123456789")
+    assert manifest.metrics["test_accuracy"] > 0.8
+    assert set(manifest.metrics["per_class_accuracy"]) == set("0123456789")
     assert manifest.input.shape == (1, 8, 8) and manifest.input.image_preprocessing == "resize"
     assert manifest.training == json.loads(json.dumps(cfg.to_dict()))
     assert manifest.dataset["name"] == "digits" and manifest.dataset["val_examples"] > 0
     assert manifest.extra["epochs_run"] == 3 and manifest.extra["macs_per_example"] > 0
-    assert {"curves.png", "confusion.png", "mistakes.png", "metrics.jsonl"} <= {p.name for p in folder.iterdir()}
+    reports = {"curves.png", "confusion.png", "mistakes.png", "metrics.jsonl"}
+    assert reports <= {p.name for p in folder.iterdir()}
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [row.get("epoch") for row in lines] == [1, 2, 3, None] and "val_accuracy" in lines[0]
     assert lines[-1]["test_accuracy"] == pytest.approx(manifest.metrics["test_accuracy"], abs=1e-6)
