@@ -55,10 +55,12 @@ class Evaluation:
         return (self.confusion.diagonal() / totals).tolist()
 
 
-def pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def pixels(images: torch.Tensor, device: torch.device,
+           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """A batch on ``device`` as float pixels in [0, 1] (uint8 travels, the device converts)."""
     images = images.to(device, non_blocking=True)
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    return images.contiguous(memory_format=memory_format)
 
 
 def train_one_epoch(
@@ -71,8 +73,12 @@ def train_one_epoch(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_step: StepCallback | None = None,
     report_every: int = 10,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> EpochStats:
-    """Train ``model`` for one pass over ``batches``; the scheduler, if any, steps once per batch."""
+    """Train ``model`` for one pass over ``batches``; the scheduler, if any, steps once per batch.
+
+    ``memory_format`` is the layout batches are handed to the model in (channels_last suits conv nets).
+    """
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -81,6 +87,7 @@ def train_one_epoch(
         x, y = pixels(images, device), labels.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x)
+        x = x.contiguous(memory_format=memory_format)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -98,12 +105,13 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Batches, device: torch.device, num_classes: int) -> Evaluation:
+def evaluate(model: nn.Module, batches: Batches, device: torch.device, num_classes: int,
+             memory_format: torch.memory_format = torch.contiguous_format) -> Evaluation:
     """Loss, accuracy, confusion matrix and per-example results of ``model`` over ``batches``."""
     model.eval()
     losses, predictions, confidence, targets = [], [], [], []
     for images, labels in batches:
-        logits = model(pixels(images, device)).float()
+        logits = model(pixels(images, device, memory_format)).float()
         y = labels.to(device, non_blocking=True)
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         probs, predicted = logits.softmax(dim=1).max(dim=1)

