@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 CURVES_FILE, CONFUSION_FILE, MISTAKES_FILE = "curves.png", "confusion.png", "mistakes.png"
 
@@ -29,6 +30,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=90)
