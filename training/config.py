@@ -41,7 +41,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256, 128)  # mlp only: hidden layer widths
     activation: str = "relu"  # mlp only
     # optimisation
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N
     eval_batch_size: int = 1000
     optimizer: str = "sgd"

@@ -108,8 +108,8 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
             runlog: RunLog, dest: Destination, epochs: int, seconds: float) -> Path:
     """Rank 0 after training: test once, draw the reports, export the artifact."""
     test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
-    test = evaluate(model, _batches(test_set, cfg.eval_batch_size), device, len(data.classes),
-                    _layout(cfg.arch))
+    test = evaluate(model, make_loader(test_set, cfg.eval_batch_size, shuffle=False), device,
+                    len(data.classes), _layout(cfg.arch))
     runlog.write({"split": "test", "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "train_seconds": round(seconds, 1)})
     log.info("test accuracy %.2f %% (loss %.4f) after %d epoch(s), %.0f s", 100 * test.accuracy,
@@ -169,13 +169,9 @@ def _validate(cfg: TrainConfig, device: torch.device, data: DataSplits, model: n
     if not len(data.val):
         return {}
     val = _limit(data.val, cfg.eval_batch_size, cfg.dry_run)
-    result = evaluate(model, _batches(val, cfg.eval_batch_size), device, len(data.classes), _layout(cfg.arch))
+    result = evaluate(model, make_loader(val, cfg.eval_batch_size, shuffle=False), device, len(data.classes),
+                      _layout(cfg.arch))
     return {"val_loss": result.loss, "val_accuracy": result.accuracy}
-
-
-def _batches(data: ImageSet, batch_size: int) -> Any:
-    return ((data.images[i:i + batch_size], data.labels[i:i + batch_size])
-            for i in range(0, len(data), batch_size))
 
 
 def _limit(data: ImageSet, batch_size: int, dry_run: bool) -> ImageSet:

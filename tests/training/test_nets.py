@@ -72,6 +72,6 @@ def test_every_net_exports_as_torchscript(arch: str, tmp_path: Path) -> None:
     assert (export(model, info, tmp_path, probe) / "model.pt").is_file()
 
 
-CNN_PARAMETERS = 0  # filled in below once the architecture is final
-CNN_MACS = 0
-RESNET_PARAMETERS = 0
+CNN_PARAMETERS = 17_758  # (12, 24, 48) channels: 300 + 2,592 + 10,368 conv, 168 batch norm, 4,330 linear
+CNN_MACS = 1_079_184  # per 28x28 image; the pytorch/examples MNIST net needs about 12 M
+RESNET_PARAMETERS = 308_074
