@@ -110,6 +110,7 @@ def export(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the service may run as another user
         model_path = staging / MODEL_FILE
         with quiet_jit():
             scripted = torch.jit.script(inference_form(model))

@@ -121,9 +121,10 @@ def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
             total += module.in_features * module.out_features
 
     probe = copy.deepcopy(net).eval()
+    device = next(probe.parameters(), torch.empty(0)).device
     hooks = [m.register_forward_hook(count) for m in probe.modules()]
     with torch.inference_mode():
-        probe(torch.zeros(1, *input_shape))
+        probe(torch.zeros(1, *input_shape, device=device))
     for hook in hooks:
         hook.remove()
     return total

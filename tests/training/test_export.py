@@ -47,6 +47,7 @@ def test_export_writes_a_checked_artifact(tmp_path: Path) -> None:
 
     assert folder == tmp_path / "models" / "tiny" / "1"
     assert sorted(p.name for p in folder.iterdir()) == ["curves.png", "manifest.json", "model.pt"]
+    assert folder.stat().st_mode & 0o755 == 0o755  # readable by the service's user, not only the trainer's
     manifest = read_manifest(folder)
     assert manifest.sha256 == sha256_file(folder / "model.pt")
     verify_checksum(manifest, folder)
