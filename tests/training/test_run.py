@@ -18,7 +18,7 @@ from training.run import run
 
 
 def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
-    cfg = TrainConfig(dataset="digits", arch="cnn", epochs=3, batch_size=64, val_fraction=0.1,
+    cfg = TrainConfig(dataset="digits", arch="cnn", epochs=3, batch_size=64, lr=0.05, val_fraction=0.1,
                       name="digits-cnn", out=tmp_path / "models", run_dir=tmp_path / "runs")
     folder = run(cfg)
     assert folder == tmp_path / "models" / "digits-cnn" / "1"
