@@ -78,6 +78,8 @@ def _optimisation_flags(g: argparse._ArgumentGroup) -> None:
                    help=f"learning-rate schedule (default: {_D.schedule})")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=_D.augment,
                    help="random affine jitter: rotate, shift, zoom (default: on)")
+    g.add_argument("--clean-epochs", type=int, default=_D.clean_epochs, metavar="N",
+                   help=f"last epochs without augmentation (default: {_D.clean_epochs})")
     g.add_argument("--seed", type=int, default=_D.seed, metavar="S", help=f"random seed (default: {_D.seed})")
 
 

@@ -90,9 +90,10 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
     for epoch in range(1, epochs + 1):
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         started = time.perf_counter()
+        jitter = augment if epoch <= epochs - min(cfg.clean_epochs, epochs - 1) else None
         with _progress(f"epoch {epoch}/{epochs}", steps, enabled=runlog is not None) as on_step:
             stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
-                                    augment=augment, on_step=on_step, memory_format=_layout(cfg.arch))
+                                    augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch))
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,

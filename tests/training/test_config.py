@@ -29,6 +29,7 @@ def test_defaults_are_valid_and_frozen() -> None:
     ("val_fraction", 1.0, "val_fraction"),
     ("hidden", (), "hidden"),
     ("device", "gpu", "device"),
+    ("clean_epochs", -1, "clean_epochs"),
     ("name", "Has Spaces", "name"),
     ("version", "v2", "version"),
 ])
