@@ -174,7 +174,7 @@ def _missing_message(spec: IdxDataset, data_dir: Path, download: bool) -> str:
     looked = ", ".join([str(data_dir / f) for f in spec.folders] + list(spec.system_folders))
     tried = "it could not be downloaded (no network?)" if download else "downloading is off (--no-download)"
     return (
-        f"The {spec.name} dataset was not found and {tried}. Put its four IDX files ({files}; "
-        f"gzip-compressed or not) into {where}/ , or point --data-dir at the folder that holds "
+        f"The {spec.name} dataset was not found and {tried}. Put its four IDX files, {files} "
+        f"(gzip-compressed or not), into the folder {where} or point --data-dir at the folder that holds "
         f"{spec.folders[0]}/. Looked in: {looked}."
     )
