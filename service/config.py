@@ -6,6 +6,7 @@ start-up with a message that names the variable and says what it accepts; nothin
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -23,12 +24,29 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable."""
 
 
-def _cpu_count() -> int:
-    # The cores this process may run on (a container's cpuset), not the host's.
+def _cpu_count(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))  # a container's cpuset, not the host's cores
     except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs granted by the cgroup's CFS quota (Kubernetes' CPU limit), or None when unlimited or unknown."""
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: quota -1 means unlimited
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

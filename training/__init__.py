@@ -1,0 +1,1 @@
+"""Offline half of trainserve: train an image classifier and export it as a TorchScript artifact."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, ServiceConfig
+from service.config import ConfigError, ServiceConfig, _cpu_count
 
 
 def test_defaults_match_the_documented_contract():
@@ -54,3 +55,20 @@ def test_a_bad_value_fails_with_a_message_naming_it(name, value, expected):
 def test_replace_validates_too():
     with pytest.raises(ConfigError):
         ServiceConfig().replace(threads=0)
+
+
+def test_cpu_count_honours_a_cgroup_v2_cpu_limit(tmp_path: Path) -> None:
+    # A pod limited to 1.5 CPUs on a big node gets 2 workers, not one per node core.
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cpu_count(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_cpu_count_honours_a_cgroup_v1_quota_and_ignores_no_limit(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert _cpu_count(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cpu_count(tmp_path) == len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cpu_count(tmp_path) == len(os.sched_getaffinity(0))

@@ -1,0 +1,41 @@
+"""Batched affine jitter: same shape, small and repeatable changes, on whatever device the batch is."""
+
+from __future__ import annotations
+
+import torch
+
+from training.augment import AffineJitter
+
+
+def _digit_like() -> torch.Tensor:
+    images = torch.zeros(8, 1, 28, 28)
+    images[:, :, 10:18, 12:16] = 1.0  # a bar in the middle
+    return images
+
+
+def test_no_jitter_is_the_identity() -> None:
+    images = _digit_like()
+    out = AffineJitter(degrees=0, translate=0, scale=0)(images)
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+
+
+def test_jitter_moves_pixels_but_keeps_the_content_on_the_canvas() -> None:
+    images = _digit_like()
+    out = AffineJitter()(images, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    assert not torch.allclose(out, images)
+    mass = out.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
+    assert ((mass > 0.75) & (mass < 1.3)).all(), mass  # zoom of at most 10 %: ink is neither lost nor made
+
+
+def test_same_generator_seed_same_jitter() -> None:
+    images = _digit_like()
+    a = AffineJitter()(images, generator=torch.Generator().manual_seed(3))
+    b = AffineJitter()(images, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+
+
+def test_matrices_stay_within_the_limits() -> None:
+    m = AffineJitter(degrees=0, translate=0.1, scale=0).matrices(1000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(m[:, :, :2], torch.eye(2).expand(1000, 2, 2))
+    assert m[:, :, 2].abs().max() <= 0.2  # 10 % of the image is 0.2 in grid coordinates

@@ -1,0 +1,122 @@
+"""Data for a run: train / validation / test splits in memory, their statistics, and batch loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import Dataset as TorchDataset
+
+from training.datasets import (
+    IDX_DATASETS,
+    DataError,
+    ImageSet,
+    Source,
+    holdout,
+    load_digits,
+    load_idx_dataset,
+)
+from training.folders import load_folder
+
+__all__ = ["DataError", "DataSplits", "ImageSet", "load_data", "make_loader"]
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits of a run, their class names, and the pixel statistics the model normalises with."""
+
+    source: Source
+    train: ImageSet
+    val: ImageSet  # empty when --val-fraction is 0
+    mean: tuple[float, ...]  # per channel, of train pixels scaled to [0, 1]
+    std: tuple[float, ...]
+
+    @property
+    def test(self) -> ImageSet:
+        """The held-out test split, evaluated once at the end of a run."""
+        return self.source.test
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names; index i is label i."""
+        return self.source.classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One example, channels first."""
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def identity(self) -> dict[str, Any]:
+        """The manifest's ``dataset`` entry."""
+        return {"name": self.source.name, "source": self.source.location,
+                "train_examples": len(self.train), "val_examples": len(self.val),
+                "test_examples": len(self.test)}
+
+
+def load_data(dataset: str, data_dir: Path, *, download: bool = True, val_fraction: float = 0.0,
+              image_size: int = 28, workers: int = 0) -> DataSplits:
+    """Read ``dataset`` (mnist | fashion-mnist | digits | folder:PATH) and split off validation examples."""
+    source = read_source(dataset, data_dir, download=download, image_size=image_size, workers=workers)
+    train, val = holdout(source.train, val_fraction) if val_fraction > 0 else (source.train, _empty(source))
+    mean, std = channel_stats(train.images)
+    return DataSplits(source=source, train=train, val=val, mean=mean, std=std)
+
+
+def read_source(dataset: str, data_dir: Path, *, download: bool, image_size: int, workers: int) -> Source:
+    """Dispatch on the dataset's name."""
+    if dataset in IDX_DATASETS:
+        return load_idx_dataset(IDX_DATASETS[dataset], data_dir, download)
+    if dataset == "digits":
+        return load_digits()
+    if dataset.startswith("folder:"):
+        return load_folder(Path(dataset.removeprefix("folder:")).expanduser(), image_size, workers)
+    raise DataError(f"unknown dataset {dataset!r}")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, on the [0, 1] scale."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
+    std = pixels.std(dim=1).clamp_min(1e-3)  # a constant channel must not divide by zero
+    return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
+
+
+class _InMemory(TorchDataset):
+    """Batches by tensor indexing: the loader asks for a whole batch of indices at once."""
+
+    def __init__(self, data: ImageSet) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.images[index], self.data.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.data.images[index], self.data.labels[index]
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+def make_loader(data: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0,
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of ``(uint8 images, int64 labels)``; with ``world_size > 1``, this rank's share of each epoch.
+
+    Call ``loader.sampler.set_epoch(epoch)`` before each epoch so every epoch is shuffled differently (and
+    identically on every rank).
+    """
+    sampler = DistributedSampler(_InMemory(data), num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    return DataLoader(_InMemory(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=_whole_batch, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+def _empty(source: Source) -> ImageSet:
+    images = source.train.images
+    return ImageSet(images.new_empty((0, *images.shape[1:])), source.train.labels.new_empty(0))

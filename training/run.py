@@ -1,0 +1,226 @@
+"""Compose one training run: data, net, optimiser, the epoch loop, the test pass, reports and export.
+
+``run(cfg, world)`` is the whole of ``python -m training`` after argument parsing. Under torchrun every
+process trains its share of each batch; only rank 0 evaluates, writes reports and exports the artifact.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from service.manifest import next_version
+from training import reports
+from training.augment import AffineJitter
+from training.config import ConfigError, TrainConfig
+from training.data import DataSplits, ImageSet, load_data, make_loader
+from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
+from training.engine import EpochStats, Evaluation, StepCallback, evaluate, train_one_epoch
+from training.export import ArtifactInfo, PixelClassifier, export
+from training.nets import build_net, count_macs
+from training.optim import build_optimizer, build_scheduler, current_lr
+from training.runlog import RunLog
+
+log = logging.getLogger(__name__)
+
+DRY_RUN_BATCHES = 3  # per split: enough to exercise every step, few enough for a smoke test
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a run writes: its run folder (metrics, plots, events) and the artifact's root and version."""
+
+    run_folder: Path
+    out: Path
+    version: str
+
+
+def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
+    """Train, test and export as ``cfg`` says; return the artifact folder on rank 0, None on other ranks."""
+    started = time.perf_counter()
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
+    device = resolve_device(cfg.device, world)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    with process_group(world, device):
+        data = _load_data(cfg, world)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+        net = build_net(cfg.arch, data.input_shape, len(data.classes), hidden=cfg.hidden,
+                        activation=cfg.activation)
+        model = PixelClassifier(net, data.mean, data.std).to(device, memory_format=_layout(cfg.arch))
+        dest = _destination(cfg) if world.is_main else None
+        with RunLog(dest.run_folder) if dest else nullcontext() as runlog:
+            if dest:
+                log.info("%s: %s on %s (%d train, %d val, %d test examples), %s, run folder %s",
+                         cfg.name, cfg.arch, data.source.name, len(data.train), len(data.val),
+                         len(data.test), device, dest.run_folder)
+            epochs = fit(cfg, world, device, data, model, runlog)
+            if not world.is_main:
+                return None
+            return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started)
+
+
+def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, model: nn.Module,
+        runlog: RunLog | None) -> int:
+    """The epoch loop; rank 0 validates after every epoch and logs one summary line. Returns epochs run."""
+    loader = make_loader(data.train, cfg.batch_size // world.size, shuffle=True, seed=cfg.seed,
+                         workers=cfg.workers, pin_memory=device.type == "cuda", rank=world.rank,
+                         world_size=world.size)
+    steps = min(len(loader), DRY_RUN_BATCHES) if cfg.dry_run else len(loader)
+    epochs = 1 if cfg.dry_run else cfg.epochs
+    trained = _parallel(model, world, device)
+    optimizer = build_optimizer(cfg.optimizer, trained, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scheduler = build_scheduler(cfg.schedule, optimizer, steps * epochs)
+    augment = _augmentation(cfg, world)
+    for epoch in range(1, epochs + 1):
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        jitter = augment if epoch <= epochs - min(cfg.clean_epochs, epochs - 1) else None
+        with _progress(f"epoch {epoch}/{epochs}", steps, enabled=runlog is not None) as on_step:
+            stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
+                                    augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch))
+        stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
+        if runlog is not None:
+            record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                      "train_examples": int(stats.examples),
+                      **_validate(cfg, device, data, model), "lr": current_lr(optimizer),
+                      "seconds": round(time.perf_counter() - started, 2)}
+            runlog.write(record, step=epoch)
+            log.info(_summary(record, epochs))
+    return epochs
+
+
+def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: PixelClassifier,
+            runlog: RunLog, dest: Destination, epochs: int, seconds: float) -> Path:
+    """Rank 0 after training: test once, draw the reports, export the artifact."""
+    test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
+    test = evaluate(model, make_loader(test_set, cfg.eval_batch_size, shuffle=False), device,
+                    len(data.classes), _layout(cfg.arch))
+    runlog.write({"split": "test", "test_loss": test.loss, "test_accuracy": test.accuracy,
+                  "train_seconds": round(seconds, 1)})
+    log.info("test accuracy %.2f %% (loss %.4f) after %d epoch(s), %.0f s", 100 * test.accuracy,
+             test.loss, epochs, seconds)
+    files = _draw_reports(runlog, test, test_set, data.classes, dest.run_folder)
+    info = ArtifactInfo(
+        name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
+        input_shape=data.input_shape, metrics=_metrics(test, runlog.history, data.classes),
+        training=cfg.to_dict(), dataset=data.identity(), ink=data.source.ink,
+        image_preprocessing=data.source.image_preprocessing,
+        extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
+               "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device)},
+    )
+    runlog.close()  # flushed before export copies metrics.jsonl into the artifact
+    return export(model, info, dest.out, probe=data.test.images[:64], reports=files)
+
+
+def _load_data(cfg: TrainConfig, world: World) -> DataSplits:
+    """Rank 0 reads first (it may download); the others read once it is done."""
+    def load() -> DataSplits:
+        return load_data(cfg.dataset, cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
+                         image_size=cfg.image_size, workers=cfg.workers)
+
+    data = load() if world.is_main else None
+    barrier(world)
+    return data if data is not None else load()
+
+
+def _destination(cfg: TrainConfig) -> Destination:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_folder = cfg.run_dir / f"{cfg.name}-{stamp}"
+    # A dry run's half-trained artifact must never become the version the service serves by default.
+    out = run_folder / "models" if cfg.dry_run else cfg.out
+    return Destination(run_folder=run_folder, out=out, version=cfg.version or next_version(out, cfg.name))
+
+
+def _layout(arch: str) -> torch.memory_format:
+    """Conv nets train about a third faster with channels-last activations (measured on a 2-core CPU)."""
+    return torch.contiguous_format if arch == "mlp" else torch.channels_last
+
+
+def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    if not world.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _augmentation(cfg: TrainConfig, world: World) -> Any:
+    if not cfg.augment:
+        return None
+    # Each rank draws its own jitter; the seed keeps runs repeatable.
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + world.rank)
+    return functools.partial(AffineJitter(), generator=generator)
+
+
+def _validate(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module) -> dict[str, float]:
+    if not len(data.val):
+        return {}
+    val = _limit(data.val, cfg.eval_batch_size, cfg.dry_run)
+    result = evaluate(model, make_loader(val, cfg.eval_batch_size, shuffle=False), device, len(data.classes),
+                      _layout(cfg.arch))
+    return {"val_loss": result.loss, "val_accuracy": result.accuracy}
+
+
+def _limit(data: ImageSet, batch_size: int, dry_run: bool) -> ImageSet:
+    n = min(len(data), DRY_RUN_BATCHES * batch_size) if dry_run else len(data)
+    return ImageSet(data.images[:n], data.labels[:n])
+
+
+def _draw_reports(runlog: RunLog, test: Evaluation, test_set: ImageSet, classes: tuple[str, ...],
+                  folder: Path) -> list[Path]:
+    epochs = [row for row in runlog.history if "epoch" in row]
+    return [
+        runlog.path,
+        reports.plot_curves(epochs, folder / reports.CURVES_FILE),
+        reports.plot_confusion(test.confusion, classes, folder / reports.CONFUSION_FILE),
+        reports.plot_mistakes(test_set.images, test_set.labels, test.predictions, test.losses,
+                              test.confidence, classes, folder / reports.MISTAKES_FILE),
+    ]
+
+
+def _metrics(test: Evaluation, history: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "test_accuracy": round(test.accuracy, 6), "test_loss": round(test.loss, 6),
+        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, test.per_class_accuracy, strict=True)},
+    }
+    last = [row for row in history if "val_accuracy" in row][-1:]
+    if last:
+        metrics.update(val_accuracy=round(last[0]["val_accuracy"], 6), val_loss=round(last[0]["val_loss"], 6))
+    return metrics
+
+
+def _summary(record: dict[str, Any], epochs: int) -> str:
+    val = (f"  val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"
+           if "val_loss" in record else "")
+    return (f"epoch {record['epoch']:>2}/{epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {100 * record['train_accuracy']:.2f}%{val}  lr {record['lr']:.3g}  "
+            f"{record['seconds']:.1f}s")
+
+
+@contextmanager
+def _progress(desc: str, total: int, enabled: bool) -> Iterator[StepCallback]:
+    """A tqdm bar for one epoch, fed by the engine's step callback; drawn on a terminal only."""
+    bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None if enabled else True)
+
+    def on_step(step: int, loss: float, accuracy: float) -> None:
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * accuracy:.2f}%", refresh=False)
+
+    try:
+        yield on_step
+    finally:
+        bar.close()
