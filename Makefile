@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
 
-.PHONY: setup train test lint serve clean
+.PHONY: setup train test lint serve bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: setup
 # The shipped model on http://127.0.0.1:8000 (gunicorn, gthread workers); every TRAINSERVE_* setting applies.
 serve: setup
 	$(PY) -m gunicorn -c service/gunicorn.conf.py 'service.app:create_app()'
+
+# Starts the service and the naive baseline app on 127.0.0.1:8000/8001 and measures both with wrk (needs
+# `wrk`: apt-get install wrk); results in bench-results/. ARGS='--duration 15' for longer runs.
+bench: setup
+	$(PY) scripts/bench_serve.py --start --naive $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,18 +1,21 @@
-"""Benchmark the running service with wrk beside the model's own in-process throughput, in one run.
+"""Benchmark the service with wrk beside the model's in-process throughput and a naive baseline, in one run.
 
-    python scripts/bench_serve.py --start                      # starts gunicorn itself, then measures
-    python scripts/bench_serve.py --url http://127.0.0.1:8000  # measures a service that is already up
+    python scripts/bench_serve.py --start --naive              # what `make bench` runs
+    python scripts/bench_serve.py --url http://127.0.0.1:8000  # measure a service that is already up
 
-For each payload (one PNG per request on the image endpoint; one UINT8 image, or 64, per OIP request) and
-each concurrency it runs wrk with a Lua script and prints images/s, p50 and p99 latency, errors, and the
-throughput as a fraction of the model's in-process images/s at batch 64 (loaded from the same artifact,
-same torch thread budget as the whole service). Results also go to bench-results/serve.json.
+It loads the served artifact in-process and measures the model's own images/s at batch 1 and 64 (all
+cores, one process); then, for each payload and concurrency, runs wrk with a Lua script against the service
+and prints images/s, p50/p99 latency, errors, and the throughput as a fraction of the in-process batch-64
+figure. Payloads: one PNG per request (``:classify``), one UINT8 image per OIP JSON request, 64 UINT8
+images per OIP request in the binary tensor extension. With ``--naive`` it then starts the classic
+one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers) on the same artifact and
+sends it the same PNG. With ``--start`` it also reports time-to-ready and each worker's memory. Results go
+to bench-results/serve.json and a chart of throughput vs concurrency to bench-results/serve.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -26,13 +29,12 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_report import chart, report, summary  # noqa: E402
 
 LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "%(content_type)s"
-local f = assert(io.open("%(body)s", "rb"))
-wrk.body = f:read("*all")
-f:close()
+%(request)s
 done = function(summary, latency, requests)
   local e = summary.errors
   local errors = e.status + e.connect + e.read + e.write + e.timeout
@@ -42,6 +44,16 @@ done = function(summary, latency, requests)
 end
 """
 
+IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1}
+POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "%(content_type)s"
+%(extra_headers)s
+local f = assert(io.open("%(body)s", "rb"))
+wrk.body = f:read("*all")
+f:close()
+"""
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -49,21 +61,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default: %(default)s)")
     parser.add_argument("--start", action="store_true", help="start gunicorn with the current TRAINSERVE_* "
                         "environment on --url's port, and stop it at the end")
+    parser.add_argument("--naive", action="store_true",
+                        help="also measure the naive Flask app (PNG) on --naive-url's port")
+    parser.add_argument("--naive-url", default="http://127.0.0.1:8001", help="(default: %(default)s)")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
-                        help="artifacts, for the in-process figure (default: %(default)s)")
+                        help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections (default: %(default)s)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default: %(default)s)")
-    parser.add_argument("--payloads", default="png,json,json64",
-                        help="png (one image), json (one UINT8 tensor), json64 (64 images per request) "
+    parser.add_argument("--payloads", default="png,json,bin64,live",
+                        help="png, json (one UINT8 image, JSON), bin64 (64 images, binary OIP), json64 "
+                             "(64 images, JSON), live (GET /v2/health/live: what gunicorn and Flask answer "
+                             "when there is no work, the ceiling for one-image requests) "
                              "(default: %(default)s)")
     parser.add_argument("--out", default="bench-results/serve.json",
-                        help="JSON results (default: %(default)s)")
+                        help="JSON results; the chart goes beside it (default: %(default)s)")
     return parser.parse_args()
 
 
-def in_process(model_dir: Path, name: str, seconds: float = 3.0) -> dict[str, float]:
-    """The model's own images/s at batch 1 and 64, loaded as the service loads it, on all cores."""
+def in_process(model_dir: Path, name: str, rounds: int = 5, seconds: float = 0.6) -> dict[str, float]:
+    """The model's own images/s at batch 1 and 64, loaded as the service loads it, on all cores.
+
+    The best of several short rounds: on a shared machine a round that another job slowed down would
+    flatter every ratio against this figure.
+    """
     import torch
 
     from service.manifest import artifact_dirs
@@ -72,99 +93,179 @@ def in_process(model_dir: Path, name: str, seconds: float = 3.0) -> dict[str, fl
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     folder = [d for d in artifact_dirs(model_dir) if d.parent.name == name][-1]
     model = load_model(folder, torch.device("cpu"), half=False, warmup_batch=64)
-    result = {}
+    result = {"torch_threads": torch.get_num_threads()}
     for batch in (1, 64):
         x = np.random.default_rng(0).integers(0, 256, (batch, *model.manifest.input.shape), dtype=np.uint8)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model.forward([x])
-            done += batch
-        result[f"batch{batch}_images_per_s"] = done / (time.perf_counter() - started)
+        rates, p50s = [], []
+        for _ in range(rounds):
+            times = []
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                t0 = time.perf_counter()
+                model.forward([x])
+                times.append(time.perf_counter() - t0)
+            rates.append(batch * len(times) / sum(times))
+            p50s.append(float(np.median(times)) * 1000)
+        result[f"batch{batch}_images_per_s"] = max(rates)
+        result[f"batch{batch}_p50_ms"] = min(p50s)
     return result
 
 
-IMAGES_PER_REQUEST = {"png": 1, "json": 1, "json64": 64}
+def best(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The better of two in-process measurements, figure by figure (the higher rate, the lower latency)."""
+    return {k: (min if k.endswith("_ms") else max)(a[k], b[k]) for k in a}
 
 
-def payload(kind: str, name: str, folder: Path) -> tuple[str, str, Path]:
-    """(path, content type, body file) for one request of this kind, made of a real-looking digit."""
+def digit() -> np.ndarray:
+    """A plain "1" drawn the MNIST way: light on black, 20 pixels tall, in a 28x28 field."""
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[4:24, 12:16] = 255
+    return pixels
+
+
+def payload(kind: str, name: str, folder: Path) -> tuple[str, str, dict[str, str], Path]:
+    """(path, content type, extra headers, body file) for one request of this kind."""
+    import io
+
     from PIL import Image
 
-    digit = np.zeros((28, 28), np.uint8)
-    digit[5:23, 12:16] = 255  # a plain "1"
     body = folder / f"{kind}.body"
-    if kind == "png":
+    if kind == "live":
+        return "/v2/health/live", "", {}, body
+    if kind in ("png", "naive"):
         buffer = io.BytesIO()
-        Image.fromarray(digit).save(buffer, format="PNG")
+        Image.fromarray(digit()).save(buffer, format="PNG")
         body.write_bytes(buffer.getvalue())
-        return f"/v1/models/{name}:classify", "image/png", body
+        return ("/predict" if kind == "naive" else f"/v1/models/{name}:classify"), "image/png", {}, body
     n = IMAGES_PER_REQUEST[kind]
-    request = {"inputs": [{"name": "input", "shape": [n, 1, 28, 28], "datatype": "UINT8",
-                           "data": np.tile(digit.ravel(), n).tolist()}], "outputs": [{"name": "label"}]}
+    images = np.tile(digit(), (n, 1, 1)).reshape(n, 1, 28, 28)
+    tensor = {"name": "input", "shape": list(images.shape), "datatype": "UINT8"}
+    request = {"inputs": [tensor], "outputs": [{"name": "label"}]}
+    if kind == "bin64":
+        tensor["parameters"] = {"binary_data_size": images.nbytes}
+        header = json.dumps(request).encode()
+        body.write_bytes(header + images.tobytes())
+        return (f"/v2/models/{name}/infer", "application/octet-stream",
+                {"Inference-Header-Content-Length": str(len(header))}, body)
+    tensor["data"] = images.ravel().tolist()
     body.write_text(json.dumps(request))
-    return f"/v2/models/{name}/infer", "application/json", body
+    return f"/v2/models/{name}/infer", "application/json", {}, body
 
 
-def wrk(url: str, content_type: str, body: Path, connections: int, seconds: int, folder: Path,
-        images: int) -> dict:
-    """One wrk run; its Lua script prints a RESULT line with totals and latency percentiles."""
+def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connections: int, seconds: int,
+        folder: Path) -> dict:
+    """One wrk run (after a 1 s warm-up on the same connections count); the Lua script prints a RESULT."""
     script = folder / "bench.lua"
-    script.write_text(LUA % {"content_type": content_type, "body": body})
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    return {"connections": connections, "images_per_request": images,
-            "images_per_s": images * result["requests"] / (result["duration_us"] / 1e6),
-            "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": result["errors"]}
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    post = POST % {"content_type": content_type, "body": body, "extra_headers": extra}
+    script.write_text(LUA % {"request": post if content_type else ""})
+    base = ["wrk", "-t1", f"-c{connections}", "--timeout", "10s", "-s", str(script), url]
+    subprocess.run([*base, "-d1s"], capture_output=True, check=True)
+    out = subprocess.run([*base, f"-d{seconds}s"], capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
 
 
-def report(row: dict) -> str:
-    """One result line."""
-    return (f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
-            f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
-            f"{row['ratio']:.2f} x in-process")
-
-
-def start_service(url: str) -> subprocess.Popen:
-    env = dict(os.environ, TRAINSERVE_BIND=url.split("//", 1)[1])
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                             "service.app:create_app()"], cwd=REPO, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+def start(cmd: list[str], env: dict[str, str], ready_url: str) -> tuple[subprocess.Popen, float]:
+    """Start a server; return it and the seconds until ``ready_url`` answered 200."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while time.monotonic() - started < 120:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[3:]} exited: {proc.stderr.read().decode()[-2000:]}")
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc
+            if requests.get(ready_url, timeout=2).status_code < 500:
+                return proc, time.monotonic() - started
         except requests.RequestException:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.05)
     proc.terminate()
-    raise SystemExit("the service did not become ready in 120 s")
+    raise SystemExit(f"{ready_url} did not answer in 120 s")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def worker_memory(master: int) -> list[dict[str, float]]:
+    """RSS and PSS (shared pages split between the processes that map them) of each gunicorn worker, MiB."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    out = []
+    for pid in children:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+        fields = dict(line.split(":", 1) for line in lines)
+        out.append({name.lower() + "_mib": int(fields[name].split()[0]) / 1024 for name in ("Rss", "Pss")})
+    return out
+
+
+def serve_env(url: str, model_dir: str) -> dict[str, str]:
+    return dict(os.environ, TRAINSERVE_BIND=url.split("//", 1)[1], TRAINSERVE_MODEL_DIR=model_dir,
+                TRAINSERVE_LOG_LEVEL=os.environ.get("TRAINSERVE_LOG_LEVEL", "warning"))
+
+
+def measure(url: str, kinds: list[str], name: str, args: argparse.Namespace, reference: dict,
+            tmp: Path) -> list[dict]:
+    """Every payload at every concurrency against one server; prints each line as it comes."""
+    rows = []
+    for kind in kinds:
+        path, content_type, headers, body = payload(kind, name, tmp)
+        for c in (int(v) for v in args.concurrency.split(",")):
+            result = wrk(url + path, content_type, headers, body, c, args.duration, tmp)
+            images = IMAGES_PER_REQUEST[kind]
+            row = {"payload": kind, "connections": c, "images_per_request": images,
+                   "images_per_s": images * result["requests"] / (result["duration_us"] / 1e6),
+                   "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000,
+                   "errors": result["errors"]}
+            row["ratio"] = row["images_per_s"] / reference["batch64_images_per_s"]
+            rows.append(row)
+            print(report(row), flush=True)
+    return rows
 
 
 def main() -> None:
     args = parse_args()
-    proc = start_service(args.url) if args.start else None
+    gunicorn = [sys.executable, "-m", "gunicorn"]
+    proc, extra = None, {}
     try:
+        if args.start:
+            cmd = [*gunicorn, "-c", "service/gunicorn.conf.py", "service.app:create_app()"]
+            proc, extra["ready_s"] = start(cmd, serve_env(args.url, args.model_dir), f"{args.url}/readyz")
+            extra["workers"] = worker_memory(proc.pid)
         name = args.model or requests.get(f"{args.url}/v1/models", timeout=5).json()["models"][0]["name"]
         reference = in_process(Path(args.model_dir), name)
-        print(f"in-process {name}: batch 1 {reference['batch1_images_per_s']:.0f} images/s, "
-              f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
-        rows = []
+        print(f"in-process {name} ({reference['torch_threads']} torch threads): batch 1 "
+              f"{reference['batch1_images_per_s']:.0f} images/s (p50 {reference['batch1_p50_ms']:.2f} ms), "
+              f"batch 64 {reference['batch64_images_per_s']:.0f} images/s", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            for kind in args.payloads.split(","):
-                path, content_type, body = payload(kind, name, Path(tmp))
-                for c in (int(v) for v in args.concurrency.split(",")):
-                    row = wrk(args.url + path, content_type, body, c, args.duration, Path(tmp),
-                              IMAGES_PER_REQUEST[kind])
-                    row |= {"payload": kind, "ratio": row["images_per_s"] / reference["batch64_images_per_s"]}
-                    rows.append(row)
-                    print(report(row))
+            rows = measure(args.url, args.payloads.split(","), name, args, reference, Path(tmp))
+            stop(proc)
+            proc = None
+            # Once more now the service is stopped: the reference is the better of the two.
+            again = best(reference, in_process(Path(args.model_dir), name))
+            for row in rows:
+                row["ratio"] = row["images_per_s"] / again["batch64_images_per_s"]
+            reference.update(again)
+            if args.naive:
+                env = serve_env(args.naive_url, args.model_dir) | {"NAIVE_MODEL": name}
+                cores = str(len(os.sched_getaffinity(0)))
+                proc, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
+                                 "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
+                rows += measure(args.naive_url, ["naive"], name, args, reference, Path(tmp))
+        print(f"\nin-process reference (the better of before and after): batch 1 p50 "
+              f"{reference['batch1_p50_ms']:.2f} ms, "
+              f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
+        print("\n".join(report(row) for row in rows))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop(proc)
+    results = {"model": name, "in_process": reference, "runs": rows, **extra}
+    results["summary"] = summary(results)
+    print("\n".join(results["summary"]["lines"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "in_process": reference, "runs": rows}, indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, out.with_suffix(".png"))
+    print(f"results: {out}, chart: {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

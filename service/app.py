@@ -61,9 +61,7 @@ def _start_clock() -> None:
 
 def _count_request(response: Response) -> Response:
     endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
-    model = g.get("model", "")
-    metrics = plane().metrics
-    metrics.requests.labels(model, endpoint, str(response.status_code)).inc()
-    elapsed = time.monotonic() - g.get("arrived", time.monotonic())
-    metrics.request_seconds.labels(model, endpoint).observe(elapsed)
+    now = time.monotonic()
+    plane().metrics.request_done(g.get("model", ""), endpoint, response.status_code,
+                                 now - g.get("arrived", now))
     return response

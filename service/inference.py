@@ -59,20 +59,22 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
 
 def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarray:
     if datatype == "UINT8":
+        if arr.dtype == np.uint8:
+            return arr  # binary data: every byte is a valid pixel
         if arr.dtype.kind == "f":
             raise InvalidInput("UINT8 data must be integers 0..255")
         if arr.min() < 0 or arr.max() > 255:
             raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min()}..{arr.max()}")
-        return arr.astype(np.uint8, copy=False)
+        return arr.astype(np.uint8)
     values = arr.astype(np.float32, copy=False)
+    low, high = spec.range
+    least, most = float(values.min()), float(values.max())  # NaN in the data makes both NaN
+    if low <= least and most <= high:
+        return values
     if not np.isfinite(values).all():
         raise InvalidInput("FP32 data must not contain NaN or infinity")
-    low, high = spec.range
-    if values.min() < low or values.max() > high:
-        hint = " (for 0..255 pixels send UINT8 data)" if values.max() > high and high <= 1 else ""
-        raise InvalidInput(f"FP32 values must be in [{low}, {high}], got "
-                           f"[{values.min():.4g}, {values.max():.4g}]{hint}")
-    return values
+    hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
+    raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
 
 
 def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> np.ndarray:
@@ -102,9 +104,10 @@ def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = N
     k = len(labels) if top_k is None else min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(probs, order, axis=1).tolist()
-    names = np.asarray(labels, dtype=object)[order].tolist()
-    return [{"label": row_names[0], "probabilities": dict(zip(row_names, row_probs, strict=True))}
-            for row_names, row_probs in zip(names, top, strict=True)]
+    # Plain Python over the (few) labels of each row: cheaper than object arrays for one image.
+    return [{"label": labels[row[0]],
+             "probabilities": {labels[i]: p for i, p in zip(row, values, strict=True)}}
+            for row, values in zip(order.tolist(), top, strict=True)]
 
 
 def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None,

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import orjson
+from gunicorn import glogging
 
 _TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
@@ -39,3 +40,16 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
                                 "propagate": False},
         },
     }
+
+
+class GunicornLogger(glogging.Logger):
+    """Gunicorn's logger, minus the per-request work for an access line that no handler will show.
+
+    Gunicorn formats every request's access-log fields whenever a logging config is given (ours always
+    is), even when the ``gunicorn.access`` level drops the line: about 5 % of a small request's time.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Write the access line only when ``gunicorn.access`` logs at info (TRAINSERVE_LOG_LEVEL=debug)."""
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)

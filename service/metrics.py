@@ -29,6 +29,7 @@ class Metrics:
         self.multiproc_dir = multiproc_dir
         # In multiprocess mode values live in files, whatever registry the objects are attached to.
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter("trainserve_requests",
                                 "HTTP requests answered, by model, endpoint and status",
@@ -55,6 +56,19 @@ class Metrics:
         self.model_info = Gauge("trainserve_model_info", "Served models (value 1) and what they are",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
+
+    def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        # Label children are looked up once per (model, endpoint, status): labels() costs a lock and a
+        # tuple hash on every call, and the label sets are few (bounded, see the module docstring).
+        key = (model, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(model, endpoint, str(status)),
+                        self.request_seconds.labels(model, endpoint))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observer(self, model: str, version: str) -> BatchRecorder:
         """The batcher observer for one model version."""

@@ -152,9 +152,13 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     path = verify_checksum(manifest, folder)
     with _quiet_jit():
         module = torch.jit.load(str(path), map_location=device)
-    module.eval()
-    if half:
-        module.half()
+        module.eval()
+        if half:
+            module.half()
+        # Freezing inlines the weights as constants and folds what depends only on them: 4-11 % more
+        # images/s on the shipped CNN, same outputs. (optimize_for_inference, which also converts to oneDNN
+        # layouts, measured 40 % slower at batch 1 on CPU, so it is not used.)
+        module = torch.jit.freeze(module)
     model = LoadedModel(manifest=manifest, module=module, device=device, half=half)
     # The first calls compile and allocate; run them now so the first client does not pay, and so a model
     # that cannot take its declared input is refused here rather than on traffic.

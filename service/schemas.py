@@ -18,6 +18,18 @@ def _list_only(value: Any) -> None:
         raise ValidationError("must be a non-empty list")
 
 
+def _shape(value: Any) -> None:
+    # One check for the whole list: a List(Integer) field costs a field call per dimension, per request.
+    if (not isinstance(value, list) or not 1 <= len(value) <= 8
+            or not all(type(d) is int and d >= 0 for d in value)):
+        raise ValidationError("must be a list of 1 to 8 integers >= 0")
+
+
+def _object(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("must be an object")
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -27,28 +39,37 @@ class TensorInput(_Strict):
     """One OIP input tensor."""
 
     name = fields.String(required=True, metadata={"example": "input"})
-    shape = fields.List(fields.Integer(validate=validate.Range(min=0)), required=True,
-                        validate=validate.Length(min=1, max=8), metadata={"example": [1, 1, 28, 28]})
+    shape = fields.Raw(required=True, validate=_shape,
+                       metadata={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                                 "maxItems": 8, "example": [1, 1, 28, 28]})
     datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "UINT8"]),
                              metadata={"example": "UINT8"})
-    parameters = fields.Dict(load_default=dict)
-    data = fields.Raw(required=True, validate=_list_only,
-                      metadata={"description": "flat (row-major) or nested numbers", "type": "array",
-                                "items": {}})
+    parameters = fields.Raw(load_default=dict, validate=_object,
+                            metadata={"type": "object", "description": "binary_data_size: the tensor's bytes "
+                                      "follow the JSON header (binary tensor data extension)"})
+    # Exactly one of data and parameters.binary_data_size (the binary tensor data extension).
+    data = fields.Raw(validate=_list_only,
+                      metadata={"description": "flat (row-major) or nested numbers; absent when "
+                                "parameters.binary_data_size says the tensor follows the JSON header as "
+                                "raw bytes", "type": "array", "items": {}})
 
 
 class RequestedOutput(_Strict):
     """One OIP output a client asks for; ``parameters.classification: k`` gives top-k strings."""
 
     name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
-    parameters = fields.Dict(load_default=dict)
+    parameters = fields.Raw(load_default=dict, validate=_object,
+                            metadata={"type": "object", "description": "classification: k (top-k strings); "
+                                      "binary_data: true (raw bytes after the JSON header)"})
 
 
 class InferRequest(_Strict):
     """OIP v2 inference request."""
 
     id = fields.String(metadata={"description": "echoed in the response"})
-    parameters = fields.Dict(load_default=dict)
+    parameters = fields.Raw(load_default=dict, validate=_object,
+                            metadata={"type": "object",
+                                      "description": "binary_data_output: true (every output as raw bytes)"})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 

@@ -9,7 +9,7 @@ import orjson
 from flask import Response, current_app, g, request
 from marshmallow import Schema
 
-from service import imaging
+from service import binary, imaging
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.registry import LoadedModel
@@ -17,6 +17,8 @@ from service.schemas import load
 
 EXTENSION = "trainserve"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+# A binary OIP request is a JSON header and raw bytes: tritonclient sends no content type at all.
+BINARY_TYPES = ("", "application/octet-stream", "application/json")
 
 
 def plane() -> DataPlane:
@@ -36,11 +38,44 @@ def json_body(schema: Schema) -> dict[str, Any]:
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"content type {mimetype!r} is not supported here: send application/json")
+    return _load_json(schema, request.get_data(cache=False))
+
+
+def infer_body(schema: Schema) -> dict[str, Any]:
+    """An OIP inference request, JSON or binary (a JSON header and raw tensor bytes), inputs as arrays."""
+    header_length = request.headers.get(binary.HEADER)
+    if header_length is None:
+        body, payload = json_body(schema), memoryview(b"")
+    else:
+        if request.mimetype not in BINARY_TYPES:
+            raise UnsupportedMediaType(f"content type {request.mimetype!r} is not supported with "
+                                       f"{binary.HEADER}: send application/octet-stream or none")
+        header, payload = binary.split(_body_buffer(), header_length)
+        body = _load_json(schema, header)
+    binary.attach_inputs(body["inputs"], payload)
+    return body
+
+
+def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:
     try:
-        data = orjson.loads(request.get_data(cache=False))
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     return load(schema, data)
+
+
+def _body_buffer() -> bytearray:
+    # A writable buffer the tensors can be read from in place (torch.from_numpy refuses read-only memory).
+    size = request.content_length
+    if size is None:  # chunked: no length to allocate up front
+        return bytearray(request.get_data(cache=False))
+    buffer = bytearray(size)
+    view, done, stream = memoryview(buffer), 0, request.stream
+    while done < size and (n := stream.readinto(view[done:])):
+        done += n
+    if done != size:
+        raise InvalidInput(f"the body ended after {done} of its {size} bytes")
+    return buffer
 
 
 def image_batch(found: LoadedModel) -> np.ndarray:
@@ -56,7 +91,8 @@ def image_batch(found: LoadedModel) -> np.ndarray:
         raise UnsupportedMediaType(f"content type {mimetype or 'none'!r} is not an image: send image/png, "
                                    "image/jpeg or multipart/form-data")
     spec = found.manifest.input
-    return np.stack([imaging.to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs])
+    images = [imaging.to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs]
+    return images[0][None] if len(images) == 1 else np.stack(images)
 
 
 def logits(found: LoadedModel, inputs: np.ndarray) -> np.ndarray:
@@ -68,3 +104,13 @@ def respond(payload: dict[str, Any], status: int = 200) -> Response:
     """A JSON response; numpy arrays in ``payload`` are written directly, without Python lists."""
     body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, status=status, mimetype="application/json")
+
+
+def respond_infer(answer: dict[str, Any], binary_outputs: list[bool]) -> Response:
+    """An OIP inference response: JSON, or a JSON header and the flagged outputs as raw bytes."""
+    chunks, header_length = binary.encode(answer, binary_outputs)
+    if header_length is None:
+        return Response(chunks[0], mimetype="application/json")
+    response = Response(b"".join(chunks), mimetype="application/octet-stream")
+    response.headers[binary.HEADER] = str(header_length)
+    return response

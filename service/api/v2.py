@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from service.api.common import json_body, logits, model, plane, respond
-from service.errors import NotReady, UnsupportedMediaType
-from service.inference import oip_outputs, parse_tensor
+from service.api.common import infer_body, logits, model, plane, respond, respond_infer
+from service.binary import wants_binary
+from service.errors import NotReady
+from service.inference import OUTPUTS, oip_outputs, parse_tensor
 from service.schemas import INFER_REQUEST
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
-SERVER = {"name": "trainserve", "version": "0.1.0", "extensions": ["classification"]}
+SERVER = {"name": "trainserve", "version": "0.1.0", "extensions": ["classification", "binary_tensor_data"]}
 
 
 @bp.get("")
@@ -54,15 +55,14 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    """Run an inference request: one input tensor of FP32 or UINT8 images, chosen outputs back."""
+    """One input tensor of FP32 or UINT8 images (JSON data or binary extension), chosen outputs back."""
     found = model(name, version)
-    if "Inference-Header-Content-Length" in request.headers:
-        raise UnsupportedMediaType("the binary tensor data extension is not supported yet: send JSON data")
-    body = json_body(INFER_REQUEST)
+    body = infer_body(INFER_REQUEST)
     tensor = body["inputs"][0]
     inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], found.manifest.input)
-    outputs = oip_outputs(logits(found, inputs), body["outputs"], found.manifest.labels)
+    requested = body["outputs"] or [{"name": output} for output in OUTPUTS]
+    outputs = oip_outputs(logits(found, inputs), requested, found.manifest.labels)
     answer = {"model_name": found.manifest.name, "model_version": found.manifest.version, "outputs": outputs}
     if "id" in body:
         answer["id"] = body["id"]
-    return respond(answer)
+    return respond_infer(answer, [wants_binary(o, body["parameters"]) for o in requested])

@@ -77,7 +77,8 @@ class SlowNet(nn.Module):
         self.rounds = rounds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = self.m
+        # The work depends on the input, so freezing at load cannot fold it into a constant.
+        acc = self.m * (1.0 + x.mean() * 0.0)
         for _ in range(self.rounds):
             acc = torch.tanh(acc @ self.m)
         return self.head(x.flatten(1)) + acc.mean() * 0.0

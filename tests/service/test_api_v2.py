@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from service.schemas import InferResponse
@@ -15,6 +16,7 @@ def infer_body(x: np.ndarray, shape: list[int] | None = None, datatype: str = "U
 
 def test_server_metadata_and_health(client):
     assert client.get("/v2").json["name"] == "trainserve"
+    assert "binary_tensor_data" in client.get("/v2").json["extensions"]
     assert client.get("/v2/health/live").json == {"live": True}
     assert client.get("/v2/health/ready").json == {"ready": True}
 
@@ -128,4 +130,135 @@ def test_wrong_content_type_is_415(client):
     assert response.status_code == 415 and "application/json" in response.json["error"]
     binary = client.post("/v2/models/mnist-tiny/infer", data=b"{}", content_type="application/octet-stream",
                          headers={"Inference-Header-Content-Length": "2"})
-    assert binary.status_code == 415
+    assert binary.status_code == 400 and "inputs" in binary.json["error"]
+    wrong = client.post("/v2/models/mnist-tiny/infer", data=b"{}", content_type="text/plain",
+                        headers={"Inference-Header-Content-Length": "2"})
+    assert wrong.status_code == 415 and "octet-stream" in wrong.json["error"]
+
+
+def binary_request(x: np.ndarray, datatype: str = "UINT8", **extra) -> tuple[bytes, dict[str, str]]:
+    """A body in the binary tensor data extension: JSON header, then the tensor's raw bytes."""
+    raw = x.tobytes()
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype,
+                                       "parameters": {"binary_data_size": len(raw)}}], **extra})
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def split_response(response) -> tuple[dict, bytes]:
+    length = int(response.headers["Inference-Header-Content-Length"])
+    return orjson.loads(response.data[:length]), response.data[length:]
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
+def test_binary_inputs_give_the_same_answers_as_json(client, mnist, datatype):
+    x = mnist["test_x"][:6].reshape(6, 1, 28, 28)
+    x = x if datatype == "UINT8" else (x / 255).astype(np.float32)
+    body, headers = binary_request(x, datatype)
+    response = client.post("/v2/models/mnist-tiny/infer", data=body, headers=headers)
+    assert response.status_code == 200, response.json
+    as_json = client.post("/v2/models/mnist-tiny/infer", json=infer_body(x, datatype=datatype)).json
+    assert response.json["outputs"] == as_json["outputs"]
+    assert "Inference-Header-Content-Length" not in response.headers  # no binary output asked for
+
+
+def test_binary_outputs_per_output_and_by_request_parameter(client, mnist):
+    x = mnist["test_x"][:4].reshape(4, 784)
+    outputs = [{"name": "logits", "parameters": {"binary_data": True}}, {"name": "label"},
+               {"name": "probabilities", "parameters": {"classification": 2, "binary_data": True}}]
+    response = client.post("/v2/models/mnist-tiny/infer", json=infer_body(x, outputs=outputs))
+    assert response.status_code == 200 and response.mimetype == "application/octet-stream"
+    header, raw = split_response(response)
+    logits, label, top2 = header["outputs"]
+    assert "data" not in logits and logits["parameters"]["binary_data_size"] == 4 * 10 * 4
+    values = np.frombuffer(raw[:160], dtype="<f4").reshape(4, 10)
+    assert values.argmax(axis=1).astype(str).tolist() == label["data"]
+    # BYTES elements: a 4-byte little-endian length, then the UTF-8 string.
+    strings, rest = [], raw[160:]
+    while rest:
+        n = int.from_bytes(rest[:4], "little")
+        strings.append(rest[4:4 + n].decode())
+        rest = rest[4 + n:]
+    assert len(raw) - 160 == top2["parameters"]["binary_data_size"] and len(strings) == 8
+    assert [s.split(":")[2] for s in strings[::2]] == label["data"]
+    everything = client.post("/v2/models/mnist-tiny/infer",
+                             json=infer_body(x, parameters={"binary_data_output": True}))
+    header, raw = split_response(everything)
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert sizes[:2] == [160, 160] and sum(sizes) == len(raw)
+
+
+def test_an_output_flag_overrides_the_request_parameter(client):
+    outputs = [{"name": "label", "parameters": {"binary_data": False}}, {"name": "logits"}]
+    body = infer_body(np.zeros((1, 784), np.uint8), outputs=outputs, parameters={"binary_data_output": True})
+    header, raw = split_response(client.post("/v2/models/mnist-tiny/infer", json=body))
+    assert "data" in header["outputs"][0] and header["outputs"][1]["parameters"]["binary_data_size"] == 40
+    assert len(raw) == 40
+
+
+@pytest.mark.parametrize("header_length, cut, message", [
+    ("abc", 0, "must be a byte count"),
+    ("0", 0, "but the body has"),
+    ("999999", 0, "but the body has"),
+    (None, 10, "declares 784 bytes but only 774"),   # truncated tensor bytes
+    (None, -5, "declare 784 bytes but 789 follow"),  # trailing bytes
+    (-3, 0, "malformed JSON"),                       # the header length cuts the JSON short
+])
+def test_malformed_binary_bodies_are_400_with_a_reason(client, header_length, cut, message):
+    body, headers = binary_request(np.zeros((1, 784), np.uint8))
+    if cut > 0:
+        body = body[:-cut]
+    elif cut < 0:
+        body += b"\0" * -cut
+    if isinstance(header_length, int):
+        header_length = str(int(headers["Inference-Header-Content-Length"]) + header_length)
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = header_length
+    response = client.post("/v2/models/mnist-tiny/infer", data=body, headers=headers)
+    assert response.status_code == 400
+    assert message in response.json["error"]
+
+
+@pytest.mark.parametrize("parameters, data, message", [
+    ({"binary_data_size": 100}, None, "needs 784 bytes"),
+    ({"binary_data_size": -1}, None, "byte count"),
+    ({"binary_data_size": "784"}, None, "byte count"),
+    ({"binary_data_size": 784}, [0] * 784, "both data and binary_data_size"),
+    ({}, None, "neither data nor binary_data_size"),
+])
+def test_binary_size_mismatches_are_400(client, parameters, data, message):
+    tensor = {"name": "input", "shape": [1, 784], "datatype": "UINT8", "parameters": parameters}
+    if data is not None:
+        tensor["data"] = data
+    header = orjson.dumps({"inputs": [tensor]})
+    response = client.post("/v2/models/mnist-tiny/infer", data=header + bytes(784),
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400
+    assert message in response.json["error"]
+
+
+def test_binary_input_values_are_still_checked(client):
+    body, headers = binary_request(np.full((1, 784), np.nan, np.float32), "FP32")
+    response = client.post("/v2/models/mnist-tiny/infer", data=body, headers=headers)
+    assert response.status_code == 400 and "NaN" in response.json["error"]
+
+
+@pytest.mark.slow
+def test_tritonclient_round_trip_with_its_defaults(gunicorn, artifact_root, mnist):
+    http = pytest.importorskip("tritonclient.http")
+    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    client = http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert client.is_server_ready() and client.is_model_ready("mnist-tiny")
+        x = mnist["test_x"][:16].reshape(16, 1, 28, 28)
+        tensor = http.InferInput("input", list(x.shape), "UINT8")
+        tensor.set_data_from_numpy(x)  # binary by default
+        result = client.infer("mnist-tiny", [tensor])  # no outputs named: all of them, binary
+        logits, labels = result.as_numpy("logits"), result.as_numpy("label")
+        assert logits.shape == (16, 10) and labels.dtype == object
+        assert labels.astype(str).tolist() == logits.argmax(axis=1).astype(str).tolist()
+        assert (logits.argmax(axis=1) == mnist["test_y"][:16]).mean() >= 0.75
+        top = client.infer("mnist-tiny", [tensor], model_version="1",
+                           outputs=[http.InferRequestedOutput("probabilities", class_count=3)])
+        assert top.as_numpy("probabilities").shape == (16, 3)
+    finally:
+        client.close()

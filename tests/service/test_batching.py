@@ -182,9 +182,51 @@ def test_close_drains_queued_requests_then_refuses_new_ones():
 
 def test_observer_sees_batch_sizes_waits_and_queue_depth():
     stats = Stats()
-    batcher = make(Recorder(), observer=stats)
-    batcher.submit(np.ones((3, 1), np.float32), later())
+    gate = threading.Event()
+    fn = Recorder(gate)
+    batcher = make(fn, observer=stats)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.submit, np.ones((3, 1), np.float32), later())
+        assert fn.started.wait(5)  # the lone first request leads; the second one queues behind it
+        second = pool.submit(batcher.submit, np.ones((2, 1), np.float32), later())
+        time.sleep(0.05)
+        gate.set()
+        first.result(5), second.result(5)
     batcher.close()
-    assert [b.rows for b in stats.batches] == [3]
+    assert [b.rows for b in stats.batches] == [3, 2]
     assert stats.batches[0].compute_s >= 0 and len(stats.batches[0].queue_wait_s) == 1
     assert stats.depths[0] == 1 and stats.depths[-1] == 0
+
+
+def test_a_lone_request_runs_in_its_own_thread_and_queued_ones_in_the_batching_thread():
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def fn(parts: Sequence[np.ndarray]) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            assert gate.wait(5)
+        return np.concatenate(parts)
+
+    batcher = make(fn, max_batch_size=8, delay_s=0.0)
+    with ThreadPoolExecutor(4, thread_name_prefix="request") as pool:
+        lone = pool.submit(batcher.submit, np.ones((1, 1), np.float32), later())
+        time.sleep(0.05)
+        queued = [pool.submit(batcher.submit, np.full((1, 1), i, np.float32), later()) for i in range(3)]
+        time.sleep(0.05)
+        assert len(threads) == 1  # nothing runs beside the leader's forward pass
+        gate.set()
+        assert lone.result(5).tolist() == [[1.0]]
+        assert [f.result(5).tolist() for f in queued] == [[[0.0]], [[1.0]], [[2.0]]]
+    batcher.close()
+    assert threads[0].startswith("request") and threads[1:] == ["batcher-test"]  # the 3 in one batch
+
+
+def test_a_leader_whose_forward_pass_fails_gets_a_500_and_the_batcher_goes_on():
+    batcher = make(Recorder(fail_on=7.0))
+    with pytest.raises(InferenceFailed):
+        batcher.submit(np.full((1, 2), 7.0, np.float32), later())
+    np.testing.assert_array_equal(batcher.submit(np.ones((1, 2), np.float32), later()), 2.0)
+    batcher.close()
+    with pytest.raises(NotReady):
+        batcher.submit(np.ones((1, 2), np.float32), later())

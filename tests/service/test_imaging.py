@@ -80,3 +80,42 @@ def test_undecodable_and_oversized_images_are_invalid(monkeypatch):
     monkeypatch.setattr(imaging, "MAX_PIXELS", 100)
     with pytest.raises(InvalidInput, match="at most 100 pixels"):
         imaging.decode(png(np.zeros((20, 20), np.uint8)))
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "LA", "P", "P+alpha", "1", "GIF", "JPEG L", "JPEG RGB"])
+def test_fast_decoders_give_the_pixels_pillow_gives(kind, channels):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (30, 41, 4), dtype=np.uint8)
+    images = {"L": Image.fromarray(rgba[..., 0]), "RGB": Image.fromarray(rgba[..., :3]),
+              "RGBA": Image.fromarray(rgba), "LA": Image.fromarray(rgba[..., [0, 3]]),
+              "P": Image.fromarray(rgba[..., :3]).convert("P"),
+              "1": Image.fromarray(rgba[..., 0]).convert("1")}
+    if kind.startswith("JPEG"):
+        data = _encode(images[kind.split()[1]], "JPEG", quality=95)
+    elif kind == "GIF":
+        data = _encode(images["L"], "GIF")
+    elif kind == "P+alpha":
+        data = _encode(images["P"], "PNG", transparency=0)
+    else:
+        data = _encode(images[kind], "PNG")
+    decoded, expected = imaging.decode(data, channels), imaging._decode_pillow(data, channels)
+    assert decoded.shape == expected.shape and decoded.dtype == np.uint8
+    # libjpeg-turbo's grey output is the Y channel; Pillow converts decoded RGB: a few levels apart.
+    tolerance = 8 if kind == "JPEG RGB" and channels == 1 else 0
+    assert np.abs(decoded.astype(int) - expected).max() <= tolerance
+
+
+def test_size_is_checked_from_the_header_before_decoding(monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 100)
+    jpeg = _encode(Image.fromarray(np.zeros((20, 20), np.uint8)), "JPEG")
+    with pytest.raises(InvalidInput, match="20x20; at most 100 pixels"):
+        imaging.decode(jpeg)
+    with pytest.raises(InvalidInput, match="cannot decode"):
+        imaging.decode(jpeg[:30])

@@ -44,6 +44,19 @@ def test_forward_takes_uint8_and_float_and_mixed_batches_alike(artifact_root, mn
     np.testing.assert_allclose(mixed, as_float, atol=1e-4)
 
 
+def test_served_module_is_frozen_and_matches_the_exported_file(artifact_root, mnist):
+    from training.export import load_scripted
+
+    model = load_registry(artifact_root, CPU, half=False, warmup_batch=1).get("mnist-tiny")
+    # Frozen: the weights are graph constants, no parameters are left as attributes.
+    assert not list(model.module.parameters())
+    exported = load_scripted(artifact_root / "mnist-tiny" / "2" / "model.pt")
+    x = mnist["test_x"][:8, None]
+    with torch.inference_mode():
+        expected = exported(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward([x]), expected, atol=1e-5)
+
+
 def test_no_loadable_model_is_a_start_up_error(tmp_path, artifact_root):
     shutil.copytree(artifact_root / "tampered", tmp_path / "tampered")
     with pytest.raises(RegistryError, match="no loadable model"):

@@ -1,0 +1,82 @@
+"""bench_serve.py's output: one line per run, the targets of the performance issue, and the chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+LABELS = {"png": "1 PNG per request", "json": "1 UINT8 image per OIP JSON request",
+          "bin64": "64 UINT8 images per binary OIP request", "json64": "64 UINT8 images per OIP JSON request",
+          "naive": "naive Flask app, 1 PNG per request",
+          "live": "ceiling: GET /v2/health/live (no work), requests/s"}
+
+
+def report(row: dict[str, Any]) -> str:
+    """One result line."""
+    return (f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
+            f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
+            f"{row['ratio']:.2f} x in-process")
+
+
+def _run(results: dict[str, Any], payload: str, connections: int) -> dict[str, Any] | None:
+    return next((r for r in results["runs"] if r["payload"] == payload and r["connections"] == connections),
+                None)
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with its measured value and whether it is met (None: not measured)."""
+    ref = results["in_process"]
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, value: float | None, goal: float, unit: str, at_least: bool) -> None:
+        met = None if value is None else (value >= goal if at_least else value <= goal)
+        targets.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met})
+
+    binary = _run(results, "bin64", 8)
+    target("64-image binary OIP at c=8, fraction of in-process batch 64", binary and binary["ratio"], 0.85,
+           "x", at_least=True)
+    png, naive = _run(results, "png", 64), _run(results, "naive", 64)
+    target("1 PNG per request at c=64, multiple of the naive app",
+           png and naive and png["images_per_s"] / naive["images_per_s"], 2.5, "x", at_least=True)
+    for payload in ("png", "json"):
+        single = _run(results, payload, 1)
+        goal = ref["batch1_p50_ms"] + 1.5
+        target(f"{LABELS[payload]}: p50 at c=1", single and single["p50_ms"], goal, "ms", at_least=False)
+    target("ready after process start", results.get("ready_s"), 10.0, "s", at_least=False)
+    lines = ["", "targets:"]
+    for t in targets:
+        value = "not measured" if t["value"] is None else f"{t['value']:.2f} {t['unit']}"
+        verdict = {True: "met", False: "NOT met", None: "-"}[t["met"]]
+        sign = ">=" if t["unit"] == "x" else "<="
+        lines.append(f"  {t['target']}: {value} (goal {sign} {t['goal']:.2f} {t['unit']}) {verdict}")
+    for i, worker in enumerate(results.get("workers", [])):
+        lines.append(f"  worker {i}: RSS {worker['rss_mib']:.0f} MiB, PSS {worker['pss_mib']:.0f} MiB")
+    return {"targets": targets, "lines": lines}
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Images/s against concurrency, one line per payload, the in-process figures as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for payload in dict.fromkeys(r["payload"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["payload"] == payload]
+        ax.plot([r["connections"] for r in runs], [r["images_per_s"] for r in runs], marker="o",
+                linestyle="--" if payload == "naive" else "-", label=LABELS.get(payload, payload))
+    ref = results["in_process"]
+    for batch, style in ((64, ":"), (1, "-.")):
+        ax.axhline(ref[f"batch{batch}_images_per_s"], color="grey", linestyle=style,
+                   label=f"in-process, batch {batch}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent connections (wrk)")
+    ax.set_yscale("log")  # single images and 64-image requests differ by ~20x
+    ax.set_ylabel("images / s (log)")
+    ax.set_title(f"trainserve: {results['model']}, throughput vs concurrency")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
