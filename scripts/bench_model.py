@@ -2,6 +2,8 @@
 
     python scripts/bench_model.py models/mnist-cnn/1
     python scripts/bench_model.py models/mnist-cnn/1 --batch-sizes 1 8 64 256 --threads 1 2
+    python scripts/bench_model.py models/mnist-cnn/1 --forms             # as exported, frozen, oneDNN
+    python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn resnet   # untrained nets, same input
 
 This is the ceiling an HTTP service can approach: no parsing, no queueing, uint8 pixels straight in. Run it
 from the repository root with the project installed (`make setup`), or with PYTHONPATH=. .
@@ -17,7 +19,8 @@ from pathlib import Path
 import torch
 
 from service.manifest import read_manifest, verify_checksum
-from training.export import load_scripted
+from training.export import PixelClassifier, load_scripted, script_for_serving, serving_forms
+from training.nets import build_net, count_macs
 
 
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 2.0,
@@ -46,20 +49,36 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="(default: 1 64)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default: 1 2)")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell (default: 2)")
+    p.add_argument("--forms", action="store_true",
+                   help="also compare the artifact as exported, frozen (what the service runs) and through "
+                        "torch.jit.optimize_for_inference")
+    p.add_argument("--archs", nargs="+", default=[], metavar="ARCH",
+                   help="also measure fresh, untrained nets of these --arch kinds (mlp, cnn, resnet) on the "
+                        "artifact's input: throughput does not depend on the weights")
     args = p.parse_args()
     manifest = read_manifest(args.artifact)
     model = load_scripted(verify_checksum(manifest, args.artifact))
     print(f"{manifest.name}/{manifest.version}: {manifest.architecture}, {manifest.parameters:,} parameters, "
           f"{manifest.extra.get('macs_per_example', 0) / 1e6:.2f} M MACs/image, "
           f"test accuracy {100 * manifest.metrics['test_accuracy']:.2f} %")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for size in args.batch_sizes:
-            batch = torch.randint(0, 256, (size, *manifest.input.shape), dtype=torch.uint8)
-            rate = images_per_second(model, batch, args.seconds)
-            print(f"threads {threads}  batch {size:>4}  {rate:>9,.0f} images/s  "
-                  f"({1000 * size / rate:.3f} ms per batch)", flush=True)
-
+    models = serving_forms(model) if args.forms else {"as exported": model}
+    shape = tuple(manifest.input.shape)
+    for arch in args.archs:
+        net = build_net(arch, shape, manifest.num_classes)
+        label = (f"untrained {arch} ({sum(p.numel() for p in net.parameters()):,} parameters, "
+                 f"{count_macs(net, shape) / 1e6:.2f} M MACs/image)")
+        channels = shape[0]
+        models[label] = script_for_serving(PixelClassifier(net, [0.5] * channels, [0.5] * channels))
+    for label, module in models.items():
+        if len(models) > 1:
+            print(label)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for size in args.batch_sizes:
+                batch = torch.randint(0, 256, (size, *shape), dtype=torch.uint8)
+                rate = images_per_second(module, batch, args.seconds)
+                print(f"threads {threads}  batch {size:>4}  {rate:>9,.0f} images/s  "
+                      f"({1000 * size / rate:.3f} ms per batch)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -161,6 +161,22 @@ def load_scripted(path: Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
+def serving_forms(module: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule]:
+    """A loaded artifact as exported, frozen (what the service runs) and through optimize_for_inference.
+
+    For benchmarks that decide which form to serve; each is a new module, ``module`` is left as it is.
+    """
+    with quiet_jit():
+        return {"as exported": module, "frozen (served)": torch.jit.freeze(module),
+                "optimize_for_inference": torch.jit.optimize_for_inference(module)}
+
+
+def script_for_serving(model: nn.Module) -> torch.jit.ScriptModule:
+    """``model`` scripted and frozen in the form the service would run it (benchmarks of untrained nets)."""
+    with quiet_jit():
+        return torch.jit.freeze(torch.jit.script(inference_form(model.eval())))
+
+
 def _manifest(model: nn.Module, info: ArtifactInfo, version: str, sha256: str) -> Manifest:
     return Manifest(
         name=info.name,
