@@ -156,8 +156,8 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
         if half:
             module.half()
         # Freezing inlines the weights as constants and folds what depends only on them: 4-11 % more
-        # images/s on the shipped CNN, same outputs. (optimize_for_inference, which also converts to oneDNN
-        # layouts, measured 40 % slower at batch 1 on CPU, so it is not used.)
+        # images/s at batch 64 on the shipped CNN, same outputs. (optimize_for_inference, which also
+        # converts to oneDNN layouts, measured 40 % slower at batch 1 on CPU, so it is not used.)
         module = torch.jit.freeze(module)
     model = LoadedModel(manifest=manifest, module=module, device=device, half=half)
     # The first calls compile and allocate; run them now so the first client does not pay, and so a model
