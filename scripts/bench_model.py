@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from service.manifest import read_manifest, verify_checksum
-from training.export import PixelClassifier, load_scripted, script_for_serving, serving_forms
+from service.registry import load_model
+from training.export import PixelClassifier, load_scripted, optimized_for_inference, script_for_serving
 from training.nets import build_net, count_macs
 
 
@@ -61,7 +62,11 @@ def main() -> None:
     print(f"{manifest.name}/{manifest.version}: {manifest.architecture}, {manifest.parameters:,} parameters, "
           f"{manifest.extra.get('macs_per_example', 0) / 1e6:.2f} M MACs/image, "
           f"test accuracy {100 * manifest.metrics['test_accuracy']:.2f} %")
-    models = serving_forms(model) if args.forms else {"as exported": model}
+    models = {"as exported": model}
+    if args.forms:
+        # What the service runs, prepared by the service's own loader (frozen), then the oneDNN variant.
+        served = load_model(args.artifact, torch.device("cpu"), half=False, warmup_batch=1)
+        models |= {"frozen (served)": served.module, "optimize_for_inference": optimized_for_inference(model)}
     shape = tuple(manifest.input.shape)
     for arch in args.archs:
         net = build_net(arch, shape, manifest.num_classes)

@@ -161,14 +161,14 @@ def load_scripted(path: Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
-def serving_forms(module: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule]:
-    """A loaded artifact as exported, frozen (what the service runs) and through optimize_for_inference.
+def optimized_for_inference(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """``module`` frozen and converted by ``torch.jit.optimize_for_inference`` (oneDNN layouts), a new module.
 
-    For benchmarks that decide which form to serve; each is a new module, ``module`` is left as it is.
+    For benchmarks that compare it with what the service runs; the service does not use it (slower at
+    batch 1 on CPU).
     """
     with quiet_jit():
-        return {"as exported": module, "frozen (served)": torch.jit.freeze(module),
-                "optimize_for_inference": torch.jit.optimize_for_inference(module)}
+        return torch.jit.optimize_for_inference(module)
 
 
 def script_for_serving(model: nn.Module) -> torch.jit.ScriptModule:
