@@ -114,28 +114,26 @@ def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     """A decoded image as one uint8 example [C, H, W] for a model with this input spec."""
     channels, height, width = spec.shape
     if channels == 1:
-        grey = match_ink(pixels, spec.ink)
+        ground = _ground(pixels)
+        if (ground > 127) == (spec.ink == "light"):  # the ground is the wrong way round for the model
+            pixels, ground = 255 - pixels, 255 - ground
         if spec.image_preprocessing == "mnist":
-            return mnist_style(grey, (height, width))[None]
-        return _resize(grey, (height, width))[None]
+            return mnist_style(pixels, (height, width), ground=ground)[None]
+        return _resize(pixels, (height, width))[None]
     return _resize(pixels, (height, width)).transpose(2, 0, 1).copy()
 
 
-def match_ink(grey: np.ndarray, ink: str) -> np.ndarray:
-    """Invert a grey image when its ground is the wrong way round for ``ink`` (light or dark strokes)."""
-    light_ground = _ground(grey) > 127
-    return 255 - grey if light_ground == (ink == "light") else grey
-
-
-def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = FIT_BOX) -> np.ndarray:
+def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = FIT_BOX,
+                ground: int | None = None) -> np.ndarray:
     """Light-on-dark grey image -> crop to the ink, fit into box x box, centre by mass in ``size``.
 
+    ``ground`` is the background level when the caller knows it already (the median of the border).
     Written for small images as much as large ones: a 28x28 digit costs a few dozen microseconds, so the
     steps are few whole-array numpy calls, with Python ints in between.
     """
     out = np.zeros(size, dtype=np.uint8)
     row_peak, col_peak = grey.max(axis=1), grey.max(axis=0)
-    ground, peak = _ground(grey), int(row_peak.max())
+    ground, peak = _ground(grey) if ground is None else ground, int(row_peak.max())
     if peak - ground < 1:
         return out  # no ink at all: a blank field, as the model would see an empty MNIST cell
     # Crop to the rows and columns whose brightest pixel is ink (one pass over a large photo), then
@@ -149,12 +147,13 @@ def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = F
     scale = box / max(crop.shape)
     fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
     patch = _resize(crop, fit)
-    rows_mass = patch.sum(axis=1, dtype=np.int64)
-    mass = int(rows_mass.sum())
+    rows_mass = patch.sum(axis=1, dtype=np.int64).tolist()
+    mass = sum(rows_mass)
     if mass <= 0:
         return out
-    cy = int(rows_mass @ np.arange(fit[0])) / mass
-    cx = int(patch.sum(axis=0, dtype=np.int64) @ np.arange(fit[1])) / mass
+    # Centre of mass over at most box (20) rows and columns: Python sums beat numpy calls at this size.
+    cy = sum(i * m for i, m in enumerate(rows_mass)) / mass
+    cx = sum(i * m for i, m in enumerate(patch.sum(axis=0, dtype=np.int64).tolist())) / mass
     top = min(max(round(size[0] / 2 - cy), 0), size[0] - fit[0])
     left = min(max(round(size[1] / 2 - cx), 0), size[1] - fit[1])
     out[top:top + fit[0], left:left + fit[1]] = patch
