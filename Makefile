@@ -23,7 +23,7 @@ train: setup
 test: setup
 	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest $(ARGS)
 
-# The shipped model on http://127.0.0.1:8000 (gunicorn, gthread workers); every TRAINSERVE_* setting applies.
+# The shipped model on http://127.0.0.1:8000 (gunicorn, gthread workers, see service/workers.py); every TRAINSERVE_* setting applies.
 serve: setup
 	$(PY) -m gunicorn -c service/gunicorn.conf.py 'service.app:create_app()'
 

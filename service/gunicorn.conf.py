@@ -41,10 +41,12 @@ bind = [_settings.bind]
 backlog = 2048
 
 # --- Workers ---------------------------------------------------------------------------------------------
-# gthread: each worker is one process (one model copy, one batcher per model) with `threads` request
-# threads. Concurrent requests in a worker are what the batcher merges, so threads bound the batch that
-# single-image requests can form; processes bound how much HTTP parsing runs in parallel (the GIL).
-worker_class = "gthread"
+# gthread (service/workers.py: a request thread keeps answering a busy kept-alive connection itself while
+# no other connection waits for a thread): each worker is one process (one model copy, one batcher per
+# model) with `threads` request threads. Concurrent requests in a worker are what the batcher merges, so
+# threads bound the batch that single-image requests can form; processes bound how much HTTP parsing runs
+# in parallel (the GIL).
+worker_class = "service.workers.ThreadWorker"
 workers = _settings.worker_count
 threads = _settings.threads
 # Kept-alive connections wait in the worker's poller, not in a thread.
