@@ -3,8 +3,8 @@
 gunicorn's gthread worker hands every request of a kept-alive connection across three threads: its main
 thread polls the socket and queues the connection for the thread pool, a pool thread answers the request,
 then wakes the main thread through a pipe to put the socket back on the poller. With requests that take
-a millisecond, those wake-ups are a large part of each request (on the 2-core machine of `make bench`,
-0.2-0.3 ms at concurrency 1 and about a quarter of a worker's GIL time under load).
+a millisecond, those wake-ups are a large part of each request: 0.2 ms of the 0.8 ms that a request doing
+nothing takes at concurrency 1 on the 2-core machine of `make bench`.
 
 Here a pool thread that has answered a request waits briefly on the same connection for the client's
 next one and answers it directly, as long as no other connection is waiting for a thread. It gives the
