@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+@contextmanager
+def running(cmd: list[str], port: int, ready_path: str, log: Path, what: str, timeout: float, cwd: Path,
+            env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``cmd`` (output to ``log``) for the block; yield its base URL once ``ready_path`` answers."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(f"{base}{ready_path}", timeout=2).ok, proc, log, what, timeout)
+        yield base
+    finally:
+        stop(proc)
+
+
 def tiny_model(root: Path) -> None:
     """Export an untrained linear classifier over 28x28 pixels as mnist-tiny/1 (what it answers is beside
     the point here: the counters are)."""
@@ -85,17 +100,9 @@ def service(kit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     env = {**os.environ, "TRAINSERVE_MODEL_DIR": str(work / "models"), "TRAINSERVE_BIND": f"127.0.0.1:{port}",
            "TRAINSERVE_WORKERS": "2", "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_MAX_BATCH_SIZE": "8",
            "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")}
-    log = work / "gunicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                                 "service.app:create_app()"], cwd=kit.repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{base}/readyz", timeout=2).ok, proc, log, "gunicorn", 120)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"]
+    with running(cmd, port, "/readyz", work / "gunicorn.log", "gunicorn", 120, kit.repo, env) as base:
         yield base
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -115,18 +122,10 @@ def prometheus(kit: Any, service: str, tmp_path_factory: pytest.TempPathFactory)
         shutil.copy(shipped / rules, work / rules)
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    log = work / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={work / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                cwd=work, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{base}/-/ready", timeout=2).ok, proc, log, "prometheus", 60)
+    cmd = [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}"]
+    with running(cmd, port, "/-/ready", work / "prometheus.log", "prometheus", 60, work) as base:
         yield base
-    finally:
-        stop(proc)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:

@@ -43,8 +43,9 @@ def test_one_thread_serves_a_busy_connection_and_a_second_one_in_turn(gunicorn, 
             if not chunk:
                 return
             # The tail is shorter than the status line, so every match here is a new one.
-            answered[0] += (tail + chunk).count(ok)
-            tail = (tail + chunk)[1 - len(ok):]
+            window = tail + chunk
+            answered[0] += window.count(ok)
+            tail = window[1 - len(ok):]
 
     threads = [threading.Thread(target=busy.sendall, args=(REQUEST * total,)),
                threading.Thread(target=receive)]
