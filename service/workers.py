@@ -12,12 +12,25 @@ connection back to the poller as soon as one is (so that more connections than t
 turn, never one connection's run of requests after another's), when the client pauses longer than
 ``LINGER_S``, or when the worker stops; everything else, keep-alive timeouts, graceful shutdown, HTTP/2,
 is gunicorn's own code.
+
+It also spreads connections evenly over the workers. All workers accept from one listening socket, and
+the kernel gives each new connection to whichever worker's poller runs first: with a few long-lived
+connections (wrk's 8, a proxy's pool) all of them often land on one worker, which then has one core's
+worth of model time while the other idles (`make bench` saw all 8 on one worker in 2 of 8 rounds, and
+half the throughput). Each worker publishes its open connections in a small table the workers share (a
+shared memory map made in the master before the fork); a worker that holds more connections than a live
+sibling stops accepting for ``ACCEPT_PAUSE_S`` so that the sibling, woken by the same connection, takes
+it. After ``MAX_DEFERRALS`` pauses in a row it accepts anyway, so a sibling that is stuck or busy delays a
+new connection by at most ~10 ms and never refuses it.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import select
 import threading
+import time
 from typing import Any
 
 from gunicorn.workers import gthread
@@ -26,14 +39,104 @@ from gunicorn.workers import gthread
 # as soon as it has an answer takes well under this; one that pauses goes back to the poller.
 LINGER_S = 0.002
 
+# Connection balancing: how long a busier worker leaves the listening socket to its siblings, and how many
+# times in a row before it accepts the connection itself.
+ACCEPT_PAUSE_S = 0.001
+MAX_DEFERRALS = 10
+
+# The table the workers share: slot i holds (pid, open connections) of one worker, pid 0 when free. The
+# module is imported in the gunicorn master (it resolves the worker class before forking), so the anonymous
+# shared map made here is the same memory in every worker. Aligned 8-byte stores and loads are atomic on
+# the platforms torch runs on; a stale read only makes one accept decision less even.
+_SLOTS = 256
+_TABLE = memoryview(mmap.mmap(-1, _SLOTS * 16)).cast("q")
+
 
 class ThreadWorker(gthread.ThreadWorker):
     """gthread, with a pool thread answering a busy connection's next requests itself."""
+
+    _slot: int | None = None  # this worker's row in _TABLE while it accepts connections
+    _conns = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._waiting = 0  # connections queued for a pool thread
         self._waiting_lock = threading.Lock()
+        self._deferrals = 0  # accept pauses in a row (connection balancing)
+        self._paused_until = 0.0
+
+    # --- Connection balancing between workers --------------------------------------------------------------
+    # gthread counts its open connections in nr_conns (on the main thread only); every change is published.
+    @property
+    def nr_conns(self) -> int:
+        return self._conns
+
+    @nr_conns.setter
+    def nr_conns(self, value: int) -> None:
+        self._conns = value
+        if self._slot is not None:
+            _TABLE[2 * self._slot + 1] = value
+
+    def run(self) -> None:
+        self._claim_slot()
+        try:
+            super().run()
+        finally:
+            self._release_slot()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._release_slot()  # a draining worker accepts nothing more: siblings must not wait for it
+        super().handle_exit(sig, frame)
+
+    def _claim_slot(self) -> None:
+        pid = os.getpid()
+        for i in range(_SLOTS):
+            slot = (self.age + i) % _SLOTS
+            if _TABLE[2 * slot] == 0 or not _alive(_TABLE[2 * slot]):
+                _TABLE[2 * slot + 1] = self._conns
+                _TABLE[2 * slot] = pid
+                self._slot = slot
+                return
+
+    def _release_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None and _TABLE[2 * slot] == os.getpid():
+            _TABLE[2 * slot] = 0
+
+    def _busier_than_a_sibling(self) -> bool:
+        mine, pid = self._conns, os.getpid()
+        for slot in range(_SLOTS):
+            other = _TABLE[2 * slot]
+            if other and other != pid and _TABLE[2 * slot + 1] < mine and _alive(other):
+                return True
+        return False
+
+    def accept(self, listener: Any) -> None:
+        if self._slot is not None and self._deferrals < MAX_DEFERRALS and self._busier_than_a_sibling():
+            self._deferrals += 1
+            self._paused_until = time.monotonic() + ACCEPT_PAUSE_S
+            super().set_accept_enabled(False)
+            return
+        self._deferrals = 0
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread calls this at the top of every turn of its loop: an accept pause ends here.
+        if enabled and self._paused_until:
+            if time.monotonic() < self._paused_until:
+                enabled = False
+            else:
+                self._paused_until = 0.0
+                if not _readable(self.sockets):
+                    self._deferrals = 0  # a sibling took the connection
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self._paused_until:
+            timeout = max(0.0, min(timeout, self._paused_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+
+    # --- A pool thread stays on a busy connection -----------------------------------------------------------
 
     def enqueue_req(self, conn: gthread.TConn) -> None:
         with self._waiting_lock:
@@ -47,6 +150,24 @@ class ThreadWorker(gthread.ThreadWorker):
         while result is True and self.alive and not self._waiting and _next_request_ready(conn):
             result = super().handle(conn)
         return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _readable(sockets: list[Any]) -> bool:
+    """Whether a connection still waits on any of these listening sockets."""
+    poller = select.poll()
+    for sock in sockets:
+        poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _next_request_ready(conn: gthread.TConn) -> bool:
