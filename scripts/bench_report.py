@@ -15,7 +15,9 @@ def report(row: dict[str, Any]) -> str:
     """One result line."""
     return (f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
-            f"{row['ratio']:.2f} x in-process")
+            f"{row['ratio']:.2f} x in-process"
+            + (f"  connections per worker {'/'.join(map(str, row['worker_connections']))}"
+               if row.get("worker_connections") else ""))
 
 
 def _run(results: dict[str, Any], payload: str, connections: int) -> dict[str, Any] | None:

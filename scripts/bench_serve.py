@@ -9,8 +9,9 @@ and prints images/s, p50/p99 latency, errors, and the throughput as a fraction o
 figure. Payloads: one PNG per request (``:classify``), one UINT8 image per OIP JSON request, 64 UINT8
 images per OIP request in the binary tensor extension. With ``--naive`` it then starts the classic
 one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers) on the same artifact and
-sends it the same PNG. With ``--start`` it also reports time-to-ready and each worker's memory. Results go
-to bench-results/serve.json and a chart of throughput vs concurrency to bench-results/serve.png.
+sends it the same PNG. With ``--start`` it also reports time-to-ready, each worker's memory and how each
+run's connections were spread over the workers. Results go to bench-results/serve.json and a chart of
+throughput vs concurrency to bench-results/serve.png.
 """
 
 from __future__ import annotations
@@ -153,16 +154,47 @@ def payload(kind: str, name: str, folder: Path) -> tuple[str, str, dict[str, str
 
 
 def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connections: int, seconds: int,
-        folder: Path) -> dict:
-    """One wrk run (after a 1 s warm-up on the same connections count); the Lua script prints a RESULT."""
+        folder: Path, master: int | None = None) -> dict:
+    """One wrk run (after a 1 s warm-up on the same connections count); the Lua script prints a RESULT.
+
+    With the server's master process given, the result also says how the connections were spread over
+    its workers, read from /proc one second into the run.
+    """
     script = folder / "bench.lua"
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     post = POST % {"content_type": content_type, "body": body, "extra_headers": extra}
     script.write_text(LUA % {"request": post if content_type else ""})
     base = ["wrk", "-t1", f"-c{connections}", "--timeout", "10s", "-s", str(script), url]
     subprocess.run([*base, "-d1s"], capture_output=True, check=True)
-    out = subprocess.run([*base, f"-d{seconds}s"], capture_output=True, text=True, check=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    run = subprocess.Popen([*base, f"-d{seconds}s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    split = None
+    if master is not None:
+        time.sleep(min(1.0, seconds / 2))
+        split = worker_connections(master, int(url.split(":")[2].split("/")[0]))
+    out, err = run.communicate()
+    if run.returncode:
+        raise SystemExit(f"wrk failed: {err}")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    return result | ({"worker_connections": split} if split else {})
+
+
+def worker_connections(master: int, port: int) -> list[int] | None:
+    """Established connections to ``port`` held by each worker of ``master``, busiest first (Linux /proc)."""
+    try:
+        workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        sockets = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                sockets.add(f"socket:[{fields[9]}]")
+        counts = []
+        for pid in workers:
+            fds = Path(f"/proc/{pid}/fd").iterdir()
+            counts.append(sum(1 for fd in fds if os.readlink(fd) in sockets))
+    except OSError:
+        return None  # not Linux, or a worker went away meanwhile
+    return sorted(counts, reverse=True) if any(counts) else None  # none: e.g. sync workers close each one
 
 
 def start(cmd: list[str], env: dict[str, str], ready_url: str) -> tuple[subprocess.Popen, float]:
@@ -205,18 +237,20 @@ def serve_env(url: str, model_dir: str) -> dict[str, str]:
 
 
 def measure(url: str, kinds: list[str], name: str, args: argparse.Namespace, reference: dict,
-            tmp: Path) -> list[dict]:
+            tmp: Path, master: int | None = None) -> list[dict]:
     """Every payload at every concurrency against one server; prints each line as it comes."""
     rows = []
     for kind in kinds:
         path, content_type, headers, body = payload(kind, name, tmp)
         for c in (int(v) for v in args.concurrency.split(",")):
-            result = wrk(url + path, content_type, headers, body, c, args.duration, tmp)
+            result = wrk(url + path, content_type, headers, body, c, args.duration, tmp, master)
             images = IMAGES_PER_REQUEST[kind]
             row = {"payload": kind, "connections": c, "images_per_request": images,
                    "images_per_s": images * result["requests"] / (result["duration_us"] / 1e6),
                    "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000,
                    "errors": result["errors"]}
+            if "worker_connections" in result:
+                row["worker_connections"] = result["worker_connections"]
             row["ratio"] = row["images_per_s"] / reference["batch64_images_per_s"]
             rows.append(row)
             print(report(row), flush=True)
@@ -238,7 +272,8 @@ def main() -> None:
               f"{reference['batch1_images_per_s']:.0f} images/s (p50 {reference['batch1_p50_ms']:.2f} ms), "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            rows = measure(args.url, args.payloads.split(","), name, args, reference, Path(tmp))
+            rows = measure(args.url, args.payloads.split(","), name, args, reference, Path(tmp),
+                           proc.pid if proc else None)
             stop(proc)
             proc = None
             # Once more now the service is stopped: the reference is the better of the two.
@@ -251,7 +286,7 @@ def main() -> None:
                 cores = str(len(os.sched_getaffinity(0)))
                 proc, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
                                  "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
-                rows += measure(args.naive_url, ["naive"], name, args, reference, Path(tmp))
+                rows += measure(args.naive_url, ["naive"], name, args, reference, Path(tmp), proc.pid)
         print(f"\nin-process reference (the better of before and after): batch 1 p50 "
               f"{reference['batch1_p50_ms']:.2f} ms, "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
