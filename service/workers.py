@@ -1,4 +1,4 @@
-"""The gunicorn worker class trainserve runs: gthread, with request threads that stay on a busy connection.
+"""The gunicorn worker class trainserve runs: gthread, quicker on kept-alive connections, balanced.
 
 gunicorn's gthread worker hands every request of a kept-alive connection across three threads: its main
 thread polls the socket and queues the connection for the thread pool, a pool thread answers the request,
@@ -14,14 +14,14 @@ turn, never one connection's run of requests after another's), when the client p
 is gunicorn's own code.
 
 It also spreads connections evenly over the workers. All workers accept from one listening socket, and
-the kernel gives each new connection to whichever worker's poller runs first: with a few long-lived
-connections (wrk's 8, a proxy's pool) all of them often land on one worker, which then has one core's
-worth of model time while the other idles (`make bench` saw all 8 on one worker in 2 of 8 rounds, and
-half the throughput). Each worker publishes its open connections in a small table the workers share (a
-shared memory map made in the master before the fork); a worker that holds more connections than a live
-sibling stops accepting for ``ACCEPT_PAUSE_S`` so that the sibling, woken by the same connection, takes
-it. After ``MAX_DEFERRALS`` pauses in a row it accepts anyway, so a sibling that is stuck or busy delays a
-new connection by at most ~10 ms and never refuses it.
+the kernel gives each new connection to whichever worker's poller runs first: a few long-lived
+connections (wrk's 8, a proxy's pool) land unevenly, and a worker with most of them has one core's worth
+of model time while the other idles (2 workers, wrk's 8 connections: all 8 on one worker in 2 of 17
+rounds, an even split in 2; half the throughput when all land on one). Each worker publishes its open
+connections in a small table the workers share (a shared memory map made in the master before the fork);
+a worker that holds more connections than a live sibling stops accepting for ``ACCEPT_PAUSE_S`` so that
+the sibling, woken by the same connection, takes it. After ``MAX_DEFERRALS`` pauses in a row it accepts
+anyway, so a sibling that is stuck or busy delays a new connection by at most ~10 ms and never refuses it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _TABLE = memoryview(mmap.mmap(-1, _SLOTS * 16)).cast("q")
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    """gthread, with a pool thread answering a busy connection's next requests itself."""
+    """gthread; a pool thread answers a busy connection's next requests itself; connections spread evenly."""
 
     _slot: int | None = None  # this worker's row in _TABLE while it accepts connections
     _conns = 0
