@@ -28,7 +28,8 @@ serve: setup
 	$(PY) -m gunicorn -c service/gunicorn.conf.py 'service.app:create_app()'
 
 # Starts the service and the naive baseline app on 127.0.0.1:8000/8001 and measures both with wrk (needs
-# `wrk`: apt-get install wrk); results in bench-results/. ARGS='--duration 15' for longer runs.
+# `wrk`: apt-get install wrk), 3 rounds of 4 s per payload and concurrency, medians; results in
+# bench-results/. ARGS='--rounds 5 --duration 8' for longer runs.
 bench: setup
 	$(PY) scripts/bench_serve.py --start --naive $(ARGS)
 

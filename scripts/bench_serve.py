@@ -5,12 +5,14 @@
 
 It loads the served artifact in-process and measures the model's own images/s at batch 1 and 64 (all
 cores, one process); then, for each payload and concurrency, runs wrk with a Lua script against the service
-and prints images/s, p50/p99 latency, errors, and the throughput as a fraction of the in-process batch-64
-figure. Payloads: one PNG per request (``:classify``), one UINT8 image per OIP JSON request, 64 UINT8
-images per OIP request in the binary tensor extension. With ``--naive`` it then starts the classic
-one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers) on the same artifact and
-sends it the same PNG. With ``--start`` it also reports time-to-ready, each worker's memory and how each
-run's connections were spread over the workers. Results go to bench-results/serve.json and a chart of
+``--rounds`` times and prints the median images/s, p50/p99 latency, errors, and the throughput as a
+fraction of the in-process batch-64 figure. Payloads: one PNG per request (``:classify``), one UINT8 image
+per OIP JSON request, 64 UINT8 images per OIP request in the binary tensor extension. With ``--naive`` it
+also starts the classic one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers)
+on the same artifact and sends it the same PNG, its runs alternating with the service's PNG runs, so the
+ratio between the two (the median of the round-by-round ratios) is measured side by side. With
+``--start`` it also reports time-to-ready, each worker's memory and how each run's connections were
+spread over the workers. Results go to bench-results/serve.json and a chart of
 throughput vs concurrency to bench-results/serve.png.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,7 +72,11 @@ def parse_args() -> argparse.Namespace:
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections (default: %(default)s)")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default: %(default)s)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="wrk runs per payload and concurrency, one after another (with --naive, the "
+                             "PNG runs alternate with the naive app's); the median is reported "
+                             "(default: %(default)s)")
     parser.add_argument("--payloads", default="png,json,bin64,live",
                         help="png, json (one UINT8 image, JSON), bin64 (64 images, binary OIP), json64 "
                              "(64 images, JSON), live (GET /v2/health/live: what gunicorn and Flask answer "
@@ -236,31 +243,56 @@ def serve_env(url: str, model_dir: str) -> dict[str, str]:
                 TRAINSERVE_LOG_LEVEL=os.environ.get("TRAINSERVE_LOG_LEVEL", "warning"))
 
 
-def measure(url: str, kinds: list[str], name: str, args: argparse.Namespace, reference: dict,
-            tmp: Path, master: int | None = None) -> list[dict]:
-    """Every payload at every concurrency against one server; prints each line as it comes."""
+def measure(kinds: list[str], name: str, args: argparse.Namespace, reference: dict, tmp: Path,
+            masters: dict[str, int | None]) -> list[dict]:
+    """Every payload at every concurrency, ``args.rounds`` runs each; prints each row as it comes.
+
+    With the naive app up, its PNG runs alternate with the service's, round by round, so that both see the
+    same moments of a noisy machine.
+    """
+    bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *(["naive"] if args.naive else [])}}
+    urls = {kind: args.naive_url if kind == "naive" else args.url for kind in bodies}
+    groups = [[kind, "naive"] if kind == "png" and args.naive else [kind] for kind in kinds]
+    if args.naive and "png" not in kinds:
+        groups.append(["naive"])
     rows = []
-    for kind in kinds:
-        path, content_type, headers, body = payload(kind, name, tmp)
+    for group in groups:
         for c in (int(v) for v in args.concurrency.split(",")):
-            result = wrk(url + path, content_type, headers, body, c, args.duration, tmp, master)
-            images = IMAGES_PER_REQUEST[kind]
-            row = {"payload": kind, "connections": c, "images_per_request": images,
-                   "images_per_s": images * result["requests"] / (result["duration_us"] / 1e6),
-                   "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000,
-                   "errors": result["errors"]}
-            if "worker_connections" in result:
-                row["worker_connections"] = result["worker_connections"]
-            row["ratio"] = row["images_per_s"] / reference["batch64_images_per_s"]
-            rows.append(row)
-            print(report(row), flush=True)
+            runs: dict[str, list[dict]] = {kind: [] for kind in group}
+            for _ in range(args.rounds):
+                for kind in group:
+                    path, content_type, headers, body = bodies[kind]
+                    master = masters.get("naive" if kind == "naive" else "service")
+                    runs[kind].append(wrk(urls[kind] + path, content_type, headers, body, c, args.duration,
+                                          tmp, master))
+            for kind in group:
+                row = combine(kind, c, runs[kind])
+                row["ratio"] = row["images_per_s"] / reference["batch64_images_per_s"]
+                rows.append(row)
+                print(report(row), flush=True)
     return rows
+
+
+def combine(kind: str, connections: int, runs: list[dict]) -> dict:
+    """One row from the rounds of one payload at one concurrency: medians, every round's rate kept."""
+    images = IMAGES_PER_REQUEST[kind]
+    rates = [images * r["requests"] / (r["duration_us"] / 1e6) for r in runs]
+    row = {"payload": kind, "connections": connections, "images_per_request": images,
+           "images_per_s": statistics.median(rates),
+           "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
+           "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+           "errors": sum(r["errors"] for r in runs), "rounds": rates}
+    splits = [r["worker_connections"] for r in runs if "worker_connections" in r]
+    if splits:
+        row["worker_connections"] = splits
+    return row
 
 
 def main() -> None:
     args = parse_args()
     gunicorn = [sys.executable, "-m", "gunicorn"]
-    proc, extra = None, {}
+    proc = naive = None
+    extra: dict = {}
     try:
         if args.start:
             cmd = [*gunicorn, "-c", "service/gunicorn.conf.py", "service.app:create_app()"]
@@ -271,28 +303,29 @@ def main() -> None:
         print(f"in-process {name} ({reference['torch_threads']} torch threads): batch 1 "
               f"{reference['batch1_images_per_s']:.0f} images/s (p50 {reference['batch1_p50_ms']:.2f} ms), "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s", flush=True)
+        if args.naive:
+            env = serve_env(args.naive_url, args.model_dir) | {"NAIVE_MODEL": name}
+            cores = str(len(os.sched_getaffinity(0)))
+            naive, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
+                              "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
         with tempfile.TemporaryDirectory() as tmp:
-            rows = measure(args.url, args.payloads.split(","), name, args, reference, Path(tmp),
-                           proc.pid if proc else None)
-            stop(proc)
-            proc = None
-            # Once more now the service is stopped: the reference is the better of the two.
-            again = best(reference, in_process(Path(args.model_dir), name))
-            for row in rows:
-                row["ratio"] = row["images_per_s"] / again["batch64_images_per_s"]
-            reference.update(again)
-            if args.naive:
-                env = serve_env(args.naive_url, args.model_dir) | {"NAIVE_MODEL": name}
-                cores = str(len(os.sched_getaffinity(0)))
-                proc, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
-                                 "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
-                rows += measure(args.naive_url, ["naive"], name, args, reference, Path(tmp), proc.pid)
+            masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
+            rows = measure(args.payloads.split(","), name, args, reference, Path(tmp), masters)
+        stop(proc)
+        stop(naive)
+        proc = naive = None
+        # Once more now the servers are stopped: the reference is the better of the two.
+        again = best(reference, in_process(Path(args.model_dir), name))
+        for row in rows:
+            row["ratio"] = row["images_per_s"] / again["batch64_images_per_s"]
+        reference.update(again)
         print(f"\nin-process reference (the better of before and after): batch 1 p50 "
               f"{reference['batch1_p50_ms']:.2f} ms, "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
         print("\n".join(report(row) for row in rows))
     finally:
         stop(proc)
+        stop(naive)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
     results["summary"] = summary(results)
     print("\n".join(results["summary"]["lines"]))

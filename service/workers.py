@@ -153,13 +153,19 @@ class ThreadWorker(gthread.ThreadWorker):
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live worker of this master (a slot a killed worker left may name a reused pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        return False  # not ours
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True  # no /proc (not Linux): the signal check is all there is
+    return int(stat[stat.rindex(b")") + 2:].split()[1]) == os.getppid()
 
 
 def _readable(sockets: list[Any]) -> bool:

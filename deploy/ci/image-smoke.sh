@@ -21,7 +21,8 @@ die() { printf '[image-smoke] error: %s\n' "$*" >&2; exit 1; }
 
 # --- tools -----------------------------------------------------------------------------------------------
 need=()
-for tool in buildah:buildah podman:podman debootstrap:debootstrap runc:runc; do
+# netavark, podman's network stack, sets up the published port with iptables.
+for tool in buildah:buildah podman:podman debootstrap:debootstrap runc:runc iptables:iptables; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 if ((${#need[@]})); then
