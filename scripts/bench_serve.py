@@ -12,8 +12,8 @@ also starts the classic one-forward-per-request Flask app (scripts/naive_app.py,
 on the same artifact and sends it the same PNG, its runs alternating with the service's PNG runs, so the
 ratio between the two (the median of the round-by-round ratios) is measured side by side. With
 ``--start`` it also reports time-to-ready, each worker's memory and how each run's connections were
-spread over the workers. Results go to bench-results/serve.json and a chart of
-throughput vs concurrency to bench-results/serve.png.
+spread over the workers. Results go to bench-results/serve.json and a chart of throughput vs
+concurrency to bench-results/serve.png.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -178,7 +179,7 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     split = None
     if master is not None:
         time.sleep(min(1.0, seconds / 2))
-        split = worker_connections(master, int(url.split(":")[2].split("/")[0]))
+        split = worker_connections(master, urlsplit(url).port)
     out, err = run.communicate()
     if run.returncode:
         raise SystemExit(f"wrk failed: {err}")

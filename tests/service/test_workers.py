@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_serve import worker_connections
 
 pytestmark = pytest.mark.slow
 
@@ -84,20 +85,12 @@ def test_pipelined_requests_on_one_connection_are_all_answered(gunicorn, artifac
     assert received.count(b"HTTP/1.1 200 OK") == 2
 
 
-def _connections_per_worker(server) -> list[int]:
-    """Established connections to the server's port held by each worker process, from /proc."""
-    master = server.proc.pid
-    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    inodes = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == server.port and fields[3] == "01":  # 01: ESTABLISHED
-            inodes[f"socket:[{fields[9]}]"] = True
-    counts = []
-    for pid in workers:
-        folder = Path(f"/proc/{pid}/fd")
-        counts.append(sum(1 for fd in folder.iterdir() if os.readlink(fd) in inodes))
-    return sorted(counts)
+def _wait_for_both_workers(server) -> None:
+    """Until both workers have loaded their models (each logs "serving"), and a moment for them to run."""
+    deadline = time.monotonic() + 60
+    while server.log.read_text().count("serving ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads connections from Linux's /proc")
@@ -107,17 +100,14 @@ def test_kept_alive_connections_spread_evenly_over_the_workers(gunicorn, artifac
     # must end up four and four.
     server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "2",
                        "TRAINSERVE_THREADS": "4", "TRAINSERVE_LOG_LEVEL": "info"})
-    deadline = time.monotonic() + 60
-    while server.log.read_text().count("serving ") < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)  # the second worker may still be loading its models
-    time.sleep(0.5)
+    _wait_for_both_workers(server)
     clients = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(8)]
     try:
         for client in clients:
             client.connect()  # all eight wait in the listening socket's queue before any is accepted
         for client in clients:
             assert predict(client) == 200  # the connection stays open (keep-alive)
-        assert _connections_per_worker(server) == [4, 4]
+        assert worker_connections(server.proc.pid, server.port) == [4, 4]
     finally:
         for client in clients:
             client.close()
@@ -128,10 +118,7 @@ def test_a_stuck_worker_does_not_hold_new_connections_back(gunicorn, artifact_ro
     # sibling frozen (SIGSTOP), every new connection is still accepted and answered by the other worker.
     server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "2",
                        "TRAINSERVE_THREADS": "4", "TRAINSERVE_LOG_LEVEL": "info"})
-    deadline = time.monotonic() + 60
-    while server.log.read_text().count("serving ") < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    _wait_for_both_workers(server)
     master = server.proc.pid
     frozen = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
     clients = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(6)]
