@@ -16,12 +16,13 @@ is gunicorn's own code.
 It also spreads connections evenly over the workers. All workers accept from one listening socket, and
 the kernel gives each new connection to whichever worker's poller runs first: a few long-lived
 connections (wrk's 8, a proxy's pool) land unevenly, and a worker with most of them has one core's worth
-of model time while the other idles (2 workers, wrk's 8 connections: all 8 on one worker in 2 of 17
-rounds, an even split in 2; half the throughput when all land on one). Each worker publishes its open
-connections in a small table the workers share (a shared memory map made in the master before the fork);
-a worker that holds more connections than a live sibling stops accepting for ``ACCEPT_PAUSE_S`` so that
-the sibling, woken by the same connection, takes it. After ``MAX_DEFERRALS`` pauses in a row it accepts
-anyway, so a sibling that is stuck or busy delays a new connection by at most ~10 ms and never refuses it.
+of model time while the other idles (2 workers, wrk's 8 connections: all 8 on one worker in 8 of 20
+rounds of `bench_serve.py`, an even split in 2, and such a round loses up to half the throughput). Each
+worker publishes its open connections in a small table the workers share (a shared memory map made in
+the master before the fork); a worker that holds more connections than a live sibling stops accepting
+for ``ACCEPT_PAUSE_S`` so that the sibling, woken by the same connection, takes it. After
+``MAX_DEFERRALS`` pauses in a row it accepts anyway, so a sibling that is stuck or busy delays a new
+connection by at most ~10 ms and never refuses it.
 """
 
 from __future__ import annotations
