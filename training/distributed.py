@@ -74,6 +74,11 @@ def process_group(world: World, device: torch.device, timeout_s: float = 1800) -
                             timeout=dt.timedelta(seconds=timeout_s))
     try:
         yield
+        # Tearing the group down is collective: a rank that leaves while rank 0 still evaluates and exports
+        # can abort in gloo's teardown ("terminate called without an active exception", exit -6) and fail
+        # a run that succeeded. On success every rank waits here for the others; on an error torchrun
+        # stops the ranks still waiting.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
