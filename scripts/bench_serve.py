@@ -5,8 +5,11 @@
 
 It loads the served artifact in-process and measures the model's own images/s at batch 1 and 64 (all
 cores, one process); then, for each payload and concurrency, runs wrk with a Lua script against the service
-``--rounds`` times and prints the median images/s, p50/p99 latency, errors, and the throughput as a
-fraction of the in-process batch-64 figure. Payloads: one PNG per request (``:classify``), one UINT8 image
+``--rounds`` times, each run right after a short in-process batch-64 measurement, and prints the median
+images/s, p50/p99 latency, errors, and the throughput as a fraction of the in-process batch-64 figure: the
+median of the round-by-round ratios, each round against the in-process figure of its own moment (the
+machine's speed drifts within a run), and, in the final listing, also against the best in-process figure
+of the whole run. Payloads: one PNG per request (``:classify``), one UINT8 image
 per OIP JSON request, 64 UINT8 images per OIP request in the binary tensor extension. With ``--naive`` it
 also starts the classic one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers)
 on the same artifact and sends it the same PNG, its runs alternating with the service's PNG runs, so the
@@ -88,36 +91,45 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def in_process(model_dir: Path, name: str, rounds: int = 5, seconds: float = 0.6) -> dict[str, float]:
-    """The model's own images/s at batch 1 and 64, loaded as the service loads it, on all cores.
+class InProcess:
+    """The served artifact loaded in this process as the service loads it, run on all cores, one process."""
 
-    The best of several short rounds: on a shared machine a round that another job slowed down would
-    flatter every ratio against this figure.
-    """
-    import torch
+    def __init__(self, model_dir: Path, name: str) -> None:
+        import torch
 
-    from service.manifest import artifact_dirs
-    from service.registry import load_model
+        from service.manifest import artifact_dirs
+        from service.registry import load_model
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    folder = [d for d in artifact_dirs(model_dir) if d.parent.name == name][-1]
-    model = load_model(folder, torch.device("cpu"), half=False, warmup_batch=64)
-    result = {"torch_threads": torch.get_num_threads()}
-    for batch in (1, 64):
-        x = np.random.default_rng(0).integers(0, 256, (batch, *model.manifest.input.shape), dtype=np.uint8)
-        rates, p50s = [], []
-        for _ in range(rounds):
-            times = []
-            started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                t0 = time.perf_counter()
-                model.forward([x])
-                times.append(time.perf_counter() - t0)
-            rates.append(batch * len(times) / sum(times))
-            p50s.append(float(np.median(times)) * 1000)
-        result[f"batch{batch}_images_per_s"] = max(rates)
-        result[f"batch{batch}_p50_ms"] = min(p50s)
-    return result
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        self.torch_threads = torch.get_num_threads()
+        folder = [d for d in artifact_dirs(model_dir) if d.parent.name == name][-1]
+        self.model = load_model(folder, torch.device("cpu"), half=False, warmup_batch=64)
+        shape = self.model.manifest.input.shape
+        rng = np.random.default_rng(0)
+        self.inputs = {batch: rng.integers(0, 256, (batch, *shape), dtype=np.uint8) for batch in (1, 64)}
+
+    def measure(self, rounds: int = 5, seconds: float = 0.6) -> dict[str, float]:
+        """Images/s and p50 at batch 1 and 64: the best of several short rounds (a round that another job
+        slowed down would flatter every ratio against this figure)."""
+        result: dict[str, float] = {"torch_threads": self.torch_threads}
+        for batch in (1, 64):
+            rates, p50s = zip(*(self._round(batch, seconds) for _ in range(rounds)), strict=True)
+            result[f"batch{batch}_images_per_s"] = max(rates)
+            result[f"batch{batch}_p50_ms"] = min(p50s)
+        return result
+
+    def batch64_now(self, rounds: int = 3, seconds: float = 0.3) -> float:
+        """Images/s at batch 64 now (the best of a few short rounds), to pair with the next wrk round."""
+        return max(self._round(64, seconds)[0] for _ in range(rounds))
+
+    def _round(self, batch: int, seconds: float) -> tuple[float, float]:
+        x, times = self.inputs[batch], []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            t0 = time.perf_counter()
+            self.model.forward([x])
+            times.append(time.perf_counter() - t0)
+        return batch * len(times) / sum(times), float(np.median(times)) * 1000
 
 
 def best(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -244,12 +256,14 @@ def serve_env(url: str, model_dir: str) -> dict[str, str]:
                 TRAINSERVE_LOG_LEVEL=os.environ.get("TRAINSERVE_LOG_LEVEL", "warning"))
 
 
-def measure(kinds: list[str], name: str, args: argparse.Namespace, reference: dict, tmp: Path,
+def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProcess, tmp: Path,
             masters: dict[str, int | None]) -> list[dict]:
     """Every payload at every concurrency, ``args.rounds`` runs each; prints each row as it comes.
 
-    With the naive app up, its PNG runs alternate with the service's, round by round, so that both see the
-    same moments of a noisy machine.
+    Right before each wrk run, the model's own batch-64 rate is measured in this process (the servers idle
+    meanwhile), so every round's throughput has an in-process figure from the same moment of a noisy
+    machine. With the naive app up, its PNG runs alternate with the service's, round by round, for the
+    same reason.
     """
     bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *(["naive"] if args.naive else [])}}
     urls = {kind: args.naive_url if kind == "naive" else args.url for kind in bodies}
@@ -264,11 +278,11 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, reference: di
                 for kind in group:
                     path, content_type, headers, body = bodies[kind]
                     master = masters.get("naive" if kind == "naive" else "service")
+                    now = model.batch64_now()
                     runs[kind].append(wrk(urls[kind] + path, content_type, headers, body, c, args.duration,
-                                          tmp, master))
+                                          tmp, master) | {"in_process": now})
             for kind in group:
                 row = combine(kind, c, runs[kind])
-                row["ratio"] = row["images_per_s"] / reference["batch64_images_per_s"]
                 rows.append(row)
                 print(report(row), flush=True)
     return rows
@@ -278,11 +292,14 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
     """One row from the rounds of one payload at one concurrency: medians, every round's rate kept."""
     images = IMAGES_PER_REQUEST[kind]
     rates = [images * r["requests"] / (r["duration_us"] / 1e6) for r in runs]
+    references = [r["in_process"] for r in runs]
     row = {"payload": kind, "connections": connections, "images_per_request": images,
            "images_per_s": statistics.median(rates),
+           # Each round against the in-process batch-64 rate measured just before it; the median of those.
+           "ratio": statistics.median(rate / ref for rate, ref in zip(rates, references, strict=True)),
            "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
            "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
-           "errors": sum(r["errors"] for r in runs), "rounds": rates}
+           "errors": sum(r["errors"] for r in runs), "rounds": rates, "in_process_rounds": references}
     splits = [r["worker_connections"] for r in runs if "worker_connections" in r]
     if splits:
         row["worker_connections"] = splits
@@ -300,7 +317,8 @@ def main() -> None:
             proc, extra["ready_s"] = start(cmd, serve_env(args.url, args.model_dir), f"{args.url}/readyz")
             extra["workers"] = worker_memory(proc.pid)
         name = args.model or requests.get(f"{args.url}/v1/models", timeout=5).json()["models"][0]["name"]
-        reference = in_process(Path(args.model_dir), name)
+        model = InProcess(Path(args.model_dir), name)
+        reference = model.measure()
         print(f"in-process {name} ({reference['torch_threads']} torch threads): batch 1 "
               f"{reference['batch1_images_per_s']:.0f} images/s (p50 {reference['batch1_p50_ms']:.2f} ms), "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s", flush=True)
@@ -311,15 +329,14 @@ def main() -> None:
                               "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
-            rows = measure(args.payloads.split(","), name, args, reference, Path(tmp), masters)
+            rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
         stop(proc)
         stop(naive)
         proc = naive = None
         # Once more now the servers are stopped: the reference is the better of the two.
-        again = best(reference, in_process(Path(args.model_dir), name))
+        reference.update(best(reference, model.measure()))
         for row in rows:
-            row["ratio"] = row["images_per_s"] / again["batch64_images_per_s"]
-        reference.update(again)
+            row["ratio_to_best"] = row["images_per_s"] / reference["batch64_images_per_s"]
         print(f"\nin-process reference (the better of before and after): batch 1 p50 "
               f"{reference['batch1_p50_ms']:.2f} ms, "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
