@@ -99,6 +99,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a forward pass is running, in the batching thread or in a leading request's
+        self._pass_s = 0.0  # how long a recent forward pass took (moving average): what waiting may cost
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
 
     def start(self) -> Batcher:
@@ -179,8 +180,9 @@ class Batcher:
                 self._cond.wait(timeout=1.0)
             self._busy = True
             batch = self._take([])
-            if len(batch) > 1 and self.max_batch_delay_s > 0:
-                until = batch[0].queued_at + self.max_batch_delay_s
+            delay = min(self.max_batch_delay_s, self._pass_s)
+            if len(batch) > 1 and delay > 0:
+                until = batch[0].queued_at + delay
                 while self._room(batch) > 0 and not self._closed:
                     remaining = until - time.monotonic()
                     if remaining <= 0:
@@ -228,6 +230,8 @@ class Batcher:
                 chunk.future.set_exception(error)
             self._report(batch, total, started, failed=True)
             return
+        took = time.monotonic() - started
+        self._pass_s = took if not self._pass_s else 0.8 * self._pass_s + 0.2 * took
         offset = 0
         for chunk, size in zip(batch, sizes, strict=True):
             chunk.future.set_result(out[offset:offset + size])

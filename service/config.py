@@ -68,7 +68,8 @@ class ServiceConfig:
     torch_threads: int = 0
     # Rows (images) in one forward pass; bigger requests are split into batches of this size.
     max_batch_size: int = 64
-    # How long the batcher waits for company once it sees concurrent traffic; a lone request never waits.
+    # The longest the batcher waits for company once it sees concurrent traffic (it waits no longer than a
+    # forward pass takes); a lone request never waits.
     max_batch_delay_ms: float = 2.0
     # Requests waiting for the model in one worker; beyond it the service answers 429 at once.
     max_queue: int = 256

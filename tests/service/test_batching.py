@@ -81,6 +81,28 @@ def test_a_lone_request_runs_at_once_without_waiting_out_the_delay():
     batcher.close()
 
 
+def test_a_batch_with_company_waits_for_more_no_longer_than_a_forward_pass_takes():
+    # Waiting longer than a forward pass takes costs more than it saves: the requests that arrive
+    # meanwhile would have formed the next batch anyway. The configured delay (1 s here) is only the cap.
+    def fn(parts: Sequence[np.ndarray]) -> np.ndarray:
+        time.sleep(0.02)
+        return np.concatenate(parts)
+
+    batcher = make(fn, delay_s=1.0)
+    batcher.submit(np.ones((1, 1), np.float32), later())  # alone: runs at once; one pass measured
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.submit, np.ones((1, 1), np.float32), later())
+        while not batcher._busy:
+            time.sleep(0.001)
+        started = time.monotonic()
+        company = [pool.submit(batcher.submit, np.ones((1, 1), np.float32), later()) for _ in range(2)]
+        for f in [first, *company]:
+            f.result(10)
+        waited = time.monotonic() - started
+    batcher.close()
+    assert waited < 0.5, f"two queued requests took {waited:.3f} s: the batch waited out the 1 s delay"
+
+
 def test_large_requests_are_split_to_the_max_batch_size_and_joined_in_order():
     fn = Recorder()
     batcher = make(fn, max_batch_size=8)
