@@ -14,7 +14,8 @@ LABELS = {"png": "1 PNG per request", "json": "1 UINT8 image per OIP JSON reques
 
 def report(row: dict[str, Any]) -> str:
     """One result line."""
-    return (f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
+    return (("versus " if row.get("server") == "versus" else "")
+            + f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
             f"{row['ratio']:.2f} x in-process"
             + (f" ({row['ratio_to_best']:.2f} x the best)" if "ratio_to_best" in row else "")
@@ -28,14 +29,19 @@ def _splits(splits: list) -> str:
     return ", ".join("/".join(map(str, split)) for split in rounds)
 
 
-def _run(results: dict[str, Any], payload: str, connections: int) -> dict[str, Any] | None:
-    return next((r for r in results["runs"] if r["payload"] == payload and r["connections"] == connections),
-                None)
+def _server(row: dict[str, Any]) -> str:
+    return row.get("server", "service")  # "versus" for the runs against --versus
+
+
+def _run(results: dict[str, Any], payload: str, connections: int, server: str = "service"
+         ) -> dict[str, Any] | None:
+    return next((r for r in results["runs"] if r["payload"] == payload and r["connections"] == connections
+                 and _server(r) == server), None)
 
 
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
     """a's throughput over b's: the median of the round-by-round ratios when both ran the same rounds
-    alternately (bench_serve.py does that for the naive app), else the ratio of the medians."""
+    alternately (bench_serve.py does that for the naive app and --versus), else the ratio of the medians."""
     if len(a.get("rounds", [])) == len(b.get("rounds", [])) > 0:
         return statistics.median(x / y for x, y in zip(a["rounds"], b["rounds"], strict=True))
     return a["images_per_s"] / b["images_per_s"]
@@ -67,6 +73,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         verdict = {True: "met", False: "NOT met", None: "-"}[t["met"]]
         sign = ">=" if t["unit"] == "x" else "<="
         lines.append(f"  {t['target']}: {value} (goal {sign} {t['goal']:.2f} {t['unit']}) {verdict}")
+    versus = [(r, _run(results, r["payload"], r["connections"], "versus")) for r in results["runs"]
+              if _server(r) == "service"]
+    if any(other for _, other in versus):
+        lines.append("against --versus (median of the round-by-round ratios; above 1: this one is faster):")
+        lines += [f"  {r['payload']:6} c={r['connections']:<3} {_paired(r, other):.3f} x"
+                  for r, other in versus if other]
     for i, worker in enumerate(results.get("workers", [])):
         lines.append(f"  worker {i}: RSS {worker['rss_mib']:.0f} MiB, PSS {worker['pss_mib']:.0f} MiB")
     return {"targets": targets, "lines": lines}
@@ -80,10 +92,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for payload in dict.fromkeys(r["payload"] for r in results["runs"]):
-        runs = [r for r in results["runs"] if r["payload"] == payload]
+    for server, payload in dict.fromkeys((_server(r), r["payload"]) for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["payload"] == payload and _server(r) == server]
+        label = LABELS.get(payload, payload)
         ax.plot([r["connections"] for r in runs], [r["images_per_s"] for r in runs], marker="o",
-                linestyle="--" if payload == "naive" else "-", label=LABELS.get(payload, payload))
+                linestyle=":" if server == "versus" else "--" if payload == "naive" else "-",
+                label=f"--versus: {label}" if server == "versus" else label)
     ref = results["in_process"]
     for batch, style in ((64, ":"), (1, "-.")):
         ax.axhline(ref[f"batch{batch}_images_per_s"], color="grey", linestyle=style,

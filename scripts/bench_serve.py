@@ -72,6 +72,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--naive", action="store_true",
                         help="also measure the naive Flask app (PNG) on --naive-url's port")
     parser.add_argument("--naive-url", default="http://127.0.0.1:8001", help="(default: %(default)s)")
+    parser.add_argument("--versus", metavar="URL",
+                        help="another trainserve already running there (say, an older commit from a git "
+                             "worktree): every payload's rounds alternate between it and the service, and "
+                             "the final listing gives the service's throughput as a multiple of its, the "
+                             "median of the round-by-round ratios")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
@@ -266,23 +271,27 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
     same reason.
     """
     bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *(["naive"] if args.naive else [])}}
-    urls = {kind: args.naive_url if kind == "naive" else args.url for kind in bodies}
-    groups = [[kind, "naive"] if kind == "png" and args.naive else [kind] for kind in kinds]
+    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url}
+    # (server, payload) pairs whose rounds alternate: the service's, then --versus's, then the naive app's.
+    groups = [[("service", kind), *([("versus", kind)] if args.versus else []),
+               *([("naive", "naive")] if kind == "png" and args.naive else [])] for kind in kinds]
     if args.naive and "png" not in kinds:
-        groups.append(["naive"])
+        groups.append([("naive", "naive")])
     rows = []
     for group in groups:
         for c in (int(v) for v in args.concurrency.split(",")):
-            runs: dict[str, list[dict]] = {kind: [] for kind in group}
+            runs: dict[tuple[str, str], list[dict]] = {member: [] for member in group}
             for _ in range(args.rounds):
-                for kind in group:
+                for server, kind in group:
                     path, content_type, headers, body = bodies[kind]
-                    master = masters.get("naive" if kind == "naive" else "service")
                     now = model.batch64_now()
-                    runs[kind].append(wrk(urls[kind] + path, content_type, headers, body, c, args.duration,
-                                          tmp, master) | {"in_process": now})
-            for kind in group:
-                row = combine(kind, c, runs[kind])
+                    runs[server, kind].append(wrk(urls[server] + path, content_type, headers, body, c,
+                                                  args.duration, tmp, masters.get(server))
+                                              | {"in_process": now})
+            for server, kind in group:
+                row = combine(kind, c, runs[server, kind])
+                if server == "versus":
+                    row["server"] = "versus"
                 rows.append(row)
                 print(report(row), flush=True)
     return rows
