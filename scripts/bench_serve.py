@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--versus", metavar="URL",
                         help="another trainserve already running there (say, an older commit from a git "
                              "worktree): every payload's rounds alternate between it and the service, and "
-                             "the final listing gives the service's throughput as a multiple of its, the "
+                             "the summary gives the service's throughput as a multiple of that one's, the "
                              "median of the round-by-round ratios")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
