@@ -1,0 +1,44 @@
+"""The benchmark's arithmetic (scripts/bench_report.py): paired ratios, the targets, the --versus summary."""
+
+from __future__ import annotations
+
+from bench_report import _paired, report, summary
+
+
+def row(payload: str, connections: int, rounds: list[float], **extra) -> dict:
+    return {"payload": payload, "connections": connections, "images_per_s": sorted(rounds)[len(rounds) // 2],
+            "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "ratio": 0.5, "rounds": rounds, **extra}
+
+
+def results(*runs: dict) -> dict:
+    return {"in_process": {"batch1_p50_ms": 0.1, "batch64_images_per_s": 1000.0}, "runs": list(runs),
+            "ready_s": 2.0}
+
+
+def test_paired_ratio_is_the_median_of_round_by_round_ratios_not_the_ratio_of_medians():
+    # Round ratios 2, 1.5 and 3 (median 2) while the machine's speed drifted; the medians' ratio is 1.5.
+    fast, slow = row("png", 64, [200.0, 90.0, 60.0]), row("naive", 64, [100.0, 60.0, 20.0])
+    assert _paired(fast, slow) == 2.0
+    # Without the same rounds on both sides there is nothing to pair: the ratio of the medians.
+    assert _paired(fast, row("naive", 64, [40.0])) == 90.0 / 40.0
+
+
+def test_summary_judges_each_target_and_names_what_was_not_measured():
+    out = summary(results(row("bin64", 8, [900.0], ratio=0.9), row("png", 64, [300.0, 310.0]),
+                          row("naive", 64, [100.0, 100.0]), row("png", 1, [10.0], p50_ms=1.2)))
+    verdicts = {t["target"]: t["met"] for t in out["targets"]}
+    assert verdicts["64-image binary OIP at c=8, fraction of in-process batch 64 (paired rounds)"] is True
+    assert verdicts["1 PNG per request at c=64, multiple of the naive app"] is True  # 3.05x
+    assert verdicts["1 PNG per request: p50 at c=1"] is True  # 1.2 <= 0.1 + 1.5
+    assert verdicts["1 UINT8 image per OIP JSON request: p50 at c=1"] is None  # no JSON run
+    assert any("not measured" in line for line in out["lines"])
+
+
+def test_versus_rows_are_kept_apart_and_summarised_as_paired_ratios():
+    mine = row("png", 8, [110.0, 120.0])
+    theirs = row("png", 8, [100.0, 100.0], server="versus")
+    out = summary(results(mine, theirs))
+    assert "against --versus" in "\n".join(out["lines"])
+    assert any(line.split() == ["png", "c=8", "1.150", "x"] for line in out["lines"])
+    assert report(theirs).startswith("versus png")
+    assert not report(mine).startswith("versus")
