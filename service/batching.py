@@ -228,20 +228,20 @@ class Batcher:
                 f"inference failed for model {self.name}: {type(exc).__name__}")
             for chunk in batch:
                 chunk.future.set_exception(error)
-            self._report(batch, total, started, failed=True)
+            self._report(batch, total, started, time.monotonic() - started, failed=True)
             return
-        took = time.monotonic() - started
+        took = time.monotonic() - started  # the forward pass alone, before the results are handed out
         self._pass_s = took if not self._pass_s else 0.8 * self._pass_s + 0.2 * took
         offset = 0
         for chunk, size in zip(batch, sizes, strict=True):
             chunk.future.set_result(out[offset:offset + size])
             offset += size
-        self._report(batch, total, started, failed=False)
+        self._report(batch, total, started, took, failed=False)
 
-    def _report(self, batch: list[_Chunk], total: int, started: float, failed: bool) -> None:
+    def _report(self, batch: list[_Chunk], total: int, started: float, took: float, failed: bool) -> None:
         stats = BatchStats(rows=total, requests=len(batch),
                            queue_wait_s=tuple(started - c.queued_at for c in batch),
-                           compute_s=time.monotonic() - started, failed=failed)
+                           compute_s=took, failed=failed)
         try:
             self._observer.batch_done(stats)
         except Exception:  # metrics must never take the batcher down
