@@ -19,6 +19,8 @@ def report(row: dict[str, Any]) -> str:
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4} "
             f"{row['ratio']:.2f} x in-process"
             + (f" ({row['ratio_to_best']:.2f} x the best)" if "ratio_to_best" in row else "")
+            + (f"  batches: {b['images']:.2f} images, pass {b['pass_ms']:.2f} ms, queue wait "
+               f"{b['queue_wait_ms']:.2f} ms" if (b := row.get("batches")) else "")
             + (f"  connections per worker {_splits(row['worker_connections'])}"
                if row.get("worker_connections") else ""))
 

@@ -183,7 +183,8 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     """One wrk run (after a 1 s warm-up on the same connections count); the Lua script prints a RESULT.
 
     With the server's master process given, the result also says how the connections were spread over
-    its workers, read from /proc one second into the run.
+    its workers, read from /proc one second into the run. From a trainserve, it also gives what its
+    batchers did during the run (see ``batch_stats``).
     """
     script = folder / "bench.lua"
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
@@ -191,6 +192,7 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     script.write_text(LUA % {"request": post if content_type else ""})
     base = ["wrk", "-t1", f"-c{connections}", "--timeout", "10s", "-s", str(script), url]
     subprocess.run([*base, "-d1s"], capture_output=True, check=True)
+    before = batch_totals(url)
     run = subprocess.Popen([*base, f"-d{seconds}s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     split = None
@@ -201,7 +203,52 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     if run.returncode:
         raise SystemExit(f"wrk failed: {err}")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    return result | ({"worker_connections": split} if split else {})
+    batches = batch_stats(before, batch_totals(url))
+    if split:
+        result["worker_connections"] = split
+    if batches:
+        result["batches"] = batches
+    return result
+
+
+# The batcher's histograms on a trainserve's /metrics: (name, unit multiplier for the report).
+BATCH_METRICS = {"images": ("trainserve_batch_size_images", 1),
+                 "pass_ms": ("trainserve_compute_seconds", 1000),
+                 "queue_wait_ms": ("trainserve_queue_wait_seconds", 1000)}
+
+
+def batch_totals(url: str) -> dict[str, float] | None:
+    """The _sum and _count of the batcher's histograms, over every model and worker (None: no trainserve)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    parts = urlsplit(url)
+    try:
+        text = requests.get(f"{parts.scheme}://{parts.netloc}/metrics", timeout=5)
+        text.raise_for_status()
+    except requests.RequestException:
+        return None  # the naive app has no metrics
+    wanted = {name for name, _ in BATCH_METRICS.values()}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.text):
+        if family.name in wanted:
+            for sample in family.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def batch_stats(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """Means over one run, from two readings of ``batch_totals``: images per batch, the forward pass's time
+    (``trainserve_compute_seconds``) and a request's wait in the queue, in ms."""
+    if not before or not after:
+        return None
+    stats = {}
+    for key, (name, scale) in BATCH_METRICS.items():
+        count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+        if count <= 0:
+            return None
+        stats[key] = scale * (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / count
+    return stats
 
 
 def worker_connections(master: int, port: int) -> list[int] | None:
@@ -312,6 +359,10 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
     splits = [r["worker_connections"] for r in runs if "worker_connections" in r]
     if splits:
         row["worker_connections"] = splits
+    batches = [r["batches"] for r in runs if "batches" in r]
+    if batches:  # medians over the rounds, every round's figures kept
+        row["batches"] = {key: statistics.median(b[key] for b in batches) for key in BATCH_METRICS}
+        row["batches_rounds"] = batches
     return row
 
 

@@ -1,8 +1,10 @@
-"""The benchmark's arithmetic (scripts/bench_report.py): paired ratios, the targets, the --versus summary."""
+"""The benchmark's arithmetic (scripts/bench_report.py, bench_serve.py): paired ratios, the targets, the
+--versus summary, the batchers' means over one run."""
 
 from __future__ import annotations
 
 from bench_report import _paired, report, summary
+from bench_serve import batch_stats
 
 
 def row(payload: str, connections: int, rounds: list[float], **extra) -> dict:
@@ -42,3 +44,19 @@ def test_versus_rows_are_kept_apart_and_summarised_as_paired_ratios():
     assert any(line.split() == ["png", "c=8", "1.150", "x"] for line in out["lines"])
     assert report(theirs).startswith("versus png")
     assert not report(mine).startswith("versus")
+
+
+def test_batch_stats_are_the_means_over_one_run_from_two_readings_of_the_counters():
+    before = {"trainserve_batch_size_images_sum": 100.0, "trainserve_batch_size_images_count": 50.0,
+              "trainserve_compute_seconds_sum": 1.0, "trainserve_compute_seconds_count": 50.0,
+              "trainserve_queue_wait_seconds_sum": 2.0, "trainserve_queue_wait_seconds_count": 100.0}
+    after = {"trainserve_batch_size_images_sum": 500.0, "trainserve_batch_size_images_count": 150.0,
+             "trainserve_compute_seconds_sum": 1.3, "trainserve_compute_seconds_count": 150.0,
+             "trainserve_queue_wait_seconds_sum": 2.4, "trainserve_queue_wait_seconds_count": 500.0}
+    stats = batch_stats(before, after)
+    assert stats is not None
+    assert stats["images"] == 4.0  # 400 images in 100 batches
+    assert round(stats["pass_ms"], 6) == 3.0  # 0.3 s over 100 passes
+    assert round(stats["queue_wait_ms"], 6) == 1.0  # 0.4 s over 400 requests
+    assert batch_stats(before, before) is None  # no batch ran
+    assert batch_stats(None, after) is None  # no trainserve (the naive app has no /metrics)
