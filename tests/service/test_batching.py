@@ -84,16 +84,19 @@ def test_a_lone_request_runs_at_once_without_waiting_out_the_delay():
 def test_a_batch_with_company_waits_for_more_no_longer_than_a_forward_pass_takes():
     # Waiting longer than a forward pass takes costs more than it saves: the requests that arrive
     # meanwhile would have formed the next batch anyway. The configured delay (1 s here) is only the cap.
+    running = threading.Event()
+
     def fn(parts: Sequence[np.ndarray]) -> np.ndarray:
+        running.set()
         time.sleep(0.02)
         return np.concatenate(parts)
 
     batcher = make(fn, delay_s=1.0)
     batcher.submit(np.ones((1, 1), np.float32), later())  # alone: runs at once; one pass measured
+    running.clear()
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(batcher.submit, np.ones((1, 1), np.float32), later())
-        while not batcher._busy:
-            time.sleep(0.001)
+        assert running.wait(5)  # the model is busy: the next two queue up together
         started = time.monotonic()
         company = [pool.submit(batcher.submit, np.ones((1, 1), np.float32), later()) for _ in range(2)]
         for f in [first, *company]:
@@ -121,8 +124,10 @@ def test_full_queue_answers_queue_full_at_once_and_queues_nothing():
         running = pool.submit(batcher.submit, np.ones((1, 1), np.float32), later())
         assert fn.started.wait(5)
         queued = [pool.submit(batcher.submit, np.ones((1, 1), np.float32), later()) for _ in range(2)]
-        while batcher_depth(batcher) < 2:
+        deadline = time.monotonic() + 5
+        while batcher_depth(batcher) < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
+        assert batcher_depth(batcher) == 2
         started = time.monotonic()
         with pytest.raises(QueueFull) as exc:
             batcher.submit(np.ones((1, 1), np.float32), later())
