@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 DATASETS = ("mnist", "fashion-mnist", "digits")  # plus "folder:PATH"
-ARCHITECTURES = ("mlp", "cnn", "resnet")
+ARCHITECTURES = ("mlp", "cnn", "classic", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training.config import ARCHITECTURES
 from training.data import DataSplits, load_data, make_loader
 from training.engine import evaluate, pixels, train_one_epoch
 from training.export import PixelClassifier
@@ -27,7 +28,7 @@ def _model(mnist: DataSplits, arch: str = "cnn") -> PixelClassifier:
     return PixelClassifier(build_net(arch, mnist.input_shape, 10), mnist.mean, mnist.std)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_one_optimisation_step_lowers_the_loss(mnist: DataSplits, arch: str) -> None:
     model = _model(mnist, arch)
     images, labels = mnist.train.images[:64], mnist.train.labels[:64]

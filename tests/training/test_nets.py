@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from training.config import ARCHITECTURES
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.nets import build_net, count_macs, count_parameters, fold_batchnorm
 
 SHAPES = [(1, 28, 28), (1, 8, 8), (3, 32, 32)]
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_logits_for_any_image_size(arch: str, shape: tuple[int, int, int]) -> None:
     net = build_net(arch, shape, num_classes=7).eval()
@@ -28,6 +29,10 @@ def test_parameter_counts_and_cost_on_mnist() -> None:
     cnn = build_net("cnn", (1, 28, 28), 10)
     assert count_parameters(cnn) == CNN_PARAMETERS
     assert count_macs(cnn, (1, 28, 28)) == CNN_MACS
+    classic = build_net("classic", (1, 28, 28), 10)  # the figures pytorch/examples' MNIST net has
+    assert count_parameters(classic) == 9 * 32 + 32 + 9 * 32 * 64 + 64 + 9216 * 128 + 128 + 128 * 10 + 10
+    conv_macs = 26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9
+    assert count_macs(classic, (1, 28, 28)) == conv_macs + 9216 * 128 + 128 * 10
     resnet = build_net("resnet", (1, 28, 28), 10)
     assert count_parameters(resnet) == RESNET_PARAMETERS
     assert count_macs(resnet, (1, 28, 28)) > 10 * CNN_MACS  # the stronger, costlier one
@@ -63,7 +68,7 @@ def test_folding_batch_norm_keeps_the_outputs(arch: str) -> None:
         torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_net_exports_as_torchscript(arch: str, tmp_path: Path) -> None:
     model = PixelClassifier(build_net(arch, (3, 16, 16), 4), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     info = ArtifactInfo(name="n", architecture=arch, labels=tuple("abcd"), input_shape=(3, 16, 16),
