@@ -60,3 +60,10 @@ def test_batch_stats_are_the_means_over_one_run_from_two_readings_of_the_counter
     assert round(stats["queue_wait_ms"], 6) == 1.0  # 0.4 s over 400 requests
     assert batch_stats(before, before) is None  # no batch ran
     assert batch_stats(None, after) is None  # no trainserve (the naive app has no /metrics)
+
+
+def test_only_the_served_models_rows_print_a_fraction_of_in_process():
+    served = row("png", 64, [300.0], ratio_to_best=0.25)
+    assert "0.50 x in-process (0.25 x the best)" in report(served)
+    for other in ("naive", "live"):  # another server; requests that run no model
+        assert "in-process" not in report(row(other, 64, [300.0], ratio_to_best=0.25))
