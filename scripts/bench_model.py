@@ -3,9 +3,11 @@
     python scripts/bench_model.py models/mnist-cnn/1
     python scripts/bench_model.py models/mnist-cnn/1 --batch-sizes 1 8 64 256 --threads 1 2
     python scripts/bench_model.py models/mnist-cnn/1 --forms             # as exported, frozen, oneDNN
-    python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn resnet   # untrained nets, same input
+    python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn classic resnet   # untrained nets
+    python scripts/bench_model.py models/mnist-cnn/1 --malloc-defaults   # without service/allocator.py
 
-This is the ceiling an HTTP service can approach: no parsing, no queueing, uint8 pixels straight in. Run it
+This is the ceiling an HTTP service can approach: no parsing, no queueing, uint8 pixels straight in, and
+the C allocator set up as in the service's workers. Run it
 from the repository root with the project installed (`make setup`), or with PYTHONPATH=. .
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from service.allocator import keep_freed_memory
 from service.manifest import read_manifest, verify_checksum
 from service.registry import load_model
 from training.export import PixelClassifier, load_scripted, optimized_for_inference, script_for_serving
@@ -54,9 +57,14 @@ def main() -> None:
                    help="also compare the artifact as exported, frozen (what the service runs) and through "
                         "torch.jit.optimize_for_inference")
     p.add_argument("--archs", nargs="+", default=[], metavar="ARCH",
-                   help="also measure fresh, untrained nets of these --arch kinds (mlp, cnn, resnet) on the "
-                        "artifact's input: throughput does not depend on the weights")
+                   help="also measure fresh, untrained nets of these --arch kinds (mlp, cnn, classic, "
+                        "resnet) on the artifact's input: throughput does not depend on the weights")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's malloc thresholds at their defaults instead of setting them as the "
+                        "service and the training CLI do (service/allocator.py), to measure the difference")
     args = p.parse_args()
+    if not args.malloc_defaults:
+        keep_freed_memory()
     manifest = read_manifest(args.artifact)
     model = load_scripted(verify_checksum(manifest, args.artifact))
     print(f"{manifest.name}/{manifest.version}: {manifest.architecture}, {manifest.parameters:,} parameters, "

@@ -97,14 +97,17 @@ def parse_args() -> argparse.Namespace:
 
 
 class InProcess:
-    """The served artifact loaded in this process as the service loads it, run on all cores, one process."""
+    """The served artifact loaded in this process as the service loads it, run on all cores, one process,
+    with the C allocator set up as in the service's workers."""
 
     def __init__(self, model_dir: Path, name: str) -> None:
         import torch
 
+        from service.allocator import keep_freed_memory
         from service.manifest import artifact_dirs
         from service.registry import load_model
 
+        keep_freed_memory()
         torch.set_num_threads(len(os.sched_getaffinity(0)))
         self.torch_threads = torch.get_num_threads()
         folder = [d for d in artifact_dirs(model_dir) if d.parent.name == name][-1]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from flask import Flask, Response, g, request
 
+from service.allocator import keep_freed_memory
 from service.api import docs, health, v1, v2
 from service.api.common import EXTENSION, plane
 from service.config import ServiceConfig
@@ -34,6 +35,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.config["TRAINSERVE"] = config
 
     torch.set_num_threads(config.torch_thread_count)
+    keep_freed_memory()  # batches reuse the memory the last one freed (service/allocator.py)
     device = resolve_device(config.device, config.half)
     registry = load_registry(config.model_dir, device, config.half, warmup_batch=config.max_batch_size)
     metrics = Metrics(config.prometheus_multiproc_dir)
