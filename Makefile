@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
 
-.PHONY: setup train test lint serve bench clean
+.PHONY: setup train test lint serve bench bench-classic clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,16 @@ serve: setup
 # bench-results/. ARGS='--rounds 5 --duration 8' for longer runs.
 bench: setup
 	$(PY) scripts/bench_serve.py --start --naive $(ARGS)
+
+# The same benchmark on the pytorch/examples MNIST net (--arch classic, 11x the shipped model's cost per
+# image), the net the performance issue's figures were measured on: trained once into bench-results/classic/
+# (about 4 minutes on 2 cores), then served from there; results in bench-results/serve-classic.json.
+CLASSIC := bench-results/classic
+bench-classic: setup
+	ls $(CLASSIC)/models/*/*/manifest.json >/dev/null 2>&1 || $(PY) -m training --data-dir $(DATA_DIR) --arch classic --optimizer adam \
+		--lr 1e-3 --out $(CLASSIC)/models --run-dir $(CLASSIC)/runs
+	$(PY) scripts/bench_serve.py --start --naive --model-dir $(CLASSIC)/models \
+		--out bench-results/serve-classic.json $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
