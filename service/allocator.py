@@ -3,7 +3,7 @@
 glibc's malloc hands blocks above its mmap threshold (128 KiB at first) straight back to the kernel when
 they are freed, and trims the heap's free top once it passes 128 KiB. A forward pass frees its
 activations and the next one allocates them again, so under those defaults the kernel maps and zeroes
-fresh pages every pass: 150-480 page faults per batch-64 pass of the shipped model in a loop of 10,000
+fresh pages every pass: 85-480 page faults per batch-64 pass of the shipped model in a loop of 10,000
 passes, 20,000-78,000 per second in each freshly started worker under load. glibc raises the mmap
 threshold by itself only when it frees a mapped block larger than the threshold, which in a worker took
 from 30 s to over a minute of load, or never in the loop (README, Benchmarks). ``keep_freed_memory``
