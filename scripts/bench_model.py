@@ -14,6 +14,7 @@ from the repository root with the project installed (`make setup`), or with PYTH
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -28,15 +29,18 @@ from training.nets import build_net, count_macs
 
 
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 2.0,
-                      rounds: int = 5) -> float:
-    """Median images/s over ``rounds`` timed rounds of about ``seconds / rounds`` each, after a warm-up."""
+                      rounds: int = 5) -> tuple[float, float]:
+    """Median images/s over ``rounds`` timed rounds of about ``seconds / rounds`` each, after a warm-up, and
+    the page faults a call took on average over those rounds (what service/allocator.py is about)."""
     with torch.inference_mode():
         for _ in range(20):  # warm-up: TorchScript profiles and optimises its graph on the first calls
             model(batch)
         per_call = _time_calls(model, batch, 10) / 10
         calls = max(1, int(seconds / rounds / max(per_call, 1e-6)))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         rates = [calls * len(batch) / _time_calls(model, batch, calls) for _ in range(rounds)]
-    return statistics.median(rates)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return statistics.median(rates), faults / (calls * rounds)
 
 
 def _time_calls(model: torch.nn.Module, batch: torch.Tensor, calls: int) -> float:
@@ -89,9 +93,9 @@ def main() -> None:
             torch.set_num_threads(threads)
             for size in args.batch_sizes:
                 batch = torch.randint(0, 256, (size, *shape), dtype=torch.uint8)
-                rate = images_per_second(module, batch, args.seconds)
+                rate, faults = images_per_second(module, batch, args.seconds)
                 print(f"threads {threads}  batch {size:>4}  {rate:>9,.0f} images/s  "
-                      f"({1000 * size / rate:.3f} ms per batch)", flush=True)
+                      f"({1000 * size / rate:.3f} ms per batch, {faults:.0f} page faults)", flush=True)
 
 if __name__ == "__main__":
     main()
