@@ -1,4 +1,5 @@
-"""The worker class with a real gunicorn: a thread stays on a busy connection, but never starves another."""
+"""The worker class with a real gunicorn: a thread stays on a busy connection, but never starves another;
+connections spread over the workers; a response leaves in one send."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from bench_serve import worker_connections
 
-pytestmark = pytest.mark.slow
+from service.workers import COALESCE_BYTES, _OneWrite
 
 BODY = json.dumps({"instances": [[0] * 784], "dtype": "uint8"}).encode()
 PATH = "/v1/models/mnist-tiny:predict"
@@ -30,6 +31,7 @@ def predict(conn: http.client.HTTPConnection) -> int:
     return response.status
 
 
+@pytest.mark.slow
 def test_one_thread_serves_a_busy_connection_and_a_second_one_in_turn(gunicorn, artifact_root):
     # One request thread and a client that keeps its connection busy: it pipelines many requests, so the
     # next one is always there to answer. The thread still hands the connection back as soon as another
@@ -71,6 +73,7 @@ def test_one_thread_serves_a_busy_connection_and_a_second_one_in_turn(gunicorn, 
     assert answered_meanwhile < total // 2
 
 
+@pytest.mark.slow
 def test_pipelined_requests_on_one_connection_are_all_answered(gunicorn, artifact_root):
     # Two requests in one write: the second is already read into gunicorn's buffer with the first.
     server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
@@ -93,6 +96,7 @@ def _wait_for_both_workers(server) -> None:
     time.sleep(0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads connections from Linux's /proc")
 def test_kept_alive_connections_spread_evenly_over_the_workers(gunicorn, artifact_root):
     # Both workers accept from one listening socket; left to the kernel, the worker that wakes first takes
@@ -113,6 +117,7 @@ def test_kept_alive_connections_spread_evenly_over_the_workers(gunicorn, artifac
             client.close()
 
 
+@pytest.mark.slow
 def test_a_stuck_worker_does_not_hold_new_connections_back(gunicorn, artifact_root):
     # The worker with more connections leaves new ones to a sibling for a few milliseconds at most: with the
     # sibling frozen (SIGSTOP), every new connection is still accepted and answered by the other worker.
@@ -133,3 +138,92 @@ def test_a_stuck_worker_does_not_hold_new_connections_back(gunicorn, artifact_ro
         for client in clients:
             client.close()
     assert elapsed < 5
+
+
+def _pending(sock: socket.socket) -> bytes:
+    """What has arrived at ``sock`` so far, without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+def test_headers_wait_for_the_body_and_leave_with_it_in_one_send():
+    server, client = socket.socketpair()
+    with server, client:
+        out = _OneWrite(server)
+        out.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        assert _pending(client) == b""  # held back
+        out.sendall(b"{}")
+        # One send: a single read takes the whole response (a stream socket keeps one write together).
+        assert _pending(client) == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        out.sendall(b"more")  # later writes go straight through
+        assert _pending(client) == b"more"
+        out.flush()  # nothing held: nothing sent
+        assert _pending(client) == b""
+
+
+def test_anything_else_done_with_the_socket_sends_the_held_headers_first():
+    server, client = socket.socketpair()
+    with server, client:
+        out = _OneWrite(server)
+        out.sendall(b"head;")
+        out.send(b"tail")  # as gunicorn's sendfile() would write after the headers
+        assert client.recv(100) + _pending(client) == b"head;tail"
+        assert out.fileno() == server.fileno()
+
+
+def test_a_response_without_body_bytes_is_sent_by_flush_and_a_large_body_follows_its_headers():
+    server, client = socket.socketpair()
+    with server, client:
+        out = _OneWrite(server)
+        out.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        out.flush()
+        assert _pending(client) == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+        body = bytes(range(256)) * (COALESCE_BYTES // 256 + 1)  # over the size copied into one buffer
+        out = _OneWrite(server)
+        received = bytearray()
+        reader = threading.Thread(target=lambda: received.extend(_read_exactly(client, 5 + len(body))))
+        reader.start()
+        out.sendall(b"head;")
+        out.sendall(body)
+        reader.join(10)
+        assert bytes(received) == b"head;" + body
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := sock.recv(size - len(data))):
+        data += chunk
+    return data
+
+
+@pytest.mark.slow
+def test_head_requests_and_100_continue_are_answered_in_order(gunicorn, artifact_root):
+    # HEAD: headers only, sent when the request ends. "Expect: 100-continue": gunicorn's interim answer
+    # goes out before the final response, which follows once the body has been sent.
+    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
+                       "TRAINSERVE_THREADS": "2"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = _read_until(sock, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 13\r\n" in head
+
+        sock.sendall(REQUEST.split(b"\r\n\r\n")[0] + b"\r\nExpect: 100-continue\r\n\r\n")
+        assert _read_until(sock, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(BODY)
+        answer = _read_until(sock, b"}]}")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"label"' in answer
+
+
+def _read_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
