@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
 
-.PHONY: setup train test lint serve bench bench-classic clean
+.PHONY: setup train test lint serve bench bench-classic bench-torchserve clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,16 @@ bench-classic: setup
 		--lr 1e-3 --out $(CLASSIC)/models --run-dir $(CLASSIC)/runs
 	$(PY) scripts/bench_serve.py --start --naive --model-dir $(CLASSIC)/models \
 		--out bench-results/serve-classic.json $(ARGS)
+
+# trainserve against TorchServe (scripts/torchserve_peer.py: the issue's setup, batch 32, 5 ms delay, one
+# worker per core) and the naive app, single PNGs, rounds alternating; installs torchserve and
+# torch-model-archiver into the venv (the `peers` extra) and needs a Java 11+ runtime
+# (apt-get install default-jre-headless). MODEL_DIR=bench-results/classic/models for the pytorch/examples net.
+MODEL_DIR ?= models
+bench-torchserve: setup
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) scripts/bench_serve.py --start --naive --torchserve --payloads png --model-dir $(MODEL_DIR) \
+		--out bench-results/serve-torchserve.json $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -18,10 +18,11 @@ NOT_THE_MODEL = ("naive", "live")
 
 def report(row: dict[str, Any]) -> str:
     """One result line."""
-    return (("versus " if row.get("server") == "versus" else "")
+    server = _server(row)
+    return (("" if server == "service" else f"{server} ")
             + f"{row['payload']:6} c={row['connections']:<3} {row['images_per_s']:8.0f} images/s  "
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4}"
-            + ("" if row["payload"] in NOT_THE_MODEL else f" {row['ratio']:.2f} x in-process"
+            + ("" if row["payload"] in NOT_THE_MODEL or _peer(row) else f" {row['ratio']:.2f} x in-process"
                + (f" ({row['ratio_to_best']:.2f} x the best)" if "ratio_to_best" in row else ""))
             + (f"  batches: {b['images']:.2f} images, pass {b['pass_ms']:.2f} ms, queue wait "
                f"{b['queue_wait_ms']:.2f} ms" if (b := row.get("batches")) else "")
@@ -36,7 +37,12 @@ def _splits(splits: list) -> str:
 
 
 def _server(row: dict[str, Any]) -> str:
-    return row.get("server", "service")  # "versus" for the runs against --versus
+    return row.get("server", "service")  # "versus": runs against --versus; a --peer's name: its runs
+
+
+def _peer(row: dict[str, Any]) -> bool:
+    """Whether the row is another server's (a --peer): the same PNG, not trainserve."""
+    return _server(row) not in ("service", "versus")
 
 
 def _run(results: dict[str, Any], payload: str, connections: int, server: str = "service"
@@ -85,6 +91,14 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         lines.append("against --versus (median of the round-by-round ratios; above 1: this one is faster):")
         lines += [f"  {r['payload']:6} c={r['connections']:<3} {_paired(r, other):.3f} x"
                   for r, other in versus if other]
+    for peer in dict.fromkeys(_server(r) for r in results["runs"] if _peer(r)):
+        lines.append(f"against {peer} (1 PNG per request, the median of the round-by-round ratios; above 1: "
+                     "trainserve is faster):")
+        lines += [f"  png    c={r['connections']:<3} {_paired(mine, r):.3f} x  ({mine['images_per_s']:.0f} "
+                  f"against {r['images_per_s']:.0f} images/s, p50 {mine['p50_ms']:.2f} against "
+                  f"{r['p50_ms']:.2f} ms)"
+                  for r in results["runs"]
+                  if _server(r) == peer and (mine := _run(results, "png", r["connections"]))]
     for i, worker in enumerate(results.get("workers", [])):
         lines.append(f"  worker {i}: RSS {worker['rss_mib']:.0f} MiB, PSS {worker['pss_mib']:.0f} MiB")
     return {"targets": targets, "lines": lines}
@@ -102,8 +116,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         runs = [r for r in results["runs"] if r["payload"] == payload and _server(r) == server]
         label = LABELS.get(payload, payload)
         ax.plot([r["connections"] for r in runs], [r["images_per_s"] for r in runs], marker="o",
-                linestyle=":" if server == "versus" else "--" if payload == "naive" else "-",
-                label=f"--versus: {label}" if server == "versus" else label)
+                linestyle={"service": "--" if payload == "naive" else "-", "versus": ":"}.get(server, "-."),
+                label=label if server == "service" else
+                f"{'--versus' if server == 'versus' else server}: {label}")
     ref = results["in_process"]
     for batch, style in ((64, ":"), (1, "-.")):
         ax.axhline(ref[f"batch{batch}_images_per_s"], color="grey", linestyle=style,

@@ -13,9 +13,12 @@ of the whole run. Payloads: one PNG per request (``:classify``), one UINT8 image
 per OIP JSON request, 64 UINT8 images per OIP request in the binary tensor extension. With ``--naive`` it
 also starts the classic one-forward-per-request Flask app (scripts/naive_app.py, gunicorn sync workers)
 on the same artifact and sends it the same PNG, its runs alternating with the service's PNG runs, so the
-ratio between the two (the median of the round-by-round ratios) is measured side by side. With
-``--start`` it also reports time-to-ready, each worker's memory and how each run's connections were
-spread over the workers. Results go to bench-results/serve.json and a chart of throughput vs
+ratio between the two (the median of the round-by-round ratios) is measured side by side. ``--peer
+NAME=URL`` does the same with any other server that answers that PNG POSTed to URL, and the summary gives
+the service's PNG throughput as a multiple of each peer's; ``--torchserve`` starts TorchServe on the same
+artifact (scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`). With ``--start``
+it also reports time-to-ready, each worker's memory and how each run's connections were spread over the
+workers. Results go to bench-results/serve.json and a chart of throughput vs
 concurrency to bench-results/serve.png.
 """
 
@@ -52,7 +55,7 @@ done = function(summary, latency, requests)
 end
 """
 
-IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1}
+IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1, "peer": 1}
 POST = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "%(content_type)s"
@@ -77,6 +80,14 @@ def parse_args() -> argparse.Namespace:
                              "worktree): every payload's rounds alternate between it and the service, and "
                              "the summary gives the service's throughput as a multiple of that one's, the "
                              "median of the round-by-round ratios")
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=URL",
+                        help="another server, already running, that answers the PNG POSTed to URL (a whole "
+                             "endpoint, e.g. torchserve=http://127.0.0.1:8080/predictions/mnist-cnn): its "
+                             "rounds alternate with the service's PNG rounds; repeat for more")
+    parser.add_argument("--torchserve", action="store_true",
+                        help="also start TorchServe on the same artifact (scripts/torchserve_peer.py, on "
+                             "--torchserve-url's port and the next two) and measure it as a --peer")
+    parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080", help="(default: %(default)s)")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
@@ -93,7 +104,12 @@ def parse_args() -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--out", default="bench-results/serve.json",
                         help="JSON results; the chart goes beside it (default: %(default)s)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for peer in args.peer:
+        name, _, url = peer.partition("=")
+        if not name or not url.startswith("http") or name in ("service", "versus", "naive"):
+            parser.error(f"--peer {peer!r}: give NAME=URL, e.g. torchserve=http://127.0.0.1:8080/predictions/m")
+    return args
 
 
 class InProcess:
@@ -161,11 +177,12 @@ def payload(kind: str, name: str, folder: Path) -> tuple[str, str, dict[str, str
     body = folder / f"{kind}.body"
     if kind == "live":
         return "/v2/health/live", "", {}, body
-    if kind in ("png", "naive"):
+    if kind in ("png", "naive", "peer"):
         buffer = io.BytesIO()
         Image.fromarray(digit()).save(buffer, format="PNG")
         body.write_bytes(buffer.getvalue())
-        return ("/predict" if kind == "naive" else f"/v1/models/{name}:classify"), "image/png", {}, body
+        path = {"naive": "/predict", "peer": "", "png": f"/v1/models/{name}:classify"}[kind]  # peer: its URL
+        return path, "image/png", {}, body
     n = IMAGES_PER_REQUEST[kind]
     images = np.tile(digit(), (n, 1, 1)).reshape(n, 1, 28, 28)
     tensor = {"name": "input", "shape": list(images.shape), "datatype": "UINT8"}
@@ -320,11 +337,14 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
     machine. With the naive app up, its PNG runs alternate with the service's, round by round, for the
     same reason.
     """
-    bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *(["naive"] if args.naive else [])}}
-    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url}
-    # (server, payload) pairs whose rounds alternate: the service's, then --versus's, then the naive app's.
+    peers = dict(peer.partition("=")[::2] for peer in args.peer)
+    extra_kinds = [*(["naive"] if args.naive else []), *(["peer"] if peers else [])]
+    bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *extra_kinds}}
+    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers}
+    # (server, payload) pairs whose rounds alternate: the service's, --versus's, the naive app's, the peers'.
     groups = [[("service", kind), *([("versus", kind)] if args.versus else []),
-               *([("naive", "naive")] if kind == "png" and args.naive else [])] for kind in kinds]
+               *([("naive", "naive")] if kind == "png" and args.naive else []),
+               *([(peer, "peer") for peer in peers] if kind == "png" else [])] for kind in kinds]
     if args.naive and "png" not in kinds:
         groups.append([("naive", "naive")])
     rows = []
@@ -342,6 +362,8 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
                 row = combine(kind, c, runs[server, kind])
                 if server == "versus":
                     row["server"] = "versus"
+                elif kind == "peer":
+                    row["payload"], row["server"] = "png", server  # the same PNG, another server
                 rows.append(row)
                 print(report(row), flush=True)
     return rows
@@ -372,7 +394,7 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
 def main() -> None:
     args = parse_args()
     gunicorn = [sys.executable, "-m", "gunicorn"]
-    proc = naive = None
+    proc = naive = peer = None
     extra: dict = {}
     try:
         if args.start:
@@ -390,12 +412,18 @@ def main() -> None:
             cores = str(len(os.sched_getaffinity(0)))
             naive, _ = start([*gunicorn, "-w", cores, "-b", args.naive_url.split("//", 1)[1],
                               "scripts.naive_app:create_app()"], env, f"{args.naive_url}/predict")
+        if args.torchserve:
+            port = str(urlsplit(args.torchserve_url).port)
+            cmd = [sys.executable, "scripts/torchserve_peer.py", "--model-dir", args.model_dir,
+                   "--model", name, "--port", port]
+            peer, _ = start(cmd, dict(os.environ), f"{args.torchserve_url}/ping")
+            args.peer.append(f"torchserve={args.torchserve_url}/predictions/{name}")
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
-        stop(proc)
-        stop(naive)
-        proc = naive = None
+        for server in (proc, naive, peer):
+            stop(server)
+        proc = naive = peer = None
         # Once more now the servers are stopped: the reference is the better of the two.
         reference.update(best(reference, model.measure()))
         for row in rows:
@@ -405,8 +433,8 @@ def main() -> None:
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
         print("\n".join(report(row) for row in rows))
     finally:
-        stop(proc)
-        stop(naive)
+        for server in (proc, naive, peer):
+            stop(server)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
     results["summary"] = summary(results)
     print("\n".join(results["summary"]["lines"]))

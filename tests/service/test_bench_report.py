@@ -1,5 +1,5 @@
 """The benchmark's arithmetic (scripts/bench_report.py, bench_serve.py): paired ratios, the targets, the
---versus summary, the batchers' means over one run."""
+--versus and --peer summaries, the batchers' means over one run."""
 
 from __future__ import annotations
 
@@ -67,3 +67,17 @@ def test_only_the_served_models_rows_print_a_fraction_of_in_process():
     assert "0.50 x in-process (0.25 x the best)" in report(served)
     for other in ("naive", "live"):  # another server; requests that run no model
         assert "in-process" not in report(row(other, 64, [300.0], ratio_to_best=0.25))
+
+
+def test_peer_rows_are_another_servers_and_summarised_against_the_services_png_rows():
+    mine = row("png", 64, [300.0, 330.0, 240.0])
+    peer = row("png", 64, [100.0, 150.0, 120.0], server="torchserve")
+    out = summary(results(mine, peer, row("naive", 64, [100.0, 100.0, 100.0])))
+    lines = "\n".join(out["lines"])
+    assert "against torchserve" in lines
+    assert "png    c=64  2.200 x" in lines  # round ratios 3.0, 2.2 and 2.0
+    assert report(peer).startswith("torchserve png")
+    assert "in-process" not in report(peer)
+    # The naive-app target still compares the service's own PNG row, not the peer's.
+    verdicts = {t["target"]: t["value"] for t in out["targets"]}
+    assert verdicts["1 PNG per request at c=64, multiple of the naive app"] == 3.0
