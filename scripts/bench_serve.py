@@ -105,10 +105,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="bench-results/serve.json",
                         help="JSON results; the chart goes beside it (default: %(default)s)")
     args = parser.parse_args()
+    peers = {}  # name -> URL
     for peer in args.peer:
         name, _, url = peer.partition("=")
         if not name or not url.startswith("http") or name in ("service", "versus", "naive"):
             parser.error(f"--peer {peer!r}: give NAME=URL, e.g. torchserve=http://127.0.0.1:8080/predictions/m")
+        peers[name] = url
+    args.peer = peers
     return args
 
 
@@ -337,7 +340,7 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
     machine. With the naive app up, its PNG runs alternate with the service's, round by round, for the
     same reason.
     """
-    peers = dict(peer.partition("=")[::2] for peer in args.peer)
+    peers = args.peer
     extra_kinds = [*(["naive"] if args.naive else []), *(["peer"] if peers else [])]
     bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *extra_kinds}}
     urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers}
@@ -417,7 +420,7 @@ def main() -> None:
             cmd = [sys.executable, "scripts/torchserve_peer.py", "--model-dir", args.model_dir,
                    "--model", name, "--port", port]
             peer, _ = start(cmd, dict(os.environ), f"{args.torchserve_url}/ping")
-            args.peer.append(f"torchserve={args.torchserve_url}/predictions/{name}")
+            args.peer["torchserve"] = f"{args.torchserve_url}/predictions/{name}"
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)

@@ -193,12 +193,9 @@ class _OneWrite:
             self._first = False
             self._held = bytes(data)
             return
-        held, self._held = self._held, None
-        if held is not None and len(data) <= COALESCE_BYTES:
-            self._sock.sendall(held + bytes(data))
-            return
-        if held is not None:
-            self._sock.sendall(held)
+        if self._held is not None and len(data) <= COALESCE_BYTES:
+            data, self._held = self._held + bytes(data), None
+        self.flush()  # a larger body: its headers go first, on their own
         self._sock.sendall(data)
 
     def flush(self) -> None:
