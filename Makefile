@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
 
-.PHONY: setup train test lint serve bench bench-classic bench-torchserve clean
+.PHONY: setup train test lint serve bench bench-classic bench-torchserve bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,14 @@ bench-torchserve: setup
 	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) scripts/bench_serve.py --start --naive --torchserve --payloads png --model-dir $(MODEL_DIR) \
 		--out bench-results/serve-torchserve.json $(ARGS)
+
+# The same with mosec beside TorchServe (scripts/mosec_peer.py: the same setup, its Rust front end on a free
+# port, the images decoded in its Python workers), every server's rounds alternating; results in
+# bench-results/serve-peers.json.
+bench-peers: setup
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) scripts/bench_serve.py --start --naive --torchserve --mosec --payloads png --model-dir $(MODEL_DIR) \
+		--out bench-results/serve-peers.json $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,8 @@ on the same artifact and sends it the same PNG, its runs alternating with the se
 ratio between the two (the median of the round-by-round ratios) is measured side by side. ``--peer
 NAME=URL`` does the same with any other server that answers that PNG POSTed to URL, and the summary gives
 the service's PNG throughput as a multiple of each peer's; ``--torchserve`` starts TorchServe on the same
-artifact (scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`). With ``--start``
+artifact (scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`), ``--mosec`` the
+same with mosec (scripts/mosec_peer.py; both: `make bench-peers`). With ``--start``
 it also reports time-to-ready, each worker's memory and how each run's connections were spread over the
 workers. Results go to bench-results/serve.json and a chart of throughput vs
 concurrency to bench-results/serve.png.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -88,6 +90,10 @@ def parse_args() -> argparse.Namespace:
                         help="also start TorchServe on the same artifact (scripts/torchserve_peer.py, on "
                              "--torchserve-url's port and the next two) and measure it as a --peer")
     parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080", help="(default: %(default)s)")
+    parser.add_argument("--mosec", action="store_true",
+                        help="also start mosec on the same artifact (scripts/mosec_peer.py, on --mosec-url's "
+                             "port) and measure it as a --peer")
+    parser.add_argument("--mosec-url", default=None, help="(default: a free port on 127.0.0.1)")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
@@ -309,6 +315,13 @@ def start(cmd: list[str], env: dict[str, str], ready_url: str) -> tuple[subproce
     raise SystemExit(f"{ready_url} did not answer in 120 s")
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, chosen by the OS."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stop(proc: subprocess.Popen | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.terminate()
@@ -397,7 +410,7 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
 def main() -> None:
     args = parse_args()
     gunicorn = [sys.executable, "-m", "gunicorn"]
-    proc = naive = peer = None
+    proc = naive = peer = mosec = None
     extra: dict = {}
     try:
         if args.start:
@@ -421,12 +434,18 @@ def main() -> None:
                    "--model", name, "--port", port]
             peer, _ = start(cmd, dict(os.environ), f"{args.torchserve_url}/ping")
             args.peer["torchserve"] = f"{args.torchserve_url}/predictions/{name}"
+        if args.mosec:
+            url = args.mosec_url or f"http://127.0.0.1:{free_port()}"
+            cmd = [sys.executable, "scripts/mosec_peer.py", "--model-dir", args.model_dir, "--model", name,
+                   "--port", str(urlsplit(url).port)]
+            mosec, _ = start(cmd, dict(os.environ), f"{url}/")  # it listens once its workers are up
+            args.peer["mosec"] = f"{url}/inference"
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
-        for server in (proc, naive, peer):
+        for server in (proc, naive, peer, mosec):
             stop(server)
-        proc = naive = peer = None
+        proc = naive = peer = mosec = None
         # Once more now the servers are stopped: the reference is the better of the two.
         reference.update(best(reference, model.measure()))
         for row in rows:
@@ -436,7 +455,7 @@ def main() -> None:
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
         print("\n".join(report(row) for row in rows))
     finally:
-        for server in (proc, naive, peer):
+        for server in (proc, naive, peer, mosec):
             stop(server)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
     results["summary"] = summary(results)
