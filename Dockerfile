@@ -99,7 +99,7 @@ COPY models /models
 RUN chmod -R a+rX,go-w /models
 
 # ---------------------------------------------------------------------------------------------------------
-# serve (default): gunicorn serving every model under /models. Only the serving dependencies, the service
+# serve (default): the launcher (model runtime + granian HTTP front end) serving every model under /models. Only the serving dependencies, the service
 # package and the shipped models; mount a volume on /models to serve others.
 FROM python AS serve
 ARG VARIANT=cpu
@@ -111,9 +111,9 @@ WORKDIR /app
 COPY service service
 COPY deploy/docker/entrypoint.sh deploy/docker/healthcheck.py ./
 COPY --from=models /models /models
-# /run/trainserve holds the run-time files: the metrics directory (gunicorn.conf.py empties it at start) and
-# gunicorn's control socket (XDG_RUNTIME_DIR; `gunicornc` inside the container talks to it). Writable like
-# /tmp; under a read-only root filesystem mount a volume there (Kubernetes: an emptyDir).
+# /run/trainserve holds the run-time files: the metrics directory (the launcher empties it at start) and
+# the model runtime's sockets (XDG_RUNTIME_DIR). Writable like /tmp; under a read-only root filesystem
+# mount a volume there (Kubernetes: an emptyDir).
 RUN install -d -m 1777 /run/trainserve
 ENV PYTHONPATH=/app \
     XDG_RUNTIME_DIR=/run/trainserve \

@@ -23,9 +23,10 @@ train: setup
 test: setup
 	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest $(ARGS)
 
-# The shipped model on http://127.0.0.1:8000 (gunicorn, gthread workers, see service/workers.py); every TRAINSERVE_* setting applies.
+# The shipped model on http://127.0.0.1:8000: the model runtime and the granian front end
+# (TRAINSERVE_SERVER=gunicorn for gunicorn); every TRAINSERVE_* setting applies.
 serve: setup
-	$(PY) -m gunicorn -c service/gunicorn.conf.py 'service.app:create_app()'
+	$(PY) -m service
 
 # Starts the service and the naive baseline app on 127.0.0.1:8000/8001 and measures both with wrk (needs
 # `wrk`: apt-get install wrk), 3 rounds of 4 s per payload and concurrency, medians; results in

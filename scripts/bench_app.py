@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from bench_serve import payload  # noqa: E402
 
 # (module, function) pairs timed with --steps: where the v1 and v2 handlers look them up.
-STEPS = {"service.api.v1": ("model", "load", "image_batch", "logits", "predictions", "respond"),
-         "service.api.v2": ("infer_body", "parse_tensor", "logits", "oip_outputs", "respond_infer")}
+STEPS = {"service.web.api.v1": ("model", "load", "image_batch", "logits", "predictions", "respond"),
+         "service.web.api.v2": ("infer_body", "parse_tensor", "logits", "oip_outputs", "respond_infer")}
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
 
     from werkzeug.test import EnvironBuilder
 
-    from service.app import create_app
+    from service.web.app import create_app
 
     timings: dict[str, list[float]] = {}
     if args.steps:

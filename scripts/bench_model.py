@@ -4,7 +4,7 @@
     python scripts/bench_model.py models/mnist-cnn/1 --batch-sizes 1 8 64 256 --threads 1 2
     python scripts/bench_model.py models/mnist-cnn/1 --forms             # as exported, frozen, oneDNN
     python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn classic resnet   # untrained nets
-    python scripts/bench_model.py models/mnist-cnn/1 --malloc-defaults   # without service/allocator.py
+    python scripts/bench_model.py models/mnist-cnn/1 --malloc-defaults   # without service/server/allocator.py
 
 This is the ceiling an HTTP service can approach: no parsing, no queueing, uint8 pixels straight in, and
 the C allocator set up as in the service's workers. Run it
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from service.allocator import keep_freed_memory
 from service.manifest import read_manifest, verify_checksum
-from service.registry import load_model
+from service.runtime.registry import load_model
+from service.server.allocator import keep_freed_memory
 from training.export import PixelClassifier, load_scripted, optimized_for_inference, script_for_serving
 from training.nets import build_net, count_macs
 
@@ -31,7 +31,7 @@ from training.nets import build_net, count_macs
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 2.0,
                       rounds: int = 5) -> tuple[float, float]:
     """Median images/s over ``rounds`` timed rounds of about ``seconds / rounds`` each, after a warm-up, and
-    the page faults a call took on average over those rounds (what service/allocator.py is about)."""
+    the page faults a call took on average over those rounds (what service/server/allocator.py is about)."""
     with torch.inference_mode():
         for _ in range(20):  # warm-up: TorchScript profiles and optimises its graph on the first calls
             model(batch)
@@ -65,7 +65,8 @@ def main() -> None:
                         "resnet) on the artifact's input: throughput does not depend on the weights")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc thresholds at their defaults instead of setting them as the "
-                        "service and the training CLI do (service/allocator.py), to measure the difference")
+                        "service and the training CLI do (service/server/allocator.py), to measure the "
+                        "difference")
     args = p.parse_args()
     if not args.malloc_defaults:
         keep_freed_memory()

@@ -128,9 +128,9 @@ class InProcess:
     def __init__(self, model_dir: Path, name: str) -> None:
         import torch
 
-        from service.allocator import keep_freed_memory
         from service.manifest import artifact_dirs
-        from service.registry import load_model
+        from service.runtime.registry import load_model
+        from service.server.allocator import keep_freed_memory
 
         keep_freed_memory()
         torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -414,7 +414,7 @@ def main() -> None:
     extra: dict = {}
     try:
         if args.start:
-            cmd = [*gunicorn, "-c", "service/gunicorn.conf.py", "service.app:create_app()"]
+            cmd = [*gunicorn, "-c", "service/server/gunicorn.conf.py", "service.web.app:create_app()"]
             proc, extra["ready_s"] = start(cmd, serve_env(args.url, args.model_dir), f"{args.url}/readyz")
             extra["workers"] = worker_memory(proc.pid)
         name = args.model or requests.get(f"{args.url}/v1/models", timeout=5).json()["models"][0]["name"]

@@ -22,7 +22,7 @@ from flask import Flask, Response, jsonify, request
 from PIL import Image
 
 from service.manifest import artifact_dirs
-from service.registry import load_model
+from service.runtime.registry import load_model
 
 
 def create_app() -> Flask:

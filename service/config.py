@@ -59,19 +59,24 @@ class ServiceConfig:
     # CUDA only: run the model in float16 (inputs are cast inside the module).
     half: bool = False
     bind: str = "127.0.0.1:8000"
-    # CPU: one worker per core parses HTTP in parallel (the GIL serialises it inside one process) and
-    # each runs its own model copy with torch_threads threads; 0 means "one per core".
+    # The HTTP front end that runs the Flask app: granian (Rust HTTP, the default) or gunicorn.
+    server: str = "granian"
+    # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
     workers: int = 0
-    # Concurrent requests one worker holds; it bounds how many single-image requests can meet in a batch.
-    threads: int = 32
-    # 0 means cores // workers, so the workers together use every core once and never oversubscribe.
+    # Requests one HTTP worker handles at once (each waits for the model runtime with the GIL released).
+    threads: int = 64
+    # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
+    runtimes: int = 1
+    # Intra-op threads of each runtime's torch; 0: every core (the HTTP workers mostly wait).
     torch_threads: int = 0
+    # Sockets of already running model runtimes (comma-separated); set by the launcher for its workers.
+    runtime_sockets: str = ""
     # Rows (images) in one forward pass; bigger requests are split into batches of this size.
     max_batch_size: int = 64
     # The longest the batcher waits for company once it sees concurrent traffic (it waits no longer than a
     # forward pass takes); a lone request never waits.
     max_batch_delay_ms: float = 2.0
-    # Requests waiting for the model in one worker; beyond it the service answers 429 at once.
+    # Requests waiting for one model in its runtime; beyond it the service answers 429 at once.
     max_queue: int = 256
     # Deadline for one request, from arrival to answer; past it the service answers 504.
     request_timeout_s: float = 10.0
@@ -85,13 +90,18 @@ class ServiceConfig:
 
     @property
     def worker_count(self) -> int:
-        """Gunicorn workers to start (``workers``, or one per core)."""
+        """HTTP worker processes to start (``workers``, or one per core)."""
         return self.workers or _cpu_count()
 
     @property
     def torch_thread_count(self) -> int:
-        """Intra-op threads for each worker's model."""
-        return self.torch_threads or max(1, _cpu_count() // self.worker_count)
+        """Intra-op threads of each runtime: ``torch_threads``, or the cores shared among the runtimes."""
+        return self.torch_threads or max(1, _cpu_count() // self.runtimes)
+
+    @property
+    def runtime_paths(self) -> list[Path]:
+        """The runtime sockets the HTTP workers connect to."""
+        return [Path(p.strip()) for p in self.runtime_sockets.split(",") if p.strip()]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -156,9 +166,12 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "device": (_matching(_DEVICE_RE), "auto, cpu, cuda or cuda:N"),
     "half": (_bool, "0 or 1"),
     "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
+    "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
     "threads": (int, "an integer >= 1"),
-    "torch_threads": (int, "an integer >= 0 (0: cores / workers)"),
+    "runtimes": (int, "an integer >= 1"),
+    "torch_threads": (int, "an integer >= 0 (0: cores / runtimes)"),
+    "runtime_sockets": (str, "socket paths, comma-separated"),
     "max_batch_size": (int, "an integer >= 1"),
     "max_batch_delay_ms": (float, "milliseconds >= 0"),
     "max_queue": (int, "an integer >= 1"),
@@ -174,8 +187,10 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "device": lambda v: bool(_DEVICE_RE.match(v)),
     "bind": lambda v: bool(_BIND_RE.match(v)),
+    "server": lambda v: v in ("granian", "gunicorn"),
     "workers": lambda v: v >= 0,
     "threads": lambda v: v >= 1,
+    "runtimes": lambda v: v >= 1,
     "torch_threads": lambda v: v >= 0,
     "max_batch_size": lambda v: v >= 1,
     "max_batch_delay_ms": lambda v: v >= 0,

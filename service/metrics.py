@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_mp
 
-from service.batching import BatchStats
+from service.runtime.batching import BatchStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

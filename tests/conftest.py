@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The service's processes count in prometheus_client's multiprocess mode, which it picks when first
+# imported; the tests run in it too, as the HTTP workers do, so that a scrape sees the runtime's batches.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="trainserve-test-metrics-")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """Export a trained net as a TorchScript artifact with its manifest, atomically.
 
-This module and ``service/registry.py`` are the only places that call ``torch.jit``: it is deprecated in
-current torch and warns, and the customer asked for TorchScript, so the calls and their warning filter stay
-here.
+This module and ``service/runtime/registry.py`` are the only places that call ``torch.jit``: it is
+deprecated in current torch and warns, and the customer asked for TorchScript, so the calls and their
+warning filter stay here.
 """
 
 from __future__ import annotations

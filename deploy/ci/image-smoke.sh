@@ -153,7 +153,7 @@ serve() {
     [[ $(podman exec "$name" id -u) == 10001 ]] || die "$name does not run as uid 10001"
 }
 
-# stop NAME: SIGTERM must drain and exit 0 (gunicorn is PID 1 and gets the signal itself).
+# stop NAME: SIGTERM must drain and exit 0 (the launcher is PID 1 and gets the signal itself).
 stop() {
     podman stop --time 30 "$1" >/dev/null 2>>"$work/podman.log"
     local code

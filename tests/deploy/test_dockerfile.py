@@ -1,5 +1,5 @@
 """The Dockerfile and the scripts baked into the image: hadolint passes, the image's shape is what operators
-expect (pinned base, non-root, health check, exec'd gunicorn), and the helper scripts behave."""
+expect (pinned base, non-root, health check, exec'd launcher), and the helper scripts behave."""
 
 from __future__ import annotations
 
@@ -83,12 +83,12 @@ def test_every_copied_path_passes_the_dockerignore(kit: Any, dockerfile: str) ->
                 assert any(source == a or source.startswith(a + "/") for a in allowed), source
 
 
-def test_entrypoint_execs_gunicorn_with_the_service_config(kit: Any) -> None:
-    """POSIX sh syntax; gunicorn replaces the shell (PID 1) with the repository's config and app factory."""
+def test_entrypoint_execs_the_launcher(kit: Any) -> None:
+    """POSIX sh syntax; the launcher (runtime + front end) replaces the shell as PID 1."""
     script = kit.repo / "deploy" / "docker" / "entrypoint.sh"
     kit.run("sh", "-n", str(script))
     text = script.read_text()
-    assert "exec gunicorn -c /app/service/gunicorn.conf.py 'service.app:create_app()'" in text
+    assert "exec python -m service" in text
 
 
 class _Readiness(BaseHTTPRequestHandler):

@@ -1,6 +1,6 @@
 """A real Prometheus, started on 127.0.0.1 with the compose stack's scrape config and alert rules, scrapes a
-real trainserve (gunicorn, two workers, a tiny exported model) and finds the request counter; every query of
-the Grafana dashboard runs against it."""
+real trainserve (python -m service: a runtime, two HTTP workers, a tiny exported model) and finds the request
+counter; every query of the Grafana dashboard runs against it."""
 
 from __future__ import annotations
 
@@ -92,16 +92,16 @@ def tiny_model(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def service(kit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """trainserve under gunicorn on 127.0.0.1 as the container runs it: two workers, multiprocess metrics."""
-    pytest.importorskip("service.app", reason="service/app.py is not in this tree yet")
+    """trainserve on 127.0.0.1 as the container runs it: two HTTP workers, multiprocess metrics."""
+    pytest.importorskip("service.web.app", reason="service/web/app.py is not in this tree yet")
     work = tmp_path_factory.mktemp("service")
     tiny_model(work / "models")
     port = free_port()
     env = {**os.environ, "TRAINSERVE_MODEL_DIR": str(work / "models"), "TRAINSERVE_BIND": f"127.0.0.1:{port}",
            "TRAINSERVE_WORKERS": "2", "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_MAX_BATCH_SIZE": "8",
            "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")}
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"]
-    with running(cmd, port, "/readyz", work / "gunicorn.log", "gunicorn", 120, kit.repo, env) as base:
+    cmd = [sys.executable, "-m", "service"]
+    with running(cmd, port, "/readyz", work / "service.log", "trainserve", 120, kit.repo, env) as base:
         yield base
 
 

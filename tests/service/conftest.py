@@ -1,5 +1,6 @@
-"""Fixtures: tiny real artifacts trained on a real MNIST slice, apps built through the factory, and real
-gunicorn processes for process behaviour. No torch mocking anywhere."""
+"""Fixtures: tiny real artifacts trained on a real MNIST slice, real model runtime processes, apps built
+through the factory on top of them, and the whole service (launcher, runtime, granian or gunicorn) for
+process behaviour. No torch mocking anywhere."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import requests
 import torch
 from torch import nn
 
-from service.app import create_app
 from service.config import ServiceConfig
+from service.runtime.client import RuntimeClient
+from service.web.app import create_app
 from training.export import ArtifactInfo, PixelClassifier, export
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,21 +150,89 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# Settings the model runtime reads (the rest are the HTTP side's).
+RUNTIME_SETTINGS = ("model_dir", "device", "torch_threads", "max_batch_size", "max_batch_delay_ms",
+                    "max_queue")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSERVE_", "PROMETHEUS_"))}
+
+
+class RuntimeProcess:
+    """A real model runtime (``python -m service.runtime``) on a Unix socket; stopped at session end."""
+
+    def __init__(self, settings: dict[str, object], folder: Path, metrics_dir: Path) -> None:
+        self.socket = folder / "runtime.sock"
+        self.log = folder / "runtime.log"
+        env = _clean_env() | {f"TRAINSERVE_{k.upper()}": str(v) for k, v in settings.items()}
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(self.socket)],
+                                     cwd=REPO, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
+        client = RuntimeClient([self.socket])
+        deadline = time.monotonic() + 120
+        try:
+            while not (self.socket.exists() and client.ready()):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"runtime did not start:\n{self.log.read_text()}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._fh.close()
+
+
+@pytest.fixture(scope="session")
+def metrics_dir() -> Path:
+    """The multiprocess metrics folder every test process shares (conftest sets the variable)."""
+    return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+@pytest.fixture(scope="session")
+def runtimes(tmp_path_factory: pytest.TempPathFactory,
+             metrics_dir: Path) -> Iterator[Callable[..., RuntimeProcess]]:
+    """Start (once per distinct settings, again if it has stopped) a real runtime process."""
+    started: dict[tuple, RuntimeProcess] = {}
+
+    def get(**settings: object) -> RuntimeProcess:
+        key = tuple(sorted((k, str(v)) for k, v in settings.items()))
+        if key not in started or started[key].proc.poll() is not None:
+            started[key] = RuntimeProcess(settings, tmp_path_factory.mktemp("runtime"), metrics_dir)
+        return started[key]
+
+    yield get
+    for runtime in started.values():
+        runtime.stop()
+
+
 @pytest.fixture
-def make_app(artifact_root: Path) -> Iterator[Callable[..., object]]:
-    """Build apps through the factory (CPU, tiny model); every one is closed after the test."""
+def make_app(artifact_root: Path, runtimes: Callable[..., RuntimeProcess],
+             metrics_dir: Path) -> Iterator[Callable[..., object]]:
+    """Build apps through the factory (CPU, tiny model) over a real runtime; each is closed afterwards."""
     apps = []
 
     def build(**overrides: object) -> object:
-        settings = {"model_dir": artifact_root, "device": "cpu", "workers": 1, "torch_threads": 1,
+        settings = {"model_dir": artifact_root, "device": "cpu", "torch_threads": 1,
                     "max_batch_delay_ms": 2.0, "request_timeout_s": 10.0} | overrides
-        app = create_app(ServiceConfig(**settings))
+        runtime = {k: v for k, v in settings.items() if k in RUNTIME_SETTINGS}
+        config = ServiceConfig(**settings, runtime_sockets=str(runtimes(**runtime).socket),
+                               prometheus_multiproc_dir=metrics_dir)
+        app = create_app(config)
         apps.append(app)
         return app
 
     yield build
     for app in apps:
-        app.extensions["trainserve"].close(timeout=10)
+        app.extensions["trainserve"].close()
 
 
 @pytest.fixture
@@ -183,39 +253,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Gunicorn:
-    """A real gunicorn process serving the app on 127.0.0.1 (stopped at the end of the test)."""
+class Service:
+    """The whole service (``python -m service``) on 127.0.0.1, with the front end ``server``."""
 
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+    def __init__(self, env: dict[str, str], tmp: Path, server: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "gunicorn.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSERVE_", "PROMETHEUS_"))}
-        full_env |= {"TRAINSERVE_BIND": f"127.0.0.1:{self.port}", "TRAINSERVE_DEVICE": "cpu",
-                     "TRAINSERVE_TORCH_THREADS": "1"} | env
+        self.log = tmp / f"service-{self.port}.log"
+        full_env = _clean_env() | {"TRAINSERVE_BIND": f"127.0.0.1:{self.port}", "TRAINSERVE_DEVICE": "cpu",
+                                   "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_SERVER": server,
+                                   "TRAINSERVE_THREADS": "8"} | env
         self._fh = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
-            cwd=REPO, env=full_env, stdout=self._fh, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=full_env,
+                                     stdout=self._fh, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log.read_text()}")
+                raise AssertionError(f"the service exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
                 if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"gunicorn not ready after {timeout}s:\n{self.log.read_text()}")
+        raise AssertionError(f"the service was not ready after {timeout}s:\n{self.log.read_text()}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
@@ -223,17 +292,23 @@ class Gunicorn:
         return self.proc.returncode
 
 
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Gunicorn]]:
-    """Start real gunicorn servers with extra environment; each is stopped after the test."""
-    started: list[Gunicorn] = []
+@pytest.fixture(params=["granian", "gunicorn"])
+def server_name(request: pytest.FixtureRequest) -> str:
+    """Each supported front end in turn."""
+    return request.param
 
-    def start(env: dict[str, str]) -> Gunicorn:
-        server = Gunicorn(env, tmp_path)
-        started.append(server)
-        server.wait_ready()
-        return server
+
+@pytest.fixture
+def serve(tmp_path: Path, server_name: str) -> Iterator[Callable[[dict[str, str]], Service]]:
+    """Start the real service with extra environment, on each front end; stopped after the test."""
+    started: list[Service] = []
+
+    def start(env: dict[str, str]) -> Service:
+        service = Service(env, tmp_path, server_name)
+        started.append(service)
+        service.wait_ready()
+        return service
 
     yield start
-    for server in started:
-        server.stop()
+    for service in started:
+        service.stop()

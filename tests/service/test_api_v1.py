@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.schemas import PredictResponse
+from service.web.schemas import PredictResponse
 
 
 def png(pixels: np.ndarray) -> bytes:

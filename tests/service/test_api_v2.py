@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service.schemas import InferResponse
+from service.web.schemas import InferResponse
 
 
 def infer_body(x: np.ndarray, shape: list[int] | None = None, datatype: str = "UINT8", **extra) -> dict:
@@ -243,9 +243,9 @@ def test_binary_input_values_are_still_checked(client):
 
 
 @pytest.mark.slow
-def test_tritonclient_round_trip_with_its_defaults(gunicorn, artifact_root, mnist):
+def test_tritonclient_round_trip_with_its_defaults(serve, artifact_root, mnist):
     http = pytest.importorskip("tritonclient.http")
-    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
     client = http.InferenceServerClient(server.url.removeprefix("http://"))
     try:
         assert client.is_server_ready() and client.is_model_ready("mnist-tiny")

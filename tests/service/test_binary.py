@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from service import binary
 from service.errors import InvalidInput
+from service.web import binary
 
 
 def test_inputs_are_read_in_order_without_copying():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -15,33 +18,52 @@ def test_healthz_and_readyz(client):
     assert ready.status_code == 200 and ready.json["models"] == ["mnist-tiny/1", "mnist-tiny/2"]
 
 
-def test_draining_turns_readiness_off_then_a_closed_plane_refuses_with_503(app, client):
-    plane = app.extensions["trainserve"]
-    plane.begin_drain()
+def test_a_draining_runtime_turns_readiness_off_and_a_stopped_one_gives_503(make_app, runtimes,
+                                                                             artifact_root):
+    # A runtime of its own (distinct settings), since this test stops it.
+    client = make_app(max_queue=255).test_client()
+    runtime = runtimes(model_dir=artifact_root, device="cpu", torch_threads=1, max_batch_delay_ms=2.0,
+                       max_queue=255)
+    body = {"instances": [[0] * 784]}
+    assert client.get("/readyz").status_code == 200
+    runtime.proc.send_signal(signal.SIGUSR1)  # what the launcher sends on SIGTERM, before the front end
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert client.get("/readyz").status_code == 503
     assert client.get("/v2/health/ready").status_code == 503
     assert client.get("/v2/models/mnist-tiny/ready").status_code == 503
     assert client.get("/healthz").status_code == 200  # alive while it drains: no restart
-    body = {"instances": [[0] * 784]}
-    # a request the worker has already read is in flight: it still gets its answer
+    # requests still in flight while the front end drains get their answers
     assert client.post("/v1/models/mnist-tiny:predict", json=body).status_code == 200
-    plane.close(timeout=10)
+    runtime.stop()
     response = client.post("/v1/models/mnist-tiny:predict", json=body)
-    assert response.status_code == 503 and response.json["error"] == "model mnist-tiny/2 is shutting down"
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "model runtime is not available" in response.json["error"]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def test_metrics_count_requests_batches_and_describe_models(client, mnist):
+    # Every process of the test session shares one multiprocess folder, as a service's do: count deltas.
+    counted = [("trainserve_requests_total",
+                {"endpoint": "v1.predict", "model": "mnist-tiny", "status": "200"}),
+               ("trainserve_requests_total", {"endpoint": "v1.predict", "model": "", "status": "404"}),
+               ("trainserve_inference_images_total", {"model": "mnist-tiny", "version": "2"})]
+    before = client.get("/metrics").get_data(as_text=True)
     client.post("/v1/models/mnist-tiny:predict",
                 json={"instances": mnist["test_x"][:5].tolist(), "dtype": "uint8"})
     client.post("/v1/models/nope:predict", json={"instances": [[0] * 784]})
     response = client.get("/metrics")
     assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
     text = response.get_data(as_text=True)
-    assert 'trainserve_requests_total{endpoint="v1.predict",model="mnist-tiny",status="200"} 1.0' in text
     # an unknown model name is client data: it must not become a label value
-    assert 'trainserve_requests_total{endpoint="v1.predict",model="",status="404"} 1.0' in text
+    assert [_sample(text, n, **ls) - _sample(before, n, **ls) for n, ls in counted] == [1, 1, 5]
     assert 'trainserve_batch_size_images_count{model="mnist-tiny",version="2"}' in text
-    assert 'trainserve_inference_images_total{model="mnist-tiny",version="2"} 5.0' in text
     assert 'trainserve_model_info{architecture="tiny-cnn",device="cpu"' in text
     for family in ("trainserve_request_duration_seconds_bucket", "trainserve_queue_wait_seconds_bucket",
                    "trainserve_compute_seconds_bucket", "trainserve_queue_depth_requests",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import imaging
 from service.errors import InvalidInput
 from service.manifest import InputSpec
+from service.web import imaging
 
 SPEC = InputSpec(shape=(1, 28, 28))
 COUNT = 100

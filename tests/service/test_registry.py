@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from service.errors import ModelNotFound
-from service.registry import RegistryError, load_registry, resolve_device
+from service.runtime.registry import RegistryError, load_registry, resolve_device
 
 CPU = torch.device("cpu")
 
 
 def test_loads_every_good_artifact_and_refuses_a_tampered_one(artifact_root, caplog):
-    with caplog.at_level(logging.ERROR, logger="service.registry"):
+    with caplog.at_level(logging.ERROR, logger="service.runtime.registry"):
         registry = load_registry(artifact_root, CPU, half=False, warmup_batch=4)
     assert [m.key for m in registry] == ["mnist-tiny/1", "mnist-tiny/2"]
     assert list(registry.refused) == [str(artifact_root / "tampered" / "1")]

@@ -9,11 +9,11 @@ import orjson
 from flask import Response, current_app, g, request
 from marshmallow import Schema
 
-from service import binary, imaging
-from service.dataplane import DataPlane
 from service.errors import InvalidInput, UnsupportedMediaType
-from service.registry import LoadedModel
-from service.schemas import load
+from service.runtime.client import ServedModel
+from service.web import binary, imaging
+from service.web.dataplane import DataPlane
+from service.web.schemas import load
 
 EXTENSION = "trainserve"
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -26,7 +26,7 @@ def plane() -> DataPlane:
     return current_app.extensions[EXTENSION]
 
 
-def model(name: str, version: str | None = None) -> LoadedModel:
+def model(name: str, version: str | None = None) -> ServedModel:
     """The addressed model; also names it in this request's metrics (only once it is known to exist)."""
     found = plane().model(name, version)
     g.model = name
@@ -78,7 +78,7 @@ def _body_buffer() -> bytearray:
     return buffer
 
 
-def image_batch(found: LoadedModel) -> np.ndarray:
+def image_batch(found: ServedModel) -> np.ndarray:
     """Uploaded images (a raw body, or one or many multipart files) as a uint8 batch [N, C, H, W]."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
@@ -95,7 +95,7 @@ def image_batch(found: LoadedModel) -> np.ndarray:
     return images[0][None] if len(images) == 1 else np.stack(images)
 
 
-def logits(found: LoadedModel, inputs: np.ndarray) -> np.ndarray:
+def logits(found: ServedModel, inputs: np.ndarray) -> np.ndarray:
     """Run ``inputs`` through the model's batcher, with this request's deadline."""
     return plane().infer(found, inputs, g.arrived)
 

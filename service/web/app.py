@@ -1,7 +1,8 @@
-"""The application factory: config -> registry -> data plane -> blueprints.
+"""The application factory: config -> runtime client -> data plane -> blueprints.
 
-Gunicorn calls ``create_app()`` in each worker after the fork (no ``--preload``): models, batcher threads
-and CUDA state are created in the process that uses them.
+The front end (granian or gunicorn) calls ``create_app()`` in each HTTP worker. Workers hold no model and
+import no torch: they parse, validate and decode requests and hand arrays to the model runtimes, whose
+sockets the launcher (``python -m service``) passes in ``TRAINSERVE_RUNTIME_SOCKETS``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from flask import Flask, Response, g, request
 
-from service.allocator import keep_freed_memory
-from service.api import docs, health, v1, v2
-from service.api.common import EXTENSION, plane
-from service.config import ServiceConfig
-from service.dataplane import DataPlane
-from service.errors import register_error_handlers
+from service.config import ConfigError, ServiceConfig
 from service.metrics import Metrics
-from service.registry import load_registry, resolve_device
+from service.runtime.client import RuntimeClient
+from service.web.api import docs, health, v1, v2
+from service.web.api.common import EXTENSION, plane
+from service.web.dataplane import DataPlane
+from service.web.errors import register_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +28,21 @@ log = logging.getLogger(__name__)
 def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment (fields in ``test_config`` override them)."""
     config = _config(test_config)
+    if not config.runtime_paths:
+        raise ConfigError("TRAINSERVE_RUNTIME_SOCKETS is not set: start the service with "
+                          "`python -m service`, which starts the model runtime and the HTTP server together")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes
     app.config["TRAINSERVE"] = config
-
-    torch.set_num_threads(config.torch_thread_count)
-    keep_freed_memory()  # batches reuse the memory the last one freed (service/allocator.py)
-    device = resolve_device(config.device, config.half)
-    registry = load_registry(config.model_dir, device, config.half, warmup_batch=config.max_batch_size)
     metrics = Metrics(config.prometheus_multiproc_dir)
-    app.extensions[EXTENSION] = DataPlane(registry, config, metrics).start()
+    app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
     for blueprint in (health.bp, v2.bp, v1.bp, docs.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.after_request(_count_request)
-    log.info("serving %s on %s with %d torch threads", ", ".join(m.key for m in registry), device,
-             torch.get_num_threads())
     return app
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from service.errors import ModelNotFound
-from service.inference import merge_inputs
 from service.manifest import (
     Manifest,
     ManifestError,
@@ -57,6 +56,20 @@ def resolve_device(device: str, half: bool) -> torch.device:
     elif half:
         raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow on CPU)")
     return resolved
+
+
+def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> np.ndarray:
+    """One contiguous batch from requests' arrays: uint8 stays uint8 (the module scales it) unless mixed."""
+    if all(p.dtype == np.uint8 for p in parts) or all(p.dtype == np.float32 for p in parts):
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    else:
+        batch = np.concatenate([p.astype(np.float32) * np.float32(1 / 255) if p.dtype == np.uint8 else p
+                                for p in parts])
+    if batch.shape[1:] != tuple(example_shape):
+        raise ValueError(f"batch has examples of shape {batch.shape[1:]}, "
+                         f"the model takes {tuple(example_shape)}")
+    # torch.from_numpy needs a writable, contiguous array (a read-only one warns).
+    return batch if batch.flags.writeable and batch.flags.c_contiguous else np.array(batch, order="C")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from service import schemas
+from service.web import schemas
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image",

@@ -1,8 +1,10 @@
-"""Process behaviour with a real gunicorn: SIGTERM drain, metrics across workers, start-up failures."""
+"""The whole service as an operator runs it (``python -m service``), on each front end: SIGTERM drain,
+metrics across workers and the runtime, a runtime crash and its restart, start-up failures."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -30,15 +32,15 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def test_sigterm_drains_queued_and_in_flight_requests(gunicorn, special_root):
-    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
+def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                        "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
                        "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30"})
     url = f"{server.url}/v1/models/slow:predict"
     with ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # one request runs, the others wait in the batcher's queue
+        while time.monotonic() < deadline:  # one request runs, the others wait in the runtime's queue
             depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
                            "trainserve_queue_depth_requests", model="slow", version="1")
             if depth and depth >= 2:
@@ -46,12 +48,9 @@ def test_sigterm_drains_queued_and_in_flight_requests(gunicorn, special_root):
             time.sleep(0.01)
         else:
             pytest.fail("requests never queued up")
-        server.proc.send_signal(signal.SIGTERM)
-        stopped_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # with at least two requests still queued
         responses = [f.result(60) for f in pending]
-        finished_at = time.monotonic()
     assert [r.status_code for r in responses] == [200] * 4
-    assert finished_at - stopped_at > 0.1  # they really were still running when SIGTERM came
     assert server.proc.wait(timeout=60) == 0
     with pytest.raises(requests.ConnectionError):
         requests.post(url, json=ZERO, timeout=5)
@@ -71,11 +70,11 @@ def _per_worker_counts(folder: Path, tmp: Path) -> dict[str, float]:
     return counts
 
 
-def test_metrics_from_two_workers_are_summed_in_one_scrape(gunicorn, artifact_root, tmp_path):
+def test_metrics_from_two_workers_are_summed_in_one_scrape(serve, artifact_root, tmp_path):
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "counter_99999.db").write_bytes(b"stale")  # from an earlier run: must be wiped at start-up
-    server = gunicorn({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "2",
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "2",
                        "TRAINSERVE_THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(prom),
                        "TRAINSERVE_LOG_FORMAT": "json"})
     url = f"{server.url}/v1/models/mnist-tiny:predict"
@@ -89,12 +88,14 @@ def test_metrics_from_two_workers_are_summed_in_one_scrape(gunicorn, artifact_ro
             counts = _per_worker_counts(prom, tmp_path / f"split{sent}")
             if sum(1 for c in counts.values() if c > 0) == 2:
                 break
-    assert sorted(c > 0 for c in counts.values()) == [True, True], counts
+    assert sum(c > 0 for c in counts.values()) == 2, counts  # two workers (the runtime answers no HTTP)
     for _ in range(4):  # whichever worker answers the scrape, it reports both workers' requests
         text = requests.get(f"{server.url}/metrics", timeout=10).text
         assert float(PREDICTED.search(text).group(1)) == sent
+        # one model copy: the runtime's (HTTP workers hold none)
         assert len(re.findall(r'^trainserve_model_load_seconds\{model="mnist-tiny",pid="\d+",version="2"\}',
-                              text, re.M)) == 2
+                              text, re.M)) == 1
+        assert sample(text, "trainserve_inference_images_total", model="mnist-tiny", version="2") == sent
     if shutil.which("promtool"):
         check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
         assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
@@ -103,14 +104,35 @@ def test_metrics_from_two_workers_are_summed_in_one_scrape(gunicorn, artifact_ro
     assert lines and all("message" in json.loads(line) for line in lines)
 
 
+def test_a_crashed_runtime_answers_503_with_retry_after_then_is_restarted(serve, artifact_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    url = f"{server.url}/v1/models/mnist-tiny:predict"
+    assert requests.post(url, json=ZERO, timeout=30).status_code == 200
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    loaded = re.search(r'^trainserve_model_load_seconds\{model="mnist-tiny",pid="(\d+)"', text, re.M)
+    pid = int(loaded.group(1))
+    os.kill(pid, signal.SIGKILL)
+    down = requests.post(url, json=ZERO, timeout=30)  # long before a new runtime has imported torch
+    assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+    assert "model runtime" in down.json()["error"]
+    assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 503
+    assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200  # the HTTP side lives on
+    server.wait_ready()
+    assert requests.post(url, json=ZERO, timeout=30).status_code == 200
+    assert "restarting in" in server.log.read_text()
+
+
 @pytest.mark.parametrize("env, message", [
     ({"TRAINSERVE_MAX_BATCH_SIZE": "zero"}, "TRAINSERVE_MAX_BATCH_SIZE='zero' is not valid"),
     ({"TRAINSERVE_MODEL_DIR": "/nonexistent/models"}, "is not a folder"),
+    ({"TRAINSERVE_SERVER": "apache"}, "TRAINSERVE_SERVER='apache' is not valid"),
 ])
 def test_a_bad_setting_stops_start_up_with_a_clear_message(env, message, tmp_path):
-    full_env = {"PATH": "/usr/bin:/bin", "TRAINSERVE_BIND": "127.0.0.1:0", "TRAINSERVE_WORKERS": "1"} | env
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
-        cwd=Path(__file__).resolve().parents[2], env=full_env, capture_output=True, timeout=120)
+    full_env = {"PATH": "/usr/bin:/bin", "TRAINSERVE_BIND": "127.0.0.1:0", "TRAINSERVE_WORKERS": "1",
+                "TRAINSERVE_DEVICE": "cpu"} | env
+    result = subprocess.run([sys.executable, "-m", "service"], cwd=Path(__file__).resolve().parents[2],
+                            env=full_env, capture_output=True, timeout=120)
+    output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0
-    assert message in (result.stdout + result.stderr).decode()
+    assert message in output
+    assert "Traceback" not in output and len(output.splitlines()) <= 3, output

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service.api.common import infer_body, logits, model, plane, respond, respond_infer
-from service.binary import wants_binary
 from service.errors import NotReady
-from service.inference import OUTPUTS, oip_outputs, parse_tensor
-from service.schemas import INFER_REQUEST
+from service.web.api.common import infer_body, logits, model, plane, respond, respond_infer
+from service.web.binary import wants_binary
+from service.web.inference import OUTPUTS, oip_outputs, parse_tensor
+from service.web.schemas import INFER_REQUEST
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service.api.common import plane, respond
 from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
+from service.web.api.common import plane, respond
 
 bp = Blueprint("health", __name__)
 

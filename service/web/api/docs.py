@@ -7,8 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template_string
 
-from service.api.common import respond
-from service.openapi import build_spec
+from service.web.api.common import respond
+from service.web.openapi import build_spec
 
 bp = Blueprint("docs", __name__)
 

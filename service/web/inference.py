@@ -77,20 +77,6 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
     raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
 
 
-def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> np.ndarray:
-    """One contiguous batch from requests' arrays: uint8 stays uint8 (the module scales it) unless mixed."""
-    if all(p.dtype == np.uint8 for p in parts) or all(p.dtype == np.float32 for p in parts):
-        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    else:
-        batch = np.concatenate([p.astype(np.float32) * np.float32(1 / 255) if p.dtype == np.uint8 else p
-                                for p in parts])
-    if batch.shape[1:] != tuple(example_shape):
-        raise ValueError(f"batch has examples of shape {batch.shape[1:]}, "
-                         f"the model takes {tuple(example_shape)}")
-    # torch.from_numpy needs a writable, contiguous array (a read-only one warns).
-    return batch if batch.flags.writeable and batch.flags.c_contiguous else np.array(batch, order="C")
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise probabilities from logits, numerically stable."""
     shifted = logits - logits.max(axis=1, keepdims=True)

@@ -6,17 +6,17 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from service.api.common import image_batch, json_body, logits, model, plane, respond
-from service.inference import parse_tensor, predictions
-from service.registry import LoadedModel
-from service.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
+from service.runtime.client import ServedModel
+from service.web.api.common import image_batch, json_body, logits, model, plane, respond
+from service.web.inference import parse_tensor, predictions
+from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
 DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
 
 
-def describe(found: LoadedModel) -> dict[str, Any]:
+def describe(found: ServedModel) -> dict[str, Any]:
     """A model's summary for the listing."""
     m = found.manifest
     return {"name": m.name, "version": m.version, "architecture": m.architecture, "labels": list(m.labels),
@@ -50,7 +50,7 @@ def classify(name: str, version: str | None = None) -> Response:
     return _answer(found, image_batch(found), args["top_k"])
 
 
-def _answer(found: LoadedModel, inputs: Any, top_k: int | None) -> Response:
+def _answer(found: ServedModel, inputs: Any, top_k: int | None) -> Response:
     m = found.manifest
     return respond({"model": m.name, "version": m.version,
                     "predictions": predictions(logits(found, inputs), m.labels, top_k)})

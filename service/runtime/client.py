@@ -1,0 +1,263 @@
+"""The HTTP worker's side of the runtime: which models are served, and inference through shared memory.
+
+No torch here: HTTP workers hold no model. A request thread takes a free slot connection (or opens one),
+copies its rows into the slot, sends one message and blocks in ``recv`` with the GIL released until the
+runtime answers; the logits are read from the slot. Requests larger than the runtime's batch size go
+through the slot in chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    QueueFull,
+    RuntimeUnavailable,
+    ServiceError,
+)
+from service.manifest import Manifest, version_key
+from service.runtime import protocol
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[int, type[ServiceError]] = {
+    protocol.FAILED: InferenceFailed, protocol.DEADLINE: DeadlineExceeded, protocol.QUEUE_FULL: QueueFull,
+    protocol.NOT_READY: NotReady, protocol.BAD_REQUEST: InvalidInput}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model a runtime serves, as the HTTP side sees it: its manifest and where it runs."""
+
+    manifest: Manifest
+    device: str
+    load_seconds: float
+
+    @property
+    def key(self) -> str:
+        """``name/version``."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+
+@dataclass
+class Catalog:
+    """Every model a runtime serves, by name and version; the newest version is each name's default."""
+
+    models: dict[str, dict[str, ServedModel]] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)  # key -> the runtime's index
+    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
+    max_batch_size: int = 1
+    generation: tuple[int, float] = (0, 0.0)  # the runtime's pid and start time
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> Catalog:
+        """Build from a runtime's catalog message."""
+        catalog = cls(refused=dict(data["refused"]), max_batch_size=int(data["max_batch_size"]),
+                      generation=(int(data["pid"]), float(data["started"])))
+        for index, entry in enumerate(data["models"]):
+            model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"])
+            catalog.models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+            catalog.position[model.key] = index
+        return catalog
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The named model (newest version unless one is given); raise ModelNotFound."""
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if version is None:
+            version = max(versions, key=version_key)
+        if version not in versions:
+            known = ", ".join(sorted(versions, key=version_key))
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
+        return versions[version]
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for name in sorted(self.models):
+            versions = self.models[name]
+            yield from (versions[v] for v in sorted(versions, key=version_key))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.models.values())
+
+
+class _Stale(ConnectionError):
+    """The request could not be sent: the runtime this connection went to is gone."""
+
+
+class _Connection:
+    """One slot: a socket to one runtime and the shared memory it sent."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.connect(str(path))
+            message, fd = protocol.receive_catalog(self.sock)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.catalog = Catalog.from_message(message)
+        self.slot = protocol.Slot(fd, protocol.SlotLayout(message["input_bytes"], message["output_bytes"]))
+
+    def call(self, kind: int, dtype: int, index: int, rows: int, deadline: float) -> tuple[int, int, str]:
+        """Send one request and wait for its answer until ``deadline``: (status, rows, message)."""
+        try:
+            self.sock.send(protocol.REQUEST.pack(kind, dtype, index, rows, deadline))
+        except OSError as exc:
+            raise _Stale(str(exc)) from exc
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        message = self.sock.recv(protocol.ANSWER.size + 4096)
+        if len(message) < protocol.ANSWER.size:
+            raise ConnectionError("the model runtime closed the connection")
+        _, status, _, rows = protocol.ANSWER.unpack_from(message)
+        return status, rows, message[protocol.ANSWER.size:].decode(errors="replace")
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def close(self) -> None:
+        self.sock.close()
+        self.slot.close()
+
+
+class RuntimeClient:
+    """Connections to every runtime of this service (one per device), shared by a worker's threads."""
+
+    def __init__(self, paths: list[Path], connect_timeout_s: float = 2.0) -> None:
+        if not paths:
+            raise ValueError("no model runtime socket given")
+        self.paths = paths
+        self.connect_timeout_s = connect_timeout_s
+        self._free: list[list[_Connection]] = [[] for _ in paths]
+        self._lock = threading.Lock()
+        self._turn = 0
+        self._catalog: Catalog | None = None
+
+    def catalog(self) -> Catalog:
+        """The models served (from the newest runtime greeting; connects if none was seen yet)."""
+        if self._catalog is None:
+            self._release(0, self._acquire(0))
+        assert self._catalog is not None
+        return self._catalog
+
+    def infer(self, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
+        """Logits [N, classes] for ``inputs`` [N, *shape] (uint8 or float32), by ``deadline`` (monotonic)."""
+        runtime = self._next_runtime()
+        conn = self._acquire(runtime)
+        try:
+            try:
+                return self._infer(conn, model, inputs, deadline)
+            except _Stale:
+                # A pooled connection to a runtime that has since been restarted: every pooled one is
+                # stale too. Nothing reached the model, so the request goes to the new runtime once.
+                conn.close()
+                self._flush(runtime)
+                conn = self._acquire(runtime)
+                return self._infer(conn, model, inputs, deadline)
+        except TimeoutError:
+            conn.close()  # an answer may still come: this slot cannot be reused
+            raise DeadlineExceeded(f"model {model.key} did not answer before the request deadline") from None
+        except OSError as exc:
+            conn.close()
+            self._flush(runtime)
+            log.warning("lost the model runtime at %s: %s", self.paths[runtime], exc)
+            raise RuntimeUnavailable("the model runtime is not available (restarting); "
+                                     "retry shortly") from None
+        finally:
+            if not conn.closed:
+                self._release(runtime, conn)
+
+    def _infer(self, conn: _Connection, model: ServedModel, inputs: np.ndarray,
+               deadline: float) -> np.ndarray:
+        index = conn.catalog.position.get(model.key)
+        if index is None:
+            raise NotReady(f"model {model.key} is no longer loaded by the model runtime")
+        dtype = protocol.DTYPES.index(inputs.dtype)
+        step = conn.catalog.max_batch_size
+        classes = model.manifest.num_classes
+        out = np.empty((len(inputs), classes), dtype=np.float32)
+        for start in range(0, len(inputs), step):
+            chunk = inputs[start:start + step]
+            conn.slot.input(inputs.dtype, chunk.shape)[:] = chunk
+            status, rows, message = conn.call(protocol.INFER, dtype, index, len(chunk), deadline)
+            if status != protocol.OK:
+                raise _ERRORS.get(status, InferenceFailed)(message or "the model runtime refused the request")
+            if rows != len(chunk):
+                raise InferenceFailed(f"the model runtime answered {rows} rows for {len(chunk)}")
+            out[start:start + rows] = conn.slot.output((rows, classes))
+        return out
+
+    def ready(self) -> bool:
+        """Whether every runtime answers and takes requests (not draining)."""
+        return all(self._ping(runtime) for runtime in range(len(self.paths)))
+
+    def _ping(self, runtime: int) -> bool:
+        for _ in range(2):  # a pooled connection may predate a restart: then once more, fresh
+            try:
+                conn = self._acquire(runtime)
+            except RuntimeUnavailable:
+                return False
+            try:
+                status, _, _ = conn.call(protocol.PING, 0, 0, 0, time.monotonic() + self.connect_timeout_s)
+            except OSError:
+                conn.close()
+                self._flush(runtime)
+                continue
+            self._release(runtime, conn)
+            return status == protocol.OK
+        return False
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            pools, self._free = self._free, [[] for _ in self.paths]
+        for pool in pools:
+            for conn in pool:
+                conn.close()
+
+    def _next_runtime(self) -> int:
+        if len(self.paths) == 1:
+            return 0
+        with self._lock:
+            self._turn = (self._turn + 1) % len(self.paths)
+            return self._turn
+
+    def _acquire(self, runtime: int) -> _Connection:
+        with self._lock:
+            pool = self._free[runtime]
+            if pool:
+                return pool.pop()
+        try:
+            conn = _Connection(self.paths[runtime], self.connect_timeout_s)
+        except (OSError, ValueError) as exc:
+            raise RuntimeUnavailable(f"the model runtime is not available ({type(exc).__name__}); "
+                                     "retry shortly") from None
+        if self._catalog is None or conn.catalog.generation != self._catalog.generation:
+            self._catalog = conn.catalog
+        return conn
+
+    def _flush(self, runtime: int) -> None:
+        with self._lock:
+            pool, self._free[runtime] = self._free[runtime], []
+        for conn in pool:
+            conn.close()
+
+    def _release(self, runtime: int, conn: _Connection) -> None:
+        with self._lock:
+            self._free[runtime].append(conn)

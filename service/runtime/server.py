@@ -1,0 +1,276 @@
+"""The model runtime: one process per device owns the models and runs every HTTP worker's requests in
+batches.
+
+One thread runs an event loop (no hand-off between threads on the way to the model): it accepts
+connections (one per request slot of an HTTP worker, see ``protocol.py``), reads requests, forms batches
+with ``batching.BatchQueue``, runs the forward pass on rows that sit in shared memory, writes the logits
+back into each request's slot and answers. Requests that arrive during a pass wait in their sockets and
+form the next batch. SIGUSR1 turns readiness off (drain); SIGTERM stops accepting, runs what is queued,
+and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import QueueFull
+from service.runtime import protocol
+from service.runtime.batching import BatchQueue, BatchStats, Queued
+from service.runtime.registry import LoadedModel, Registry
+
+log = logging.getLogger(__name__)
+
+
+class Observer:
+    """What the loop reports per model (service.metrics.BatchRecorder implements it)."""
+
+    def queue_depth(self, depth: int) -> None:
+        """Current queue length."""
+
+    def batch_done(self, stats: BatchStats) -> None:
+        """One batch's size, waits and compute time."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    slot: protocol.Slot
+    pending: bool = False  # a request of this slot is queued or running
+
+
+@dataclass(frozen=True)
+class _Request:
+    conn: _Connection
+    rows: np.ndarray
+
+
+def slot_layout(models: list[LoadedModel], max_batch_size: int) -> protocol.SlotLayout:
+    """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits."""
+    example = max(int(np.prod(m.manifest.input.shape)) for m in models)
+    classes = max(m.manifest.num_classes for m in models)
+    return protocol.SlotLayout(input_bytes=max_batch_size * example * 4,
+                               output_bytes=max_batch_size * classes * 4)
+
+
+def catalog(models: list[LoadedModel], layout: protocol.SlotLayout, max_batch_size: int,
+            refused: dict[str, str]) -> dict[str, Any]:
+    """What a new connection learns: the models (index = position), their devices, and the slot layout."""
+    return {"pid": os.getpid(), "started": time.time(), "max_batch_size": max_batch_size,
+            "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes,
+            "models": [{"manifest": m.manifest.to_dict(), "device": str(m.device),
+                        "load_seconds": m.load_seconds} for m in models],
+            "refused": refused}
+
+
+class RuntimeServer:
+    """The event loop of one device's runtime (see the module docstring)."""
+
+    def __init__(self, registry: Registry, listener: socket.socket, max_batch_size: int,
+                 max_batch_delay_s: float, max_queue: int, observers: list[Observer] | None = None) -> None:
+        self.models = list(registry)
+        self.max_batch_size = max_batch_size
+        self.queues: list[BatchQueue[_Request]] = [
+            BatchQueue(m.key, max_batch_size, max_batch_delay_s, max_queue) for m in self.models]
+        self.observers = observers or [Observer() for _ in self.models]
+        self.layout = slot_layout(self.models, max_batch_size)
+        self.catalog = catalog(self.models, self.layout, max_batch_size, registry.refused)
+        self.draining = False
+        self.stopping = False
+        self._listener: socket.socket | None = listener
+        self._sel = selectors.DefaultSelector()
+        self._connections: dict[int, _Connection] = {}
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def run(self, wakeup_fd: int | None = None) -> None:
+        """Serve until :meth:`stop` (or SIGTERM, through ``wakeup_fd``) and nothing is left queued."""
+        assert self._listener is not None
+        self._listener.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        if wakeup_fd is not None:
+            self._sel.register(wakeup_fd, selectors.EVENT_READ, "signal")
+        while not (self.stopping and not any(self.queues)):
+            self._poll(0.0 if any(self.queues) else None)
+            self._run_batch()
+        self._close()
+
+    def stop(self) -> None:
+        """Stop accepting; what is queued still runs, then :meth:`run` returns."""
+        self.stopping = True
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+
+    def _poll(self, timeout: float | None) -> None:
+        for key, _ in self._sel.select(timeout):
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "signal":
+                self._on_signals(key.fileobj)
+            else:
+                self._read(key.data)
+        for queue, observer in zip(self.queues, self.observers, strict=True):
+            observer.queue_depth(len(queue))
+
+    def _on_signals(self, fd: Any) -> None:
+        for signum in os.read(fd if isinstance(fd, int) else fd.fileno(), 64):
+            if signum == signal.SIGUSR1:
+                if not self.draining:
+                    log.info("draining: readiness off, still serving")
+                self.draining = True
+            elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                log.info("stopping: finishing %d queued requests", sum(map(len, self.queues)))
+                self.draining = True
+                self.stop()
+
+    # --- connections -------------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while self._listener is not None:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            fd = protocol.new_shared_memory(self.layout.size)
+            try:
+                protocol.send_catalog(sock, self.catalog, fd)
+                conn = _Connection(sock, protocol.Slot(fd, self.layout))
+            except OSError as exc:
+                log.debug("a new connection failed: %s", exc)
+                os.close(fd)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self._connections[sock.fileno()] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn.sock.fileno() in self._connections:
+            del self._connections[conn.sock.fileno()]
+            self._sel.unregister(conn.sock)
+        for queue in self.queues:
+            queue.drop(lambda request: request.conn is not conn)
+        conn.sock.close()
+        conn.slot.close()
+
+    def _read(self, conn: _Connection) -> None:
+        try:
+            message = conn.sock.recv(protocol.REQUEST.size + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self._drop(conn)  # the worker (or its request thread) is gone: forget what it queued
+            return
+        if len(message) != protocol.REQUEST.size:
+            self._answer(conn, protocol.INFER, protocol.BAD_REQUEST, message="malformed request")
+            return
+        kind, dtype, index, rows, deadline = protocol.REQUEST.unpack(message)
+        if kind == protocol.PING:
+            self._answer(conn, kind, protocol.NOT_READY if self.draining else protocol.OK)
+        elif kind != protocol.INFER or conn.pending:
+            self._answer(conn, kind, protocol.BAD_REQUEST, message="one request at a time per slot")
+        elif self.stopping:
+            self._answer(conn, kind, protocol.NOT_READY, message="the model runtime is shutting down")
+        else:
+            self._queue(conn, dtype, index, rows, deadline)
+
+    def _queue(self, conn: _Connection, dtype: int, index: int, rows: int, deadline: float) -> None:
+        if index >= len(self.models) or dtype >= len(protocol.DTYPES) or not 0 < rows <= self.max_batch_size:
+            self._answer(conn, protocol.INFER, protocol.BAD_REQUEST,
+                         message=f"no model {index}, dtype {dtype} or {rows} rows")
+            return
+        shape = (rows, *self.models[index].manifest.input.shape)
+        request = _Request(conn, conn.slot.input(protocol.DTYPES[dtype], shape))
+        try:
+            self.queues[index].put(Queued(request, rows, deadline))
+        except QueueFull as exc:
+            self._answer(conn, protocol.INFER, protocol.QUEUE_FULL, message=exc.message)
+            return
+        conn.pending = True
+
+    def _answer(self, conn: _Connection, kind: int, status: int, rows: int = 0, message: str = "") -> None:
+        conn.pending = False
+        try:
+            protocol.answer(conn.sock, kind, status, rows, message)
+        except OSError:  # the worker left: its connection goes, nothing else is affected
+            self._drop(conn)
+
+    # --- batches -----------------------------------------------------------------------------------------
+    def _run_batch(self) -> None:
+        """Run one batch of the model whose oldest request has waited longest."""
+        waiting = [q for q in self.queues if len(q)]
+        if not waiting:
+            return
+        index = self.queues.index(min(waiting, key=lambda q: q.oldest or 0.0))
+        queue = self.queues[index]
+        expired: list[Queued[_Request]] = []
+        batch = queue.take(time.monotonic(), expired)
+        while batch and (wait := queue.wait_s(batch, time.monotonic())) > 0:
+            self._poll(wait)  # concurrent traffic: a little more company, for no longer than a pass
+            if not queue.top_up(batch, time.monotonic(), expired) and len(queue):
+                break  # the next request does not fit: run what we have
+        batch = [r for r in batch if r.item.conn.sock.fileno() in self._connections]  # callers still there
+        for request in expired:
+            self._answer(request.item.conn, protocol.INFER, protocol.DEADLINE,
+                         message=f"model {queue.name}: the deadline passed in the queue")
+        if batch:
+            self._execute(index, batch)
+
+    def _execute(self, index: int, batch: list[Queued[_Request]]) -> None:
+        model, queue = self.models[index], self.queues[index]
+        started = time.monotonic()
+        total = sum(r.rows for r in batch)
+        try:
+            out = model.forward([r.item.rows for r in batch])
+            if out.shape != (total, model.manifest.num_classes):
+                raise ValueError(f"the model returned shape {out.shape} for {total} inputs")
+        except Exception as exc:
+            log.exception("batch of %d rows for %s failed", total, model.key)
+            for request in batch:
+                self._answer(request.item.conn, protocol.INFER, protocol.FAILED,
+                             message=f"inference failed for model {model.key}: {type(exc).__name__}")
+            self._report(index, batch, total, started, time.monotonic() - started, failed=True)
+            return
+        took = time.monotonic() - started
+        queue.pass_done(took)
+        offset = 0
+        for request in batch:
+            request.item.conn.slot.output(out[offset:offset + request.rows].shape)[:] = \
+                out[offset:offset + request.rows]
+            offset += request.rows
+            self._answer(request.item.conn, protocol.INFER, protocol.OK, request.rows)
+        self._report(index, batch, total, started, took, failed=False)
+
+    def _report(self, index: int, batch: list[Queued[_Request]], total: int, started: float, took: float,
+                failed: bool) -> None:
+        stats = BatchStats(rows=total, requests=len(batch), compute_s=took, failed=failed,
+                           queue_wait_s=tuple(started - r.queued_at for r in batch))
+        try:
+            self.observers[index].batch_done(stats)
+        except Exception:  # metrics must never take the runtime down
+            log.exception("batch observer failed")
+
+    def _close(self) -> None:
+        for conn in list(self._connections.values()):
+            self._drop(conn)
+        self._sel.close()
+
+
+def listen(path: Path) -> socket.socket:
+    """A SEQPACKET Unix socket listening at ``path`` (a stale file from a crashed runtime is replaced)."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(str(path))
+    sock.listen(1024)
+    return sock

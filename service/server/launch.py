@@ -1,0 +1,258 @@
+"""``python -m service``: start the model runtimes, then the HTTP front end, and supervise both.
+
+Processes: this launcher; one model runtime per device (``service.runtime``), restarted with a back-off
+when it dies; the front end chosen by ``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the
+Flask app. SIGTERM drains: the runtimes turn readiness off, the front end stops accepting and finishes
+what it holds, then the runtimes finish their queues and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from service.config import ConfigError, ServiceConfig
+from service.logs import logging_config
+from service.runtime.client import RuntimeClient
+
+log = logging.getLogger("service.launch")
+
+GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
+APP = "service.web.app:create_app"
+# Runtime exit codes that a restart cannot fix (service/runtime/__main__.py): stop instead of looping.
+_FATAL = {2: "a bad setting", 3: "no loadable model"}
+
+
+def runtime_devices(config: ServiceConfig) -> list[str]:
+    """One runtime per CUDA device (or the one named), or ``runtimes`` on the CPU."""
+    device = config.device
+    if device.startswith("cuda:") or device == "cpu":
+        return [device] * (config.runtimes if device == "cpu" else 1)
+    import torch  # only to count devices; the launcher never initialises CUDA (no tensor is made here)
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and not count:
+        raise ConfigError("TRAINSERVE_DEVICE=cuda but torch sees no CUDA device")
+    return [f"cuda:{i}" for i in range(count)] if count else ["cpu"] * config.runtimes
+
+
+def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
+    """The command line of the chosen HTTP server, serving the app factory on ``config.bind``."""
+    if config.server == "gunicorn":
+        return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), f"{APP}()"]
+    log_config = run_dir / "granian-logging.json"
+    log_config.write_text(json.dumps(logging_config(config.log_format, config.log_level)))
+    if config.bind.startswith("unix:"):
+        where = ["--uds", config.bind[len("unix:"):]]
+    else:
+        host, _, port = config.bind.rpartition(":")
+        where = ["--host", host.strip("[]"), "--port", port]
+    return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP, *where,
+            "--http", "1", "--no-ws", "--workers", str(config.worker_count),
+            # Each WSGI call blocks its thread while the runtime computes, so a worker needs as many
+            # threads as requests it should hold; backpressure keeps the rest in the socket backlog.
+            "--blocking-threads", str(config.threads),
+            "--respawn-failed-workers", "--respawn-interval", "1",
+            "--workers-kill-timeout", str(max(1, round(config.graceful_timeout_s))),
+            "--log-config", str(log_config), "--log-level", config.log_level]
+
+
+class Runtime:
+    """One model runtime process and its restart schedule."""
+
+    def __init__(self, index: int, device: str, socket_path: Path, env: dict[str, str]) -> None:
+        self.index, self.device, self.socket_path, self.env = index, device, socket_path, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        """Start the process (it listens once its models are loaded and warmed up)."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
+                                      str(self.socket_path), "--device", self.device], env=self.env)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def wait_ready(self, timeout_s: float) -> int | None:
+        """Block until the runtime answers a ping; its exit code if it exits first."""
+        client = RuntimeClient([self.socket_path], connect_timeout_s=5.0)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if (code := self.proc.poll()) is not None:
+                    return code
+                if self.socket_path.exists() and client.ready():
+                    return None
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise TimeoutError(f"the model runtime on {self.device} was not ready after {timeout_s:.0f}s")
+
+    def check(self, now: float) -> int | None:
+        """Schedule a restart when the process has died (returns its exit code then)."""
+        if self.proc is None or self.restart_at is not None or (code := self.proc.poll()) is None:
+            return None
+        self.failures = 0 if now - self.started > 60 else self.failures + 1
+        delay = min(30.0, 0.5 * 2 ** self.failures)
+        self.restart_at = now + delay
+        log.error("model runtime %d on %s (pid %d) exited with %s; restarting in %.1fs", self.index,
+                  self.device, self.proc.pid, code, delay)
+        return code
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM (finish what is queued), then SIGKILL after ``timeout_s``."""
+        _stop(self.proc, timeout_s)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0fs: killing it", proc.pid, timeout_s)
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def prepare_metrics_dir(env: dict[str, str], run_dir: Path) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR, wiped (stale files would be counted again), or a private one."""
+    given = env.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else run_dir / "metrics"
+    if folder.exists():
+        for entry in folder.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
+
+
+def sweep_dead_processes(folder: Path) -> None:
+    """Drop the live gauges of processes that are gone (any front end's workers, old runtimes)."""
+    from prometheus_client import multiprocess
+
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(folder))
+        except PermissionError:
+            pass
+
+
+class Launcher:
+    """Starts and supervises the runtimes and the front end (module docstring)."""
+
+    def __init__(self, config: ServiceConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.env = dict(os.environ)
+        self.metrics_dir = prepare_metrics_dir(self.env, run_dir)
+        devices = runtime_devices(config)
+        self.runtimes = [Runtime(i, device, run_dir / f"runtime-{i}.sock", self.env)
+                         for i, device in enumerate(devices)]
+        self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
+        self.front: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        for runtime in self.runtimes:
+            runtime.start()
+        for runtime in self.runtimes:
+            code = runtime.wait_ready(timeout_s=600)
+            if code is not None:
+                why = _FATAL.get(code, f"exit code {code}")
+                print(f"trainserve: the model runtime on {runtime.device} did not start ({why}; "
+                      "its error is above)", file=sys.stderr)
+                self._stop_all()
+                return 1
+            if self.stopping:
+                break
+        if self.stopping:
+            self._stop_all()
+            return 0
+        self.front = subprocess.Popen(front_end_command(self.config, self.run_dir), env=self.env)
+        log.info("serving on %s: %s front end, %d runtime(s) on %s", self.config.bind, self.config.server,
+                 len(self.runtimes), ", ".join(r.device for r in self.runtimes))
+        return self._supervise()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        del frame
+        if not self.stopping:
+            log.info("%s: draining", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _supervise(self) -> int:
+        swept = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            for runtime in self.runtimes:
+                code = runtime.check(now)
+                if code in _FATAL:
+                    log.error("model runtime on %s cannot start again (%s): stopping", runtime.device,
+                              _FATAL[code])
+                    self._stop_all()
+                    return 1
+                if runtime.restart_at is not None and now >= runtime.restart_at:
+                    runtime.start()
+            assert self.front is not None
+            if (code := self.front.poll()) is not None:
+                log.error("the %s front end exited with %s: stopping", self.config.server, code)
+                self._stop_all()
+                return code or 1
+            if now - swept > 5:
+                sweep_dead_processes(self.metrics_dir)
+                swept = now
+            time.sleep(0.1)
+        return self._drain()
+
+    def _drain(self) -> int:
+        for runtime in self.runtimes:  # readiness off first; the runtimes still serve
+            if runtime.proc is not None and runtime.proc.poll() is None:
+                runtime.proc.send_signal(signal.SIGUSR1)
+        code = _stop(self.front, self.config.graceful_timeout_s + 5)
+        for runtime in self.runtimes:
+            runtime.stop(self.config.graceful_timeout_s + 5)
+        log.info("stopped")
+        return 0 if code in (0, -signal.SIGTERM, None) else code
+
+    def _stop_all(self) -> None:
+        _stop(self.front, self.config.graceful_timeout_s + 5)
+        for runtime in self.runtimes:
+            runtime.stop(self.config.graceful_timeout_s + 5)
+
+
+def main() -> int:
+    """Entry point of ``python -m service`` and the ``trainserve-serve`` command."""
+    try:
+        config = ServiceConfig.from_env()
+    except ConfigError as exc:
+        print(f"trainserve: {exc}", file=sys.stderr)
+        return 2
+    logging.config.dictConfig(logging_config(config.log_format, config.log_level))
+    # Sockets and the default metrics folder: in XDG_RUNTIME_DIR where set (the image's /run/trainserve).
+    with tempfile.TemporaryDirectory(prefix="trainserve-", dir=os.environ.get("XDG_RUNTIME_DIR")) as run_dir:
+        try:
+            launcher = Launcher(config, Path(run_dir))
+        except ConfigError as exc:
+            print(f"trainserve: {exc}", file=sys.stderr)
+            return 2
+        return launcher.run()

@@ -1,0 +1,72 @@
+"""The data plane as the HTTP layer sees it: the served models, readiness and inference, all through the
+model runtime (``service/runtime``). The HTTP layer hands it validated arrays and gets logits back; it
+never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` maps to statuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.config import ServiceConfig
+from service.metrics import Metrics
+from service.runtime.client import Catalog, RuntimeClient, ServedModel
+from service.web.inference import OUTPUTS
+
+
+class DataPlane:
+    """One HTTP worker's view of the model runtimes."""
+
+    def __init__(self, client: RuntimeClient, config: ServiceConfig, metrics: Metrics) -> None:
+        self.client = client
+        self.config = config
+        self.metrics = metrics
+
+    @property
+    def registry(self) -> Catalog:
+        """The served models (503 while no runtime has ever answered)."""
+        return self.client.catalog()
+
+    @property
+    def ready(self) -> bool:
+        """True when every runtime answers, has its models warmed up, and is not draining."""
+        return self.client.ready()
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The model a request addresses (ModelNotFound when there is none)."""
+        return self.registry.get(name, version)
+
+    def model_ready(self, model: ServedModel) -> bool:
+        """Whether this model version takes requests now."""
+        return model.key in self.registry.position and self.ready
+
+    def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
+        """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
+        return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the connections to the runtimes."""
+        del timeout
+        self.client.close()
+
+    def metadata(self, model: ServedModel) -> dict[str, Any]:
+        """OIP model metadata: the real input and output tensors (-1: any batch size)."""
+        m = model.manifest
+        datatypes = ["FP32", "UINT8"] if m.input.accepts_uint8 else ["FP32"]
+        versions = sorted(self.registry.models[m.name], key=int)
+        return {
+            "name": m.name,
+            "versions": versions,
+            "platform": "pytorch_torchscript",
+            "inputs": [{"name": m.input.name, "datatype": "FP32", "shape": [-1, *m.input.shape],
+                        "parameters": {"datatypes": datatypes, "range": list(m.input.range)}}],
+            "outputs": [
+                {"name": OUTPUTS[0], "datatype": "FP32", "shape": [-1, m.num_classes]},
+                {"name": OUTPUTS[1], "datatype": "FP32", "shape": [-1, m.num_classes]},
+                {"name": OUTPUTS[2], "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {"version": m.version, "architecture": m.architecture, "labels": list(m.labels),
+                           "device": model.device, "test_accuracy": m.metrics.get("test_accuracy")},
+        }
+

@@ -1,0 +1,43 @@
+"""The one place that turns any error into a JSON response ``{"error": "<message>"}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from service.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The JSON body every error shares."""
+    response = jsonify(error=message)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map ServiceError, werkzeug's HTTP errors and anything unexpected to JSON responses."""
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> Response:
+        # 500s are failures to look at; 503/504 are expected under overload or during a drain.
+        log.log(logging.WARNING if exc.status == 500 else logging.DEBUG, "%s: %s", type(exc).__name__,
+                exc.message)
+        return error_response(exc.status, exc.message, exc.headers())
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        # Unknown routes (404), wrong methods (405) and werkzeug's own 413 for oversized bodies.
+        headers = dict(exc.get_headers()) if exc.code == 405 else {}
+        headers.pop("Content-Type", None)
+        return error_response(exc.code or 500, exc.description or exc.name, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal server error")
