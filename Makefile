@@ -28,39 +28,35 @@ test: setup
 serve: setup
 	$(PY) -m service
 
-# Starts the service and the naive baseline app on 127.0.0.1:8000/8001 and measures both with wrk (needs
-# `wrk`: apt-get install wrk), 3 rounds of 4 s per payload and concurrency, medians; results in
-# bench-results/. ARGS='--rounds 5 --duration 8' for longer runs.
+# trainserve (granian, and gunicorn beside it), TorchServe (scripts/torchserve_peer.py) and mosec
+# (scripts/mosec_peer.py) on the same TorchScript file, and the naive Flask app, measured with wrk (apt-get
+# install wrk), the PNG rounds of every server alternating; 3 rounds of 4 s per payload and concurrency,
+# medians; results in bench-results/ (docs/benchmarks.md). Installs the `peers` extra; TorchServe needs a
+# Java 11+ runtime (apt-get install default-jre-headless). ARGS='--rounds 5 --duration 8' for longer runs,
+# MODEL_DIR=... for other artifacts.
+MODEL_DIR ?= models
+PEERS := --naive --gunicorn --torchserve --mosec
 bench: setup
-	$(PY) scripts/bench_serve.py --start --naive $(ARGS)
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) scripts/bench_serve.py --start $(PEERS) --model-dir $(MODEL_DIR) $(ARGS)
 
 # The same benchmark on the pytorch/examples MNIST net (--arch classic, 11x the shipped model's cost per
-# image), the net the performance issue's figures were measured on: trained once into bench-results/classic/
-# (about 4 minutes on 2 cores), then served from there; results in bench-results/serve-classic.json.
+# image): trained once into bench-results/classic/ (about 4 minutes on 2 cores), then served from there;
+# results in bench-results/serve-classic.json.
 CLASSIC := bench-results/classic
 bench-classic: setup
 	ls $(CLASSIC)/models/*/*/manifest.json >/dev/null 2>&1 || $(PY) -m training --data-dir $(DATA_DIR) --arch classic --optimizer adam \
 		--lr 1e-3 --out $(CLASSIC)/models --run-dir $(CLASSIC)/runs
-	$(PY) scripts/bench_serve.py --start --naive --model-dir $(CLASSIC)/models \
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) scripts/bench_serve.py --start $(PEERS) --model-dir $(CLASSIC)/models \
 		--out bench-results/serve-classic.json $(ARGS)
 
-# trainserve against TorchServe (scripts/torchserve_peer.py: the issue's setup, batch 32, 5 ms delay, one
-# worker per core) and the naive app, single PNGs, rounds alternating; installs torchserve and
-# torch-model-archiver into the venv (the `peers` extra) and needs a Java 11+ runtime
-# (apt-get install default-jre-headless). MODEL_DIR=bench-results/classic/models for the pytorch/examples net.
-MODEL_DIR ?= models
-bench-torchserve: setup
-	$(PY) -m pip install --quiet -e '.[peers]'
-	$(PY) scripts/bench_serve.py --start --naive --torchserve --payloads png --model-dir $(MODEL_DIR) \
-		--out bench-results/serve-torchserve.json $(ARGS)
-
-# The same with mosec beside TorchServe (scripts/mosec_peer.py: the same setup, its Rust front end on a free
-# port, the images decoded in its Python workers), every server's rounds alternating; results in
-# bench-results/serve-peers.json.
+# Only single PNGs, every server: the quick side-by-side (bench-results/serve-peers.json).
 bench-peers: setup
 	$(PY) -m pip install --quiet -e '.[peers]'
-	$(PY) scripts/bench_serve.py --start --naive --torchserve --mosec --payloads png --model-dir $(MODEL_DIR) \
+	$(PY) scripts/bench_serve.py --start $(PEERS) --payloads png --model-dir $(MODEL_DIR) \
 		--out bench-results/serve-peers.json $(ARGS)
+bench-torchserve: bench-peers
 
 lint: setup
 	$(VENV)/bin/ruff check .

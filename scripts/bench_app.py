@@ -1,23 +1,28 @@
-"""What one request costs inside the Flask app, with no server, socket or second thread: the floor under HTTP.
+"""What one request costs inside the Flask app, with no HTTP server: the floor under HTTP.
 
     python scripts/bench_app.py                        # live, png, json, bin64: p50 per request
     python scripts/bench_app.py --payloads png --steps # also the handler's steps, each timed on its own
 
 Each request is handed straight to the WSGI app (``app.wsgi_app``), one after another, in this process, with
-the bench_serve.py payloads and the shipped model (one torch thread, as in a worker of the default
-2-core setup). With ``--steps`` the handler's steps are wrapped with timers where the handlers call them;
-the wrappers add a little to the total. Run it from the repository root with the project installed.
+the bench_serve.py payloads and the shipped model, served by a real model runtime process (one torch
+thread) that this script starts and stops; ``logits`` is the round trip to it. With ``--steps`` the
+handler's steps are wrapped with timers where the handlers call them; the wrappers add a little to the
+total. Run it from the repository root with the project installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +52,9 @@ def main() -> None:
     timings: dict[str, list[float]] = {}
     if args.steps:
         _wrap_steps(timings)
-    app = create_app({"model_dir": args.model_dir, "workers": 2, "torch_threads": 1})
-    if args.steps:  # the forward pass, as the batcher calls it
-        for batcher in app.extensions["trainserve"].batchers.values():
-            batcher._fn = _timed(batcher._fn, "forward pass", timings)
-    name = next(iter(app.extensions["trainserve"].registry)).manifest.name
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, runtime(args.model_dir, Path(tmp) / "runtime.sock") as sock:
+        app = create_app({"model_dir": args.model_dir, "runtime_sockets": str(sock)})
+        name = next(iter(app.extensions["trainserve"].registry)).manifest.name
         for kind in args.payloads.split(","):
             path, content_type, headers, body = payload(kind, name, Path(tmp))
             data = body.read_bytes() if kind != "live" else b""
@@ -72,6 +74,27 @@ def main() -> None:
             print(f"{kind:6} {1e6 * statistics.median(total[skip:]):8.1f} us per request (p50)")
             for step, times in timings.items():
                 print(f"       {step:16} {1e6 * statistics.median(times[skip:]):8.1f} us")
+
+
+@contextlib.contextmanager
+def runtime(model_dir: Path, sock: Path) -> Iterator[Path]:
+    """A model runtime process on ``sock`` for the duration."""
+    from service.runtime.client import RuntimeClient
+
+    env = dict(os.environ, TRAINSERVE_MODEL_DIR=str(model_dir), TRAINSERVE_TORCH_THREADS="1",
+               TRAINSERVE_DEVICE="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(sock)], env=env)
+    client = RuntimeClient([sock])
+    try:
+        while not (sock.exists() and client.ready()):
+            if proc.poll() is not None:
+                raise SystemExit("the model runtime did not start")
+            time.sleep(0.05)
+        client.close()
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def _wrap_steps(timings: dict[str, list[float]]) -> None:

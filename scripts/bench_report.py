@@ -24,8 +24,10 @@ def report(row: dict[str, Any]) -> str:
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']:<4}"
             + ("" if row["payload"] in NOT_THE_MODEL or _peer(row) else f" {row['ratio']:.2f} x in-process"
                + (f" ({row['ratio_to_best']:.2f} x the best)" if "ratio_to_best" in row else ""))
-            + (f"  batches: {b['images']:.2f} images, pass {b['pass_ms']:.2f} ms, queue wait "
-               f"{b['queue_wait_ms']:.2f} ms" if (b := row.get("batches")) else "")
+            + (f"  batches: {b['images']:.2f} images, pass {b['pass_ms']:.2f} ms"
+               + (f" ({b['pass_ratio']:.2f} x in-process {b['in_process_pass_ms']:.2f} ms)"
+                  if "pass_ratio" in b else "")
+               + f", queue wait {b['queue_wait_ms']:.2f} ms" if (b := row.get("batches")) else "")
             + (f"  connections per worker {_splits(row['worker_connections'])}"
                if row.get("worker_connections") else ""))
 
@@ -76,8 +78,19 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
            "x", at_least=True)
     for payload in ("png", "json"):
         single = _run(results, payload, 1)
-        goal = ref["batch1_p50_ms"] + 1.5
+        goal = ref["batch1_p50_ms"] + 0.5
         target(f"{LABELS[payload]}: p50 at c=1", single and single["p50_ms"], goal, "ms", at_least=False)
+    for payload, connections in (("png", 64), ("bin64", 8)):
+        run = _run(results, payload, connections)
+        ratio = run and run.get("batches", {}).get("pass_ratio")
+        target(f"{LABELS[payload]} at c={connections}: forward pass in the service over in-process at that "
+               "batch size", ratio, 1.3, "x", at_least=False)
+    for peer, goal in (("torchserve", 1.25), ("mosec", 1.0)):
+        for connections in (1, 8, 64):
+            mine, theirs = _run(results, "png", connections), _run(results, "png", connections, peer)
+            if theirs is not None:
+                target(f"1 PNG per request at c={connections}, multiple of {peer} (paired rounds)",
+                       mine and _paired(mine, theirs), goal if connections == 64 else 1.0, "x", at_least=True)
     target("ready after process start", results.get("ready_s"), 10.0, "s", at_least=False)
     lines = ["", "targets:"]
     for t in targets:
@@ -99,8 +112,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                   f"{r['p50_ms']:.2f} ms)"
                   for r in results["runs"]
                   if _server(r) == peer and (mine := _run(results, "png", r["connections"]))]
-    for i, worker in enumerate(results.get("workers", [])):
-        lines.append(f"  worker {i}: RSS {worker['rss_mib']:.0f} MiB, PSS {worker['pss_mib']:.0f} MiB")
+    for key, label in (("memory", "service"), ("memory_gunicorn", "service on gunicorn")):
+        if memory := results.get(key):
+            lines.append(f"memory of the {label}, every process: RSS {memory['rss_mib']:.0f} MiB, "
+                         f"PSS {memory['pss_mib']:.0f} MiB")
+            lines += [f"  {p['pid']}: RSS {p['rss_mib']:.0f} MiB, PSS {p['pss_mib']:.0f} MiB  {p['command']}"
+                      for p in memory["processes"]]
     return {"targets": targets, "lines": lines}
 
 

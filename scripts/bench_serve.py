@@ -72,8 +72,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default: %(default)s)")
-    parser.add_argument("--start", action="store_true", help="start gunicorn with the current TRAINSERVE_* "
-                        "environment on --url's port, and stop it at the end")
+    parser.add_argument("--start", action="store_true", help="start the service (python -m service) with the "
+                        "current TRAINSERVE_* environment on --url's port, and stop it at the end")
+    parser.add_argument("--gunicorn", action="store_true",
+                        help="with --start, also start the service with TRAINSERVE_SERVER=gunicorn on a "
+                             "free port and measure its PNG rounds as a peer, alternating")
     parser.add_argument("--naive", action="store_true",
                         help="also measure the naive Flask app (PNG) on --naive-url's port")
     parser.add_argument("--naive-url", default="http://127.0.0.1:8001", help="(default: %(default)s)")
@@ -150,6 +153,13 @@ class InProcess:
             result[f"batch{batch}_images_per_s"] = max(rates)
             result[f"batch{batch}_p50_ms"] = min(p50s)
         return result
+
+    def pass_ms(self, batch: int, rounds: int = 5, seconds: float = 0.3) -> float:
+        """The median forward pass at ``batch`` images, ms (the best of a few short rounds)."""
+        shape = self.model.manifest.input.shape
+        rng = np.random.default_rng(batch)
+        self.inputs.setdefault(batch, rng.integers(0, 256, (batch, *shape), np.uint8))
+        return min(self._round(batch, seconds)[1] for _ in range(rounds))
 
     def batch64_now(self, rounds: int = 3, seconds: float = 0.3) -> float:
         """Images/s at batch 64 now (the best of a few short rounds), to pair with the next wrk round."""
@@ -328,15 +338,25 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=60)
 
 
-def worker_memory(master: int) -> list[dict[str, float]]:
-    """RSS and PSS (shared pages split between the processes that map them) of each gunicorn worker, MiB."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    out = []
-    for pid in children:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+def service_memory(root: int) -> dict:
+    """RSS and PSS (shared pages split between the processes that map them), MiB, of every process of the
+    service: the launcher, the model runtimes, the front end and its workers; and their total."""
+    processes, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+            children = [c for t in Path(f"/proc/{pid}/task").iterdir()
+                        for c in (t / "children").read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
         fields = dict(line.split(":", 1) for line in lines)
-        out.append({name.lower() + "_mib": int(fields[name].split()[0]) / 1024 for name in ("Rss", "Pss")})
-    return out
+        sizes = {name.lower() + "_mib": int(fields[name].split()[0]) / 1024 for name in ("Rss", "Pss")}
+        processes.append({"pid": pid, "command": cmdline[:120], **sizes})
+        todo.extend(int(c) for c in children)
+    return {"processes": processes, "rss_mib": sum(p["rss_mib"] for p in processes),
+            "pss_mib": sum(p["pss_mib"] for p in processes)}
 
 
 def serve_env(url: str, model_dir: str) -> dict[str, str]:
@@ -410,14 +430,27 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
 def main() -> None:
     args = parse_args()
     gunicorn = [sys.executable, "-m", "gunicorn"]
-    proc = naive = peer = mosec = None
+    proc = naive = peer = mosec = second = None
     extra: dict = {}
     try:
         if args.start:
-            cmd = [*gunicorn, "-c", "service/server/gunicorn.conf.py", "service.web.app:create_app()"]
+            cmd = [sys.executable, "-m", "service"]
             proc, extra["ready_s"] = start(cmd, serve_env(args.url, args.model_dir), f"{args.url}/readyz")
-            extra["workers"] = worker_memory(proc.pid)
+            extra["memory"] = memory = service_memory(proc.pid)
+            server = os.environ.get("TRAINSERVE_SERVER", "granian")
+            print(f"service ({server}): ready in {extra['ready_s']:.1f} s, {len(memory['processes'])} "
+                  f"processes, RSS {memory['rss_mib']:.0f} MiB, "
+                  f"PSS {memory['pss_mib']:.0f} MiB", flush=True)
+        if args.start and args.gunicorn:
+            url = f"http://127.0.0.1:{free_port()}"
+            env = serve_env(url, args.model_dir) | {"TRAINSERVE_SERVER": "gunicorn"}
+            second, _ = start([sys.executable, "-m", "service"], env, f"{url}/readyz")
+            extra["memory_gunicorn"] = memory = service_memory(second.pid)
+            print(f"service (gunicorn): {len(memory['processes'])} processes, "
+                  f"RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB", flush=True)
         name = args.model or requests.get(f"{args.url}/v1/models", timeout=5).json()["models"][0]["name"]
+        if second is not None:
+            args.peer["trainserve-gunicorn"] = f"{url}/v1/models/{name}:classify"
         model = InProcess(Path(args.model_dir), name)
         reference = model.measure()
         print(f"in-process {name} ({reference['torch_threads']} torch threads): batch 1 "
@@ -443,19 +476,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
-        for server in (proc, naive, peer, mosec):
+        for server in (proc, naive, peer, mosec, second):
             stop(server)
-        proc = naive = peer = mosec = None
+        proc = naive = peer = mosec = second = None
         # Once more now the servers are stopped: the reference is the better of the two.
         reference.update(best(reference, model.measure()))
         for row in rows:
             row["ratio_to_best"] = row["images_per_s"] / reference["batch64_images_per_s"]
+            if "batches" in row:  # the service's forward pass against the model's own at that batch size
+                batches = row["batches"]
+                batches["in_process_pass_ms"] = model.pass_ms(max(1, round(batches["images"])))
+                batches["pass_ratio"] = batches["pass_ms"] / batches["in_process_pass_ms"]
         print(f"\nin-process reference (the better of before and after): batch 1 p50 "
               f"{reference['batch1_p50_ms']:.2f} ms, "
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
         print("\n".join(report(row) for row in rows))
     finally:
-        for server in (proc, naive, peer, mosec):
+        for server in (proc, naive, peer, mosec, second):
             stop(server)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
     results["summary"] = summary(results)

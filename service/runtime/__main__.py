@@ -7,6 +7,7 @@ setting comes from the ``TRAINSERVE_*`` environment, as for the rest of the serv
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import logging.config
 import os
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics.model_info.labels(m.name, m.version, m.architecture, str(device), m.torch_version).set(1)
     server = RuntimeServer(registry, listen(args.socket), config.max_batch_size,
                            config.max_batch_delay_ms / 1000, config.max_queue, observers)
+    # Python's cyclic collector would walk torch's hundreds of thousands of long-lived objects on every
+    # full collection, pausing the loop; what is alive now lives as long as the process.
+    gc.collect()
+    gc.freeze()
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_r, False)
     os.set_blocking(wakeup_w, False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -95,6 +96,9 @@ class Catalog:
         return sum(len(v) for v in self.models.values())
 
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+
+
 class _Stale(ConnectionError):
     """The request could not be sent: the runtime this connection went to is gone."""
 
@@ -108,6 +112,9 @@ class _Connection:
             self.sock.settimeout(timeout_s)
             self.sock.connect(str(path))
             message, fd = protocol.receive_catalog(self.sock)
+            # From now on a blocking socket with a kernel receive timeout: one recv() per answer, where a
+            # Python-level timeout would poll() first (two system calls, two GIL hand-overs).
+            self.sock.settimeout(None)
         except BaseException:
             self.sock.close()
             raise
@@ -120,8 +127,13 @@ class _Connection:
             self.sock.send(protocol.REQUEST.pack(kind, dtype, index, rows, deadline))
         except OSError as exc:
             raise _Stale(str(exc)) from exc
-        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        message = self.sock.recv(protocol.ANSWER.size + 4096)
+        wait = max(deadline - time.monotonic(), 0.001)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             _TIMEVAL.pack(int(wait), int(wait % 1 * 1e6)))
+        try:
+            message = self.sock.recv(protocol.ANSWER.size + 4096)
+        except BlockingIOError:  # SO_RCVTIMEO ran out
+            raise TimeoutError("no answer before the deadline") from None
         if len(message) < protocol.ANSWER.size:
             raise ConnectionError("the model runtime closed the connection")
         _, status, _, rows = protocol.ANSWER.unpack_from(message)

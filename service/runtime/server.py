@@ -119,8 +119,6 @@ class RuntimeServer:
                 self._on_signals(key.fileobj)
             else:
                 self._read(key.data)
-        for queue, observer in zip(self.queues, self.observers, strict=True):
-            observer.queue_depth(len(queue))
 
     def _on_signals(self, fd: Any) -> None:
         for signum in os.read(fd if isinstance(fd, int) else fd.fileno(), 64):
@@ -221,6 +219,7 @@ class RuntimeServer:
             if not queue.top_up(batch, time.monotonic(), expired) and len(queue):
                 break  # the next request does not fit: run what we have
         batch = [r for r in batch if r.item.conn.sock.fileno() in self._connections]  # callers still there
+        self.observers[index].queue_depth(len(queue))  # what still waits while this batch runs
         for request in expired:
             self._answer(request.item.conn, protocol.INFER, protocol.DEADLINE,
                          message=f"model {queue.name}: the deadline passed in the queue")

@@ -7,6 +7,7 @@ sockets the launcher (``python -m service``) passes in ``TRAINSERVE_RUNTIME_SOCK
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Mapping
@@ -43,6 +44,9 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.after_request(_count_request)
+    # The app and its imports live as long as the worker: keep the cyclic collector off them.
+    gc.collect()
+    gc.freeze()
     return app
 
 
