@@ -64,7 +64,7 @@ class ServiceConfig:
     # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
     workers: int = 0
     # Requests one HTTP worker handles at once (each waits for the model runtime with the GIL released).
-    threads: int = 64
+    threads: int = 32
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
     # Intra-op threads of each runtime's torch; 0: every core (the HTTP workers mostly wait).

@@ -37,12 +37,20 @@ def runtime_devices(config: ServiceConfig) -> list[str]:
     device = config.device
     if device.startswith("cuda:") or device == "cpu":
         return [device] * (config.runtimes if device == "cpu" else 1)
-    import torch  # only to count devices; the launcher never initialises CUDA (no tensor is made here)
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     if device == "cuda" and not count:
         raise ConfigError("TRAINSERVE_DEVICE=cuda but torch sees no CUDA device")
     return [f"cuda:{i}" for i in range(count)] if count else ["cpu"] * config.runtimes
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch sees, asked of a short-lived process: the launcher itself never imports torch
+    (hundreds of MiB it would hold for nothing). Without NVIDIA device nodes there is nothing to ask."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return 0
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
 
 
 def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
@@ -57,7 +65,10 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
         host, _, port = config.bind.rpartition(":")
         where = ["--host", host.strip("[]"), "--port", port]
     return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP, *where,
-            "--http", "1", "--no-ws", "--workers", str(config.worker_count),
+            "--http", "1", "--no-ws", "--workers", str(config.worker_count), "--backlog", "2048",
+            # A client gets this long to send its headers (slow clients cannot hold a thread meanwhile);
+            # idle kept-alive connections close after it too.
+            "--http1-header-read-timeout", "5000",
             # Each WSGI call blocks its thread while the runtime computes, so a worker needs as many
             # threads as requests it should hold; backpressure keeps the rest in the socket backlog.
             "--blocking-threads", str(config.threads),

@@ -145,7 +145,8 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("special-models")
     torch.manual_seed(0)
     probe = torch.zeros(2, 1, 28, 28)
-    export(PixelClassifier(SlowNet(), MEAN, STD).eval(), _info("slow", "slow", "1", 0.1), root, probe)
+    slow = PixelClassifier(SlowNet(rounds=32), MEAN, STD).eval()  # a pass of about 0.3 s
+    export(slow, _info("slow", "slow", "1", 0.1), root, probe)
     export(PixelClassifier(PoisonNet(), MEAN, STD).eval(), _info("poison", "poison", "1", 0.1), root, probe)
     return root
 

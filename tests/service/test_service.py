@@ -40,15 +40,15 @@ def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
     with ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # one request runs, the others wait in the runtime's queue
+        while time.monotonic() < deadline:  # one request runs, another waits in the runtime's queue
             depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
                            "trainserve_queue_depth_requests", model="slow", version="1")
-            if depth and depth >= 2:
+            if depth and depth >= 1:
                 break
             time.sleep(0.01)
         else:
             pytest.fail("requests never queued up")
-        server.proc.send_signal(signal.SIGTERM)  # with at least two requests still queued
+        server.proc.send_signal(signal.SIGTERM)  # with one request running and another queued, at least
         responses = [f.result(60) for f in pending]
     assert [r.status_code for r in responses] == [200] * 4
     assert server.proc.wait(timeout=60) == 0
@@ -120,6 +120,40 @@ def test_a_crashed_runtime_answers_503_with_retry_after_then_is_restarted(serve,
     server.wait_ready()
     assert requests.post(url, json=ZERO, timeout=30).status_code == 200
     assert "restarting in" in server.log.read_text()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_a_request_whose_http_worker_dies_gets_its_connection_closed_not_an_answer(serve, special_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
+                    "TRAINSERVE_MAX_BATCH_SIZE": "1"})
+    url = f"{server.url}/v1/models/slow:predict"
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # one runs and another waits: at least two are in the worker
+            depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
+                           "trainserve_queue_depth_requests", model="slow", version="1")
+            if depth and depth >= 1:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("requests never queued up")
+        front = next(p for p in _children(server.proc.pid)
+                     if b"service.runtime" not in Path(f"/proc/{p}/cmdline").read_bytes())
+        for worker in _children(front):
+            os.kill(worker, signal.SIGKILL)
+        closed = answered = 0
+        for future in pending:
+            try:
+                answered += future.result(60).status_code == 200  # finished before the kill
+            except requests.ConnectionError:
+                closed += 1
+    assert closed >= 2 and closed + answered == 4
+    server.wait_ready()  # the front end starts a new worker; the runtime dropped the dead one's slots
+    assert requests.post(url, json=ZERO, timeout=60).status_code == 200
 
 
 @pytest.mark.parametrize("env, message", [
