@@ -67,7 +67,9 @@ class ServiceConfig:
     threads: int = 32
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
-    # Intra-op threads of each runtime's torch; 0: every core (the HTTP workers mostly wait).
+    # Intra-op threads of each runtime's torch; 0: a quarter of the cores per runtime, at least one (the
+    # HTTP workers need the rest: a pass whose threads wait for a core is slower than one thread;
+    # docs/benchmarks.md#cpu-threads).
     torch_threads: int = 0
     # Sockets of already running model runtimes (comma-separated); set by the launcher for its workers.
     runtime_sockets: str = ""
@@ -95,8 +97,8 @@ class ServiceConfig:
 
     @property
     def torch_thread_count(self) -> int:
-        """Intra-op threads of each runtime: ``torch_threads``, or the cores shared among the runtimes."""
-        return self.torch_threads or max(1, _cpu_count() // self.runtimes)
+        """Intra-op threads of each runtime: ``torch_threads``, or a quarter of the cores per runtime."""
+        return self.torch_threads or max(1, _cpu_count() // (4 * self.runtimes))
 
     @property
     def runtime_paths(self) -> list[Path]:
@@ -170,7 +172,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "workers": (int, "an integer >= 0 (0: one per core)"),
     "threads": (int, "an integer >= 1"),
     "runtimes": (int, "an integer >= 1"),
-    "torch_threads": (int, "an integer >= 0 (0: cores / runtimes)"),
+    "torch_threads": (int, "an integer >= 0 (0: a quarter of the cores per runtime)"),
     "runtime_sockets": (str, "socket paths, comma-separated"),
     "max_batch_size": (int, "an integer >= 1"),
     "max_batch_delay_ms": (float, "milliseconds >= 0"),

@@ -43,7 +43,7 @@ class BatchStats:
 T = TypeVar("T")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Queued(Generic[T]):
     """One request waiting for a forward pass; ``item`` is whatever the caller needs to answer it."""
 

@@ -13,6 +13,7 @@ rather than gunicorn's dirty arbiters or a multiprocessing queue: docs/architect
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import socket
@@ -61,11 +62,11 @@ class Slot:
 
     def input(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A writable array over the input region."""
-        return np.frombuffer(self._input, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        return np.frombuffer(self._input, dtype=dtype, count=math.prod(shape)).reshape(shape)
 
     def output(self, shape: tuple[int, ...]) -> np.ndarray:
         """A writable float32 array over the output region."""
-        return np.frombuffer(self._output, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+        return np.frombuffer(self._output, dtype=np.float32, count=math.prod(shape)).reshape(shape)
 
     def close(self) -> None:
         """Unmap (views taken from it must be gone first)."""

@@ -41,14 +41,14 @@ class Observer:
         """One batch's size, waits and compute time."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Connection:
     sock: socket.socket
     slot: protocol.Slot
     pending: bool = False  # a request of this slot is queued or running
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Request:
     conn: _Connection
     rows: np.ndarray

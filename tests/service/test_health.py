@@ -58,9 +58,15 @@ def test_metrics_count_requests_batches_and_describe_models(client, mnist):
     client.post("/v1/models/mnist-tiny:predict",
                 json={"instances": mnist["test_x"][:5].tolist(), "dtype": "uint8"})
     client.post("/v1/models/nope:predict", json={"instances": [[0] * 784]})
-    response = client.get("/metrics")
+    until = time.monotonic() + 30  # the runtime records a batch right after answering it
+    while True:
+        response = client.get("/metrics")
+        text = response.get_data(as_text=True)
+        name, labels = counted[2]
+        if _sample(text, name, **labels) - _sample(before, name, **labels) >= 5 or time.monotonic() > until:
+            break
+        time.sleep(0.01)
     assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
-    text = response.get_data(as_text=True)
     # an unknown model name is client data: it must not become a label value
     assert [_sample(text, n, **ls) - _sample(before, n, **ls) for n, ls in counted] == [1, 1, 5]
     assert 'trainserve_batch_size_images_count{model="mnist-tiny",version="2"}' in text

@@ -46,8 +46,9 @@ def predict(name: str, version: str | None = None) -> Response:
 def classify(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for uploaded PNG/JPEG images (raw body or multipart files)."""
     found = model(name, version)
-    args = load(CLASSIFY_ARGS, request.args.to_dict())
-    return _answer(found, image_batch(found), args["top_k"])
+    # No query string (the usual case) needs no validation: a schema load costs more than the decode.
+    top_k = load(CLASSIFY_ARGS, request.args.to_dict())["top_k"] if request.args else None
+    return _answer(found, image_batch(found), top_k)
 
 
 def _answer(found: ServedModel, inputs: Any, top_k: int | None) -> Response:
