@@ -154,12 +154,19 @@ class InProcess:
             result[f"batch{batch}_p50_ms"] = min(p50s)
         return result
 
-    def pass_ms(self, batch: int, rounds: int = 5, seconds: float = 0.3) -> float:
-        """The median forward pass at ``batch`` images, ms (the best of a few short rounds)."""
+    def pass_ms(self, batch: int, threads: int, rounds: int = 5, seconds: float = 0.3) -> float:
+        """The median forward pass at ``batch`` images on ``threads`` torch threads (the runtime's), ms (the
+        best of a few short rounds)."""
+        import torch
+
         shape = self.model.manifest.input.shape
         rng = np.random.default_rng(batch)
         self.inputs.setdefault(batch, rng.integers(0, 256, (batch, *shape), np.uint8))
-        return min(self._round(batch, seconds)[1] for _ in range(rounds))
+        torch.set_num_threads(threads)
+        try:
+            return min(self._round(batch, seconds)[1] for _ in range(rounds))
+        finally:
+            torch.set_num_threads(self.torch_threads)
 
     def batch64_now(self, rounds: int = 3, seconds: float = 0.3) -> float:
         """Images/s at batch 64 now (the best of a few short rounds), to pair with the next wrk round."""
@@ -481,11 +488,15 @@ def main() -> None:
         proc = naive = peer = mosec = second = None
         # Once more now the servers are stopped: the reference is the better of the two.
         reference.update(best(reference, model.measure()))
+        from service.config import ServiceConfig
+
+        runtime_threads = ServiceConfig.from_env().torch_thread_count  # what the started service uses
         for row in rows:
             row["ratio_to_best"] = row["images_per_s"] / reference["batch64_images_per_s"]
             if "batches" in row:  # the service's forward pass against the model's own at that batch size
                 batches = row["batches"]
-                batches["in_process_pass_ms"] = model.pass_ms(max(1, round(batches["images"])))
+                size = max(1, round(batches["images"]))
+                batches["in_process_pass_ms"] = model.pass_ms(size, runtime_threads)
                 batches["pass_ratio"] = batches["pass_ms"] / batches["in_process_pass_ms"]
         print(f"\nin-process reference (the better of before and after): batch 1 p50 "
               f"{reference['batch1_p50_ms']:.2f} ms, "

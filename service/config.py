@@ -75,7 +75,7 @@ class ServiceConfig:
     runtime_sockets: str = ""
     # Rows (images) in one forward pass; bigger requests are split into batches of this size.
     max_batch_size: int = 64
-    # The longest the batcher waits for company once it sees concurrent traffic (it waits no longer than a
+    # The longest a batch waits for company once it sees concurrent traffic (it waits no longer than a
     # forward pass takes); a lone request never waits.
     max_batch_delay_ms: float = 2.0
     # Requests waiting for one model in its runtime; beyond it the service answers 429 at once.
@@ -87,7 +87,7 @@ class ServiceConfig:
     log_level: str = "info"
     # SIGTERM drain: queued and in-flight requests get this long to finish.
     graceful_timeout_s: float = 30.0
-    # prometheus_client's own variable; gunicorn.conf.py sets it up when it is missing.
+    # prometheus_client's own variable; the launcher prepares it (a private folder when it is missing).
     prometheus_multiproc_dir: Path | None = None
 
     @property

@@ -1,6 +1,6 @@
 """Typed service errors (standard library only: the model runtime raises them too).
 
-Lower layers (schemas, inference, the batcher, the registry, the runtime client) raise a
+Lower layers (schemas, inference, batching, the registry, the runtime client) raise a
 :class:`ServiceError` subclass that names its HTTP status; they never build responses:
 ``service/web/errors.py`` turns them into ``{"error": "<message>"}``.
 """

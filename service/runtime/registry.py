@@ -74,7 +74,7 @@ def merge_inputs(parts: Sequence[np.ndarray], example_shape: Sequence[int]) -> n
 
 @dataclass
 class LoadedModel:
-    """One verified, warmed-up artifact on its device; ``forward`` is what the batcher calls."""
+    """One verified, warmed-up artifact on its device; ``forward`` is what the runtime calls."""
 
     manifest: Manifest
     module: torch.jit.ScriptModule
@@ -100,7 +100,7 @@ class LoadedModel:
         if self.device.type != "cuda":
             return x
         # Stage in page-locked memory so the host-to-device copy can run asynchronously; one buffer per
-        # model, grown on demand (only the batcher thread calls forward).
+        # model, grown on demand (only the runtime's loop calls forward).
         if self._pinned is None or self._pinned.dtype != x.dtype or self._pinned.numel() < x.numel():
             self._pinned = torch.empty(max(x.numel(), 1 << 16), dtype=x.dtype).pin_memory()
         staged = self._pinned[: x.numel()].view(x.shape)

@@ -11,7 +11,7 @@ raises both thresholds at start-up, as the PyTorch CPU performance guides do wit
 so that freed blocks stay in the process and the next pass reuses them from the first request on.
 
 The cost is memory a process has used once and keeps: its peak heap, which for a server is the next
-batch's working set anyway. Every service process calls it once, when the app is created, and so does
+batch's working set anyway. Every model runtime calls it once, at start-up, and so does
 the training CLI: an epoch of the pytorch/examples net took 32.4-33.8 s against 35.8-37.1 s without it;
 the default net's training, where glibc adapts early, the same time either way.
 

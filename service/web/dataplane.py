@@ -45,9 +45,8 @@ class DataPlane:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
         return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self) -> None:
         """Close the connections to the runtimes."""
-        del timeout
         self.client.close()
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
