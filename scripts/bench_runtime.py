@@ -8,8 +8,10 @@ TRAINSERVE_TORCH_THREADS says otherwise) on a Unix socket and, one request at a 
 a PING round trip (the protocol's floor: two messages, two wake-ups), then ``RuntimeClient.infer`` at each
 batch size. The same artifact is loaded in this process too and its forward pass timed at the same batch
 sizes with the same thread count, so the hand-off is the difference: copying the rows into the slot, the
-two messages, the runtime's loop and the logits copied back. Medians of ``--requests`` calls each, the
-runs alternating between the two so that a noisy machine slows both alike.
+two messages, the runtime's loop and the logits copied back. The runtime's own record of its passes (its
+``trainserve_compute_seconds``) splits that difference into the pass run in the runtime (a process that
+sleeps between requests starts each pass with cold caches) and the rest. Medians of ``--requests`` calls
+each, the runs alternating between the two so that a noisy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ def main() -> None:
     local = load_model(folder, torch.device("cpu"), half=False, warmup_batch=64)
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "runtime.sock"
+        metrics = Path(tmp) / "metrics"
+        metrics.mkdir()
         env = dict(os.environ, TRAINSERVE_MODEL_DIR=str(args.model_dir), TRAINSERVE_DEVICE="cpu",
-                   TRAINSERVE_TORCH_THREADS=str(threads), TRAINSERVE_LOG_LEVEL="warning")
+                   TRAINSERVE_TORCH_THREADS=str(threads), TRAINSERVE_LOG_LEVEL="warning",
+                   PROMETHEUS_MULTIPROC_DIR=str(metrics))
         proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(sock)], env=env)
         client = RuntimeClient([sock])
         try:
@@ -71,17 +76,39 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 x = rng.integers(0, 256, (batch, *local.manifest.input.shape), dtype=np.uint8)
                 served, alone = [], []
+                before = compute_totals(metrics)
                 for _ in range(args.rounds):
                     served.append(median_us(lambda x=x: client.infer(model, x, time.monotonic() + 10),
                                             args.requests))
                     alone.append(median_us(lambda x=x: local.forward([x]), args.requests))
+                after = compute_totals(metrics)
+                inside = 1e6 * (after[0] - before[0]) / max(after[1] - before[1], 1)  # mean, with warm-up
                 s, a = statistics.median(served), statistics.median(alone)
-                print(f"batch {batch:3}: through the runtime {s:8.1f} us, in-process forward {a:8.1f} us, "
-                      f"hand-off {s - a:6.1f} us per request ({(s - a) / batch:5.2f} us per image)")
+                print(f"batch {batch:3}: through the runtime {s:7.1f} us, in-process forward {a:7.1f} us, "
+                      f"hand-off {s - a:6.1f} us per request ({(s - a) / batch:5.2f} us per image); "
+                      f"pass inside the runtime {inside:7.1f} us (mean), {s - inside:6.1f} us outside it")
         finally:
             client.close()
             proc.terminate()
             proc.wait(30)
+
+
+def compute_totals(folder: Path) -> tuple[float, float]:
+    """The runtime's forward-pass seconds and count so far (its multiprocess metric files)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder))
+    total = count = 0.0
+    for family in registry.collect():
+        if family.name == "trainserve_compute_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+    return total, count
 
 
 def median_us(fn, n: int) -> float:

@@ -340,9 +340,14 @@ def free_port() -> int:
 
 
 def stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 30 s (a peer may wait for work it still holds)."""
     if proc is not None and proc.poll() is None:
         proc.terminate()
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def service_memory(root: int) -> dict:

@@ -1,0 +1,70 @@
+"""The launcher's decisions: how many runtimes on which devices, the front end's command line, and the
+metrics folder it prepares and keeps clean."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from service.config import ServiceConfig
+from service.server.launch import (
+    GUNICORN_CONF,
+    front_end_command,
+    prepare_metrics_dir,
+    runtime_devices,
+    sweep_dead_processes,
+)
+
+
+def test_runtimes_per_device():
+    assert runtime_devices(ServiceConfig(device="cpu")) == ["cpu"]
+    assert runtime_devices(ServiceConfig(device="cpu", runtimes=2)) == ["cpu", "cpu"]
+    assert runtime_devices(ServiceConfig(device="cuda:1", runtimes=3)) == ["cuda:1"]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expected = [f"cuda:{i}" for i in range(gpus)] if gpus else ["cpu"]
+    assert runtime_devices(ServiceConfig(device="auto")) == expected
+
+
+def test_granian_serves_the_factory_with_bounded_header_reads(tmp_path):
+    config = ServiceConfig(bind="127.0.0.1:9000", workers=3, threads=16, graceful_timeout_s=7)
+    cmd = front_end_command(config, tmp_path)
+    assert cmd[:3] == [sys.executable, "-m", "granian"]
+    flags = dict(itertools.pairwise(cmd))  # each flag -> the word after it
+    assert flags["--interface"] == "wsgi" and flags["--factory"] == "service.web.app:create_app"
+    assert (flags["--host"], flags["--port"], flags["--workers"], flags["--blocking-threads"]) == \
+        ("127.0.0.1", "9000", "3", "16")
+    assert flags["--http1-header-read-timeout"] == "5000" and flags["--workers-kill-timeout"] == "7"
+    assert "--respawn-failed-workers" in cmd and "--backpressure" not in cmd
+    assert Path(flags["--log-config"]).is_file()
+    unix = front_end_command(ServiceConfig(bind="unix:/tmp/ts.sock"), tmp_path)
+    assert unix[unix.index("--uds") + 1] == "/tmp/ts.sock"
+
+
+def test_gunicorn_runs_the_same_factory_with_its_config(tmp_path):
+    cmd = front_end_command(ServiceConfig(server="gunicorn"), tmp_path)
+    assert cmd == [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.web.app:create_app()"]
+    check = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--check-config",
+                            "service.web.app:create_app()"], capture_output=True, text=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "TRAINSERVE_RUNTIME_SOCKETS": str(tmp_path / "x")})
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_metrics_folder_is_wiped_and_dead_processes_gauges_swept(tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"stale")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    assert prepare_metrics_dir(env, tmp_path) == folder and not any(folder.iterdir())
+    assert prepare_metrics_dir({}, tmp_path) == tmp_path / "metrics"
+    # Live gauge files of a process that has exited and of one that runs (this one).
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for pid in (dead, os.getpid()):
+        (folder / f"gauge_livesum_{pid}.db").write_bytes(b"")
+    sweep_dead_processes(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [f"gauge_livesum_{os.getpid()}.db"]
