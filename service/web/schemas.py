@@ -30,6 +30,15 @@ def _object(value: Any) -> None:
         raise ValidationError("must be an object")
 
 
+def _output_parameters(value: Any) -> None:
+    _object(value)
+    k = value.get("classification")
+    if k is not None and (type(k) is not int or not 0 <= k <= 1000):
+        raise ValidationError("classification must be an integer 0..1000 (0: plain tensors)")
+    if not isinstance(value.get("binary_data", False), bool):
+        raise ValidationError("binary_data must be true or false")
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -58,7 +67,7 @@ class RequestedOutput(_Strict):
     """One OIP output a client asks for; ``parameters.classification: k`` gives top-k strings."""
 
     name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
-    parameters = fields.Raw(load_default=dict, validate=_object,
+    parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
                                       "binary_data: true (raw bytes after the JSON header)"})
 

@@ -92,6 +92,10 @@ def test_a_version_can_be_addressed(client, mnist):
     (lambda b: b["inputs"][0].update(data=[[0] * 784, [0] * 3]), "numbers"),
     (lambda b: b["inputs"][0].update(data=[]), "non-empty"),
     (lambda b: b.update(outputs=[{"name": "embedding"}]), "outputs"),
+    (lambda b: b.update(outputs=[{"name": "label", "parameters": {"classification": "abc"}}]), "classif"),
+    (lambda b: b.update(outputs=[{"name": "label", "parameters": {"classification": -5}}]), "classif"),
+    (lambda b: b.update(outputs=[{"name": "label", "parameters": {"classification": 1e300}}]), "classif"),
+    (lambda b: b.update(outputs=[{"name": "label", "parameters": {"binary_data": "yes"}}]), "binary_data"),
     (lambda b: b.pop("inputs"), "inputs"),
     (lambda b: b.update(surprise=1), "surprise"),
 ])
