@@ -26,6 +26,15 @@ def test_oversized_body_is_413(make_app):
     assert image.status_code == 413
 
 
+def test_a_claimed_length_over_the_limit_is_413_before_anything_is_allocated(make_app):
+    client = make_app(max_request_bytes=4096).test_client()
+    response = client.post("/v2/models/mnist-tiny/infer", data=b"{}" + bytes(20),
+                           headers={"Inference-Header-Content-Length": "2"},
+                           environ_overrides={"CONTENT_LENGTH": str(10**12)})  # a terabyte, claimed
+    assert response.status_code == 413 and "limit is 4096" in response.json["error"]
+    assert client.post("/v1/models/mnist-tiny:predict", json=ZERO).status_code == 200
+
+
 @pytest.fixture
 def special_app(make_app, special_root):
     def build(**overrides):
