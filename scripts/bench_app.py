@@ -77,12 +77,12 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def runtime(model_dir: Path, sock: Path) -> Iterator[Path]:
-    """A model runtime process on ``sock`` for the duration."""
+def runtime(model_dir: Path, sock: Path, **env_extra: str) -> Iterator[Path]:
+    """A model runtime process on ``sock`` for the duration (one torch thread unless ``env_extra`` says)."""
     from service.runtime.client import RuntimeClient
 
-    env = dict(os.environ, TRAINSERVE_MODEL_DIR=str(model_dir), TRAINSERVE_TORCH_THREADS="1",
-               TRAINSERVE_DEVICE="cpu")
+    env = {**os.environ, "TRAINSERVE_MODEL_DIR": str(model_dir), "TRAINSERVE_TORCH_THREADS": "1",
+           "TRAINSERVE_DEVICE": "cpu", **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(sock)], env=env)
     client = RuntimeClient([sock])
     try:

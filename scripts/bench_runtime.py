@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_app import runtime  # noqa: E402
 
 
 def main() -> None:
@@ -54,19 +56,12 @@ def main() -> None:
     folder = list(artifact_dirs(args.model_dir))[-1]
     local = load_model(folder, torch.device("cpu"), half=False, warmup_batch=64)
     with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "runtime.sock"
         metrics = Path(tmp) / "metrics"
         metrics.mkdir()
-        env = dict(os.environ, TRAINSERVE_MODEL_DIR=str(args.model_dir), TRAINSERVE_DEVICE="cpu",
-                   TRAINSERVE_TORCH_THREADS=str(threads), TRAINSERVE_LOG_LEVEL="warning",
-                   PROMETHEUS_MULTIPROC_DIR=str(metrics))
-        proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(sock)], env=env)
-        client = RuntimeClient([sock])
-        try:
-            while not (sock.exists() and client.ready()):
-                if proc.poll() is not None:
-                    raise SystemExit("the model runtime did not start")
-                time.sleep(0.05)
+        env = {"TRAINSERVE_TORCH_THREADS": str(threads), "TRAINSERVE_LOG_LEVEL": "warning",
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        with runtime(args.model_dir, Path(tmp) / "runtime.sock", **env) as sock:
+            client = RuntimeClient([sock])
             model = client.catalog().get(local.manifest.name, local.manifest.version)
             conn = client._acquire(0)  # the protocol's floor, on one slot
             ping = median_us(lambda: conn.call(protocol.PING, 0, 0, 0, time.monotonic() + 5), args.requests)
@@ -87,10 +82,7 @@ def main() -> None:
                 print(f"batch {batch:3}: through the runtime {s:7.1f} us, in-process forward {a:7.1f} us, "
                       f"hand-off {s - a:6.1f} us per request ({(s - a) / batch:5.2f} us per image); "
                       f"pass inside the runtime {inside:7.1f} us (mean), {s - inside:6.1f} us outside it")
-        finally:
             client.close()
-            proc.terminate()
-            proc.wait(30)
 
 
 def compute_totals(folder: Path) -> tuple[float, float]:

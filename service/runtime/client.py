@@ -13,7 +13,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ from service.errors import (
     DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
-    ModelNotFound,
     NotReady,
     QueueFull,
     RuntimeUnavailable,
     ServiceError,
 )
-from service.manifest import Manifest, version_key
+from service.manifest import Manifest
 from service.runtime import protocol
+from service.runtime.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +54,10 @@ class ServedModel:
 
 
 @dataclass
-class Catalog:
-    """Every model a runtime serves, by name and version; the newest version is each name's default."""
+class Catalog(ModelVersions[ServedModel]):
+    """What a runtime serves, as its greeting described it (the lookup is ``ModelVersions``')."""
 
-    models: dict[str, dict[str, ServedModel]] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)  # key -> the runtime's index
-    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
     max_batch_size: int = 1
     generation: tuple[int, float] = (0, 0.0)  # the runtime's pid and start time
 
@@ -71,29 +68,9 @@ class Catalog:
                       generation=(int(data["pid"]), float(data["started"])))
         for index, entry in enumerate(data["models"]):
             model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"])
-            catalog.models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+            catalog.add(model)
             catalog.position[model.key] = index
         return catalog
-
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        """The named model (newest version unless one is given); raise ModelNotFound."""
-        versions = self.models.get(name)
-        if not versions:
-            raise ModelNotFound(f"model {name!r} is not served here")
-        if version is None:
-            version = max(versions, key=version_key)
-        if version not in versions:
-            known = ", ".join(sorted(versions, key=version_key))
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
-        return versions[version]
-
-    def __iter__(self) -> Iterator[ServedModel]:
-        for name in sorted(self.models):
-            versions = self.models[name]
-            yield from (versions[v] for v in sorted(versions, key=version_key))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.models.values())
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO

@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.errors import ModelNotFound
 from service.manifest import (
     Manifest,
     ManifestError,
     artifact_dirs,
     read_manifest,
     verify_checksum,
-    version_key,
 )
+from service.runtime.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -109,36 +108,8 @@ class LoadedModel:
         return x.half() if self.half and x.is_floating_point() else x
 
 
-@dataclass
-class Registry:
-    """Every loaded model, by name and version; the newest version is each name's default."""
-
-    models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
-
-    def add(self, model: LoadedModel) -> None:
-        """Register a loaded model."""
-        self.models.setdefault(model.manifest.name, {})[model.manifest.version] = model
-
-    def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The named model (newest version unless one is given); raise ModelNotFound."""
-        versions = self.models.get(name)
-        if not versions:
-            raise ModelNotFound(f"model {name!r} is not served here")
-        if version is None:
-            version = max(versions, key=version_key)
-        if version not in versions:
-            known = ", ".join(sorted(versions, key=version_key))
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
-        return versions[version]
-
-    def __iter__(self) -> Iterator[LoadedModel]:
-        for name in sorted(self.models):
-            versions = self.models[name]
-            yield from (versions[v] for v in sorted(versions, key=version_key))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.models.values())
+class Registry(ModelVersions[LoadedModel]):
+    """Every loaded model of this runtime, by name and version."""
 
 
 def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batch: int) -> Registry:

@@ -32,6 +32,17 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _wait_until_one_is_queued(url: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        depth = sample(requests.get(f"{url}/metrics", timeout=5).text, "trainserve_queue_depth_requests",
+                       model="slow", version="1")
+        if depth and depth >= 1:
+            return
+        time.sleep(0.01)
+    pytest.fail("requests never queued up")
+
+
 def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                        "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
@@ -39,15 +50,7 @@ def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
     url = f"{server.url}/v1/models/slow:predict"
     with ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # one request runs, another waits in the runtime's queue
-            depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
-                           "trainserve_queue_depth_requests", model="slow", version="1")
-            if depth and depth >= 1:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("requests never queued up")
+        _wait_until_one_is_queued(server.url)  # one request runs, another waits in the runtime
         server.proc.send_signal(signal.SIGTERM)  # with one request running and another queued, at least
         responses = [f.result(60) for f in pending]
     assert [r.status_code for r in responses] == [200] * 4
@@ -133,15 +136,7 @@ def test_a_request_whose_http_worker_dies_gets_its_connection_closed_not_an_answ
     url = f"{server.url}/v1/models/slow:predict"
     with ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # one runs and another waits: at least two are in the worker
-            depth = sample(requests.get(f"{server.url}/metrics", timeout=5).text,
-                           "trainserve_queue_depth_requests", model="slow", version="1")
-            if depth and depth >= 1:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("requests never queued up")
+        _wait_until_one_is_queued(server.url)  # one runs, another waits: two are in the worker
         front = next(p for p in _children(server.proc.pid)
                      if b"service.runtime" not in Path(f"/proc/{p}/cmdline").read_bytes())
         for worker in _children(front):

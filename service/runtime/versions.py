@@ -1,0 +1,50 @@
+"""Models by name and version, the newest version each name's default: the runtime's registry and the
+HTTP side's catalog share this lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from service.errors import ModelNotFound
+from service.manifest import Manifest, version_key
+
+
+class _HasManifest(Protocol):
+    manifest: Manifest
+
+
+M = TypeVar("M", bound=_HasManifest)
+
+
+@dataclass
+class ModelVersions(Generic[M]):
+    """Every model, by name and version; ``refused`` says which artifact folders were not loaded, and why."""
+
+    models: dict[str, dict[str, M]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
+
+    def add(self, model: M) -> None:
+        """Register a model."""
+        self.models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+
+    def get(self, name: str, version: str | None = None) -> M:
+        """The named model (newest version unless one is given); raise ModelNotFound."""
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if version is None:
+            version = max(versions, key=version_key)
+        if version not in versions:
+            known = ", ".join(sorted(versions, key=version_key))
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
+        return versions[version]
+
+    def __iter__(self) -> Iterator[M]:
+        for name in sorted(self.models):
+            versions = self.models[name]
+            yield from (versions[v] for v in sorted(versions, key=version_key))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.models.values())
