@@ -65,12 +65,15 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
         host, _, port = config.bind.rpartition(":")
         where = ["--host", host.strip("[]"), "--port", port]
     return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP, *where,
-            "--http", "1", "--no-ws", "--workers", str(config.worker_count), "--backlog", "2048",
+            "--http", "1", "--no-ws",
+            # One Rust I/O thread a worker, no hand-over between Rust threads (docs/benchmarks.md#front-ends).
+            "--runtime-mode", "st", "--workers", str(config.worker_count), "--backlog", "2048",
             # A client gets this long to send its headers (slow clients cannot hold a thread meanwhile);
             # idle kept-alive connections close after it too.
             "--http1-header-read-timeout", "5000",
             # Each WSGI call blocks its thread while the runtime computes, so a worker needs as many
-            # threads as requests it should hold; backpressure keeps the rest in the socket backlog.
+            # threads as requests it should hold; the rest wait in granian. (--backpressure bounds
+            # connections, not requests: below the kept-alive clients, requests hang.)
             "--blocking-threads", str(config.threads),
             "--respawn-failed-workers", "--respawn-interval", "1",
             "--workers-kill-timeout", str(max(1, round(config.graceful_timeout_s))),
