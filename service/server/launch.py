@@ -29,7 +29,7 @@ log = logging.getLogger("service.launch")
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.web.app:create_app"
 # Runtime exit codes that a restart cannot fix (service/runtime/__main__.py): stop instead of looping.
-_FATAL = {2: "a bad setting", 3: "no loadable model"}
+_FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
 
 
 def runtime_devices(config: ServiceConfig) -> list[str]:
@@ -65,9 +65,7 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
         host, _, port = config.bind.rpartition(":")
         where = ["--host", host.strip("[]"), "--port", port]
     return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP, *where,
-            "--http", "1", "--no-ws",
-            # One Rust I/O thread a worker, no hand-over between Rust threads (docs/benchmarks.md#front-ends).
-            "--runtime-mode", "st", "--workers", str(config.worker_count), "--backlog", "2048",
+            "--http", "1", "--no-ws", "--workers", str(config.worker_count), "--backlog", "2048",
             # A client gets this long to send its headers (slow clients cannot hold a thread meanwhile);
             # idle kept-alive connections close after it too.
             "--http1-header-read-timeout", "5000",

@@ -40,7 +40,6 @@ def test_granian_serves_the_factory_with_bounded_header_reads(tmp_path):
         ("127.0.0.1", "9000", "3", "16")
     assert flags["--http1-header-read-timeout"] == "5000" and flags["--workers-kill-timeout"] == "7"
     assert "--respawn-failed-workers" in cmd and "--backpressure" not in cmd
-    assert flags["--runtime-mode"] == "st"
     assert Path(flags["--log-config"]).is_file()
     unix = front_end_command(ServiceConfig(bind="unix:/tmp/ts.sock"), tmp_path)
     assert unix[unix.index("--uds") + 1] == "/tmp/ts.sock"
