@@ -22,6 +22,7 @@ MODEL_FILE = "model.pt"
 # Names travel in URLs (/v2/models/{name}) and in Prometheus labels: keep them boring.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # no separators: the model file stays in its folder
 
 
 class ManifestError(ValueError):
@@ -93,6 +94,8 @@ class Manifest:
                f"output.shape {self.output.shape} must be ({len(self.labels)},), one score per label")
         _check(len(set(self.labels)) == len(self.labels), "labels must be unique")
         _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256 must be 64 hex digits")
+        _check(bool(_FILE_RE.match(self.file)) and self.file not in (".", ".."),
+               f"file {self.file!r} must be a plain file name inside the artifact folder")
 
     @property
     def num_classes(self) -> int:
@@ -170,6 +173,8 @@ def read_manifest(folder: Path) -> Manifest:
 def verify_checksum(manifest: Manifest, folder: Path) -> Path:
     """Return the model file's path once its sha256 matches the manifest's; raise ManifestError otherwise."""
     path = folder / manifest.file
+    if path.is_symlink():  # a link could point anywhere on the machine
+        raise ManifestError(f"{path} is a symbolic link; the model file must be a regular file in its folder")
     if not path.is_file():
         raise ManifestError(f"{path} does not exist")
     actual = sha256_file(path)

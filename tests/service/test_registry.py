@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -63,6 +64,25 @@ def test_no_loadable_model_is_a_start_up_error(tmp_path, artifact_root):
         load_registry(tmp_path, CPU, half=False, warmup_batch=1)
     with pytest.raises(RegistryError, match="not a folder"):
         load_registry(tmp_path / "missing", CPU, half=False, warmup_batch=1)
+
+
+@pytest.mark.parametrize("file", ["../../escape.pt", "/etc/passwd", "..", "sub/model.pt"])
+def test_a_manifest_whose_file_leaves_its_folder_is_refused(tmp_path, artifact_root, file):
+    folder = tmp_path / "mnist-tiny" / "1"
+    shutil.copytree(artifact_root / "mnist-tiny" / "1", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"file": file}))
+    with pytest.raises(RegistryError, match="plain file name inside the artifact folder"):
+        load_registry(tmp_path, CPU, half=False, warmup_batch=1)
+
+
+def test_a_model_file_that_is_a_symbolic_link_is_refused(tmp_path, artifact_root):
+    folder = tmp_path / "mnist-tiny" / "1"
+    shutil.copytree(artifact_root / "mnist-tiny" / "1", folder)
+    (folder / "model.pt").rename(tmp_path / "elsewhere.pt")
+    (folder / "model.pt").symlink_to(tmp_path / "elsewhere.pt")  # same bytes, same checksum
+    with pytest.raises(RegistryError, match="symbolic link"):
+        load_registry(tmp_path, CPU, half=False, warmup_batch=1)
 
 
 def test_device_resolution():
