@@ -8,14 +8,16 @@ sockets the launcher (``python -m service``) passes in ``TRAINSERVE_RUNTIME_SOCK
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
+from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
 from service.web.api import docs, health, v1, v2
@@ -43,6 +45,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     for blueprint in (health.bp, v2.bp, v1.bp, docs.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
+    app.before_request(_bound_chunked_body)
     app.after_request(_count_request)
     # The app and its imports live as long as the worker: keep the cyclic collector off them.
     gc.collect()
@@ -58,6 +61,24 @@ def _config(test_config: ServiceConfig | Mapping[str, Any] | None) -> ServiceCon
 
 def _start_clock() -> None:
     g.arrived = time.monotonic()
+
+
+def _bound_chunked_body() -> None:
+    """A body sent without Content-Length (chunked) is read here, up to the size limit (413 beyond), and
+    handed on with its length, so every handler and werkzeug's form parser see a sized body. (Werkzeug's
+    own limit on such a body stops reading at the limit without saying so: the request went on cut.)"""
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    stream, chunks, total = request.environ["wsgi.input"], [], 0
+    while chunk := stream.read(min(1 << 16, limit + 1 - total)):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
+                                  "(TRAINSERVE_MAX_REQUEST_BYTES)")
+        chunks.append(chunk)
+    request.environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    request.environ["CONTENT_LENGTH"] = str(total)
 
 
 def _count_request(response: Response) -> Response:

@@ -3,6 +3,7 @@ metrics across workers and the runtime, a runtime crash and its restart, start-u
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -124,6 +126,25 @@ def test_a_crashed_runtime_answers_503_with_retry_after_then_is_restarted(serve,
     server.wait_ready()
     assert requests.post(url, json=ZERO, timeout=30).status_code == 200
     assert "restarting in" in server.log.read_text()
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_one_within_it_is_served(serve, artifact_root, mnist):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
+                    "TRAINSERVE_MAX_REQUEST_BYTES": "4096"})
+    url = f"{server.url}/v1/models/mnist-tiny:classify"
+    png = io.BytesIO()
+    Image.fromarray(mnist["test_x"][0]).save(png, format="PNG")
+
+    def chunked(data: bytes):  # a generator body: requests sends it with Transfer-Encoding: chunked
+        yield from (data[i:i + 1000] for i in range(0, len(data), 1000))
+
+    big = requests.post(url, data=chunked(png.getvalue() + bytes(20000)), timeout=30,
+                        headers={"Content-Type": "image/png"})
+    assert big.status_code == 413 and "limit of 4096 bytes" in big.json()["error"]
+    small = requests.post(url, data=chunked(png.getvalue()), timeout=30,
+                          headers={"Content-Type": "image/png"})
+    assert small.status_code == 200
+    assert small.json()["predictions"][0]["label"] == str(mnist["test_y"][0])
 
 
 def _children(pid: int) -> list[int]:
