@@ -93,21 +93,45 @@ def _decode_pillow(data: bytes, channels: int) -> np.ndarray:
     return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
+_ROWS_PIXELS = 1 << 20  # pixels a temporary array of a large image's rows holds at once
+
+
+def _row_chunks(height: int, width: int) -> range:
+    """Row offsets that split an image into blocks of about _ROWS_PIXELS pixels."""
+    return range(0, height, max(1, _ROWS_PIXELS // max(width, 1)))
+
+
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    # ITU-R 601-2 luma in integer arithmetic, exactly as Pillow's convert("L").
+    # ITU-R 601-2 luma in integer arithmetic, exactly as Pillow's convert("L"); a block of rows at a time,
+    # so a large image costs its uint8 result, not a uint32 copy of itself.
     weights = np.array([19595, 38470, 7471], dtype=np.uint32)
-    return ((rgb[..., :3] @ weights + 0x8000) >> 16).astype(np.uint8)
+    out = np.empty(rgb.shape[:2], np.uint8)
+    step = _row_chunks(*rgb.shape[:2]).step
+    for top in _row_chunks(*rgb.shape[:2]):
+        out[top:top + step] = (rgb[top:top + step, :, :3] @ weights + 0x8000) >> 16
+    return out
 
 
 def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
     # A drawing on a transparent canvas: put it on the ground that contrasts with its strokes, so that the
-    # strokes stay visible whatever colour they are.
-    rgba = rgba.astype(np.float32)
-    alpha = rgba[..., 3] / 255.0
-    ink = (rgba[..., :3].mean(axis=2) * alpha).sum() / max(alpha.sum(), 1.0)
-    ground = 0.0 if ink > 127 else 255.0
-    flat = rgba[..., :3] * alpha[..., None] + ground * (1.0 - alpha[..., None])
-    return flat.round().astype(np.uint8)
+    # strokes stay visible whatever colour they are. Integer arithmetic on blocks of rows: a large image
+    # costs its uint8 result, never a float copy of itself.
+    rows = _row_chunks(*rgba.shape[:2])
+    weighted = opacity = 0  # sum over pixels of (r + g + b) * alpha, and of alpha
+    for top in rows:
+        block = rgba[top:top + rows.step]
+        alpha = block[..., 3].astype(np.uint32)
+        weighted += int((block[..., :3].sum(axis=2, dtype=np.uint32) * alpha).sum(dtype=np.uint64))
+        opacity += int(alpha.sum(dtype=np.uint64))
+    ink = weighted / 3 / 255 / max(opacity / 255, 1.0)  # the strokes' mean level, weighted by opacity
+    ground = 0 if ink > 127 else 255
+    flat = np.empty((*rgba.shape[:2], 3), np.uint8)
+    for top in rows:
+        block = rgba[top:top + rows.step]
+        alpha = block[..., 3:4].astype(np.uint32)
+        mixed = block[..., :3] * alpha + ground * (255 - alpha)  # 255 x the composited value
+        flat[top:top + rows.step] = (2 * mixed + 255) // 510  # rounded (a 255th is never exactly half)
+    return flat
 
 
 def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:

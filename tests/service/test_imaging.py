@@ -119,3 +119,36 @@ def test_size_is_checked_from_the_header_before_decoding(monkeypatch):
         imaging.decode(jpeg)
     with pytest.raises(InvalidInput, match="cannot decode"):
         imaging.decode(jpeg[:30])
+
+
+def _float_flatten(rgba: np.ndarray) -> np.ndarray:
+    """The compositing rule in plain float arithmetic, the reference for the integer implementation."""
+    rgba = rgba.astype(np.float64)
+    alpha = rgba[..., 3] / 255.0
+    ink = (rgba[..., :3].mean(axis=2) * alpha).sum() / max(alpha.sum(), 1.0)
+    ground = 0.0 if ink > 127 else 255.0
+    return (rgba[..., :3] * alpha[..., None] + ground * (1.0 - alpha[..., None])).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transparency_is_flattened_exactly_as_the_float_rule_says(seed):
+    rgba = np.random.default_rng(seed).integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    if seed == 2:
+        rgba[..., :3] //= 8  # dark strokes: a light ground
+    np.testing.assert_array_equal(imaging._flatten_alpha(rgba), _float_flatten(rgba))
+
+
+def test_a_large_transparent_image_costs_about_its_own_size_not_a_float_copy():
+    import tracemalloc
+
+    rgba = np.zeros((4000, 4000, 4), np.uint8)  # 16 megapixels, 64 MB as decoded
+    rgba[1000:3000, 1800:2200] = 255
+    tracemalloc.start()
+    try:
+        grey = imaging._grey(imaging._flatten_alpha(rgba))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert grey.shape == (4000, 4000) and grey[2000, 2000] == 255 and grey[0, 0] == 0
+    # the 48 MB RGB result and the 16 MB grey one, plus blocks of a megapixel: not 16 MP of float32 x 4
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
