@@ -45,7 +45,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     for blueprint in (health.bp, v2.bp, v1.bp, docs.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
-    app.before_request(_bound_chunked_body)
+    app.before_request(_bound_body)
     app.after_request(_count_request)
     # The app and its imports live as long as the worker: keep the cyclic collector off them.
     gc.collect()
@@ -63,13 +63,21 @@ def _start_clock() -> None:
     g.arrived = time.monotonic()
 
 
-def _bound_chunked_body() -> None:
-    """A body sent without Content-Length (chunked) is read here, up to the size limit (413 beyond), and
-    handed on with its length, so every handler and werkzeug's form parser see a sized body. (Werkzeug's
-    own limit on such a body stops reading at the limit without saying so: the request went on cut.)"""
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return
+def _bound_body() -> None:
+    """The one place the body size limit is enforced, before any handler allocates or reads: a declared
+    length over it is 413 at once; a body sent without Content-Length (chunked) is read here, up to the
+    limit (413 beyond), and handed on with its length, so every handler and werkzeug's form parser see a
+    sized body. (Werkzeug's own limit on such a body stops reading at the limit without saying so: the
+    request went on cut.)"""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
+    size = request.content_length
+    if size is not None:
+        if size > limit:
+            raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit} "
+                                  "(TRAINSERVE_MAX_REQUEST_BYTES)")
+        return
+    if not request.environ.get("wsgi.input_terminated"):
+        return
     stream, chunks, total = request.environ["wsgi.input"], [], 0
     while chunk := stream.read(min(1 << 16, limit + 1 - total)):
         total += len(chunk)

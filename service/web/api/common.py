@@ -9,7 +9,7 @@ import orjson
 from flask import Response, current_app, g, request
 from marshmallow import Schema
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, UnsupportedMediaType
 from service.runtime.client import ServedModel
 from service.web import binary, imaging
 from service.web.dataplane import DataPlane
@@ -66,13 +66,10 @@ def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:
 
 def _body_buffer() -> bytearray:
     # A writable buffer the tensors can be read from in place (torch.from_numpy refuses read-only memory).
+    # The app's before_request hook has bounded the size already (and given a chunked body its length).
     size = request.content_length
-    if size is None:  # chunked: no length to allocate up front
+    if size is None:  # no body at all
         return bytearray(request.get_data(cache=False))
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if size > limit:  # before allocating what the header claims
-        raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit} "
-                              "(TRAINSERVE_MAX_REQUEST_BYTES)")
     buffer = bytearray(size)
     view, done, stream = memoryview(buffer), 0, request.stream
     while done < size and (n := stream.readinto(view[done:])):
