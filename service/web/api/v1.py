@@ -16,19 +16,21 @@ bp = Blueprint("v1", __name__, url_prefix="/v1")
 DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
 
 
-def describe(found: ServedModel) -> dict[str, Any]:
+def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
     """A model's summary for the listing."""
     m = found.manifest
     return {"name": m.name, "version": m.version, "architecture": m.architecture, "labels": list(m.labels),
             "input_shape": list(m.input.shape), "test_accuracy": m.metrics.get("test_accuracy"),
-            "ready": plane().model_ready(found)}
+            "ready": ready}
 
 
 @bp.get("/models")
 def list_models() -> Response:
     """Every served model version; ``default`` marks the version a bare name addresses."""
     served = plane().registry
-    return respond({"models": [describe(m) | {"default": m is served.get(m.manifest.name)} for m in served]})
+    ready = plane().ready  # one ping of every runtime for the whole listing, not one per model
+    return respond({"models": [describe(m, ready) | {"default": m is served.get(m.manifest.name)}
+                               for m in served]})
 
 
 @bp.post("/models/<name>:predict")
