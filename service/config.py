@@ -63,8 +63,11 @@ class ServiceConfig:
     server: str = "granian"
     # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
     workers: int = 0
-    # Requests one HTTP worker handles at once (each waits for the model runtime with the GIL released).
-    threads: int = 32
+    # Requests one HTTP worker handles at once. Each holds a thread while its body arrives and while the
+    # runtime computes (GIL released); threads start on demand, so many cost little, and enough of them
+    # keep slow uploads from starving health checks and fast clients, and let the runtime's queue bound
+    # (max_queue, 429 beyond) be reached before requests wait unseen in the front end (docs/operations.md).
+    threads: int = 256
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
     # Intra-op threads of each runtime's torch; 0: a quarter of the cores per runtime, at least one (the

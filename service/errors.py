@@ -40,6 +40,16 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its whole body within the request's deadline (a stalled upload)."""
+
+    status = 408
+
+    def headers(self) -> dict[str, str]:
+        """The connection is not reused: the rest of the body may still be on its way."""
+        return {"Connection": "close"}
+
+
 class UnsupportedMediaType(ServiceError):
     """The body's content type is not one this endpoint reads."""
 
