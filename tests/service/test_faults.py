@@ -4,6 +4,7 @@ time, on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -244,3 +245,27 @@ def test_an_artifact_corrupted_while_serving_does_not_take_the_healthy_ones_down
     gone = requests.post(f"{server.url}/v1/models/mnist-tiny/versions/2:predict", json=ZERO, timeout=30)
     assert gone.status_code == 404 and "error" in gone.json()
     assert re.search(r"refused artifact \S*mnist-tiny/2", server.log.read_text())
+
+
+# --- malformed HTTP --------------------------------------------------------------------------------------
+MALFORMED = {  # what each front end answers itself, before the app runs
+    "a Content-Length that is no number": (b"POST /v1/models/mnist-tiny:classify HTTP/1.1\r\nHost: x\r\n"
+                                           b"Content-Length: abc\r\n\r\n", 400),
+    "two Content-Lengths": (b"POST /v1/models/mnist-tiny:classify HTTP/1.1\r\nHost: x\r\nContent-Length: 3"
+                            b"\r\nContent-Length: 5\r\n\r\nabc", 400),
+    "a 600 KB header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 600_000 + b"\r\n\r\n", 431),
+    "a 100 KB URI": (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "TLS on the plain port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64) + b"\r\n\r\n", 400),
+}
+
+
+def test_malformed_http_gets_its_4xx_from_the_front_end_and_the_service_serves_on(serve, artifact_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    for name, (raw, status) in MALFORMED.items():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            with contextlib.suppress(ConnectionResetError):  # it may answer and close before reading it all
+                sock.sendall(raw)
+            head = sock.recv(4096)
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), (name, head[:200])
+    served = requests.post(f"{server.url}/v1/models/mnist-tiny:predict", json=ZERO, timeout=30)
+    assert served.status_code == 200
