@@ -41,13 +41,11 @@ class PayloadTooLarge(ServiceError):
 
 
 class RequestTimeout(ServiceError):
-    """The client did not send its whole body within the request's deadline (a stalled upload)."""
+    """The client did not send its whole body within the request's deadline (a stalled upload). The
+    front end closes the connection, whose body was not read to its end (an app may not set hop-by-hop
+    headers such as Connection, PEP 3333)."""
 
     status = 408
-
-    def headers(self) -> dict[str, str]:
-        """The connection is not reused: the rest of the body may still be on its way."""
-        return {"Connection": "close"}
 
 
 class UnsupportedMediaType(ServiceError):

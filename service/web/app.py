@@ -85,15 +85,28 @@ def _bound_body() -> None:
     if not size and not request.environ.get("wsgi.input_terminated"):
         return
     wanted = limit + 1 if size is None else size
-    deadline = g.arrived + current_app.config["TRAINSERVE"].request_timeout_s
+    timeout_s = current_app.config["TRAINSERVE"].request_timeout_s
+    deadline = g.arrived + timeout_s
+    # gunicorn hands the app its client socket: a timeout on it ends a read that stalls, not only one that
+    # trickles (granian reads in Rust: there the deadline is checked between blocks).
+    client = request.environ.get("gunicorn.socket")
     stream, chunks, total = request.environ["wsgi.input"], [], 0
-    while total < wanted and (chunk := stream.read(min(1 << 16, wanted - total))):
-        total += len(chunk)
-        chunks.append(chunk)
-        if total < wanted and time.monotonic() > deadline:
-            raise RequestTimeout(f"the body was not received within the request deadline of "
-                                 f"{current_app.config['TRAINSERVE'].request_timeout_s:g} s "
-                                 f"({total} bytes arrived)")
+    try:
+        while total < wanted:
+            if client is not None:
+                client.settimeout(max(deadline - time.monotonic(), 0.001))
+            if not (chunk := stream.read(min(1 << 16, wanted - total))):
+                break
+            total += len(chunk)
+            chunks.append(chunk)
+            if total < wanted and time.monotonic() > deadline:
+                raise TimeoutError
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within the request deadline of {timeout_s:g} s "
+                             f"({total} bytes arrived)") from None
+    finally:
+        if client is not None:
+            client.settimeout(None)
     if total > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (TRAINSERVE_MAX_REQUEST_BYTES)")
     if size is not None and total < size:

@@ -269,3 +269,40 @@ def test_malformed_http_gets_its_4xx_from_the_front_end_and_the_service_serves_o
         assert head.startswith(f"HTTP/1.1 {status} ".encode()), (name, head[:200])
     served = requests.post(f"{server.url}/v1/models/mnist-tiny:predict", json=ZERO, timeout=30)
     assert served.status_code == 200
+
+
+def test_a_stalled_upload_is_answered_408_at_the_deadline(serve, server_name, artifact_root):
+    if server_name == "granian":
+        pytest.skip("granian reads bodies in Rust with no read timeout: a stalled upload holds its thread "
+                    "until the client leaves (docs/operations.md#slow-clients)")
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
+                    "TRAINSERVE_REQUEST_TIMEOUT_S": "2"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/models/mnist-tiny:classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + bytes(10))  # ... and then nothing
+        received = b""
+        while b"}" not in received and (chunk := sock.recv(4096)):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"not received within the request deadline of 2 s" in body
+
+
+# --- runtimes --------------------------------------------------------------------------------------------
+def test_with_two_runtimes_a_killed_one_costs_no_request_and_no_readiness(serve, artifact_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
+                    "TRAINSERVE_RUNTIMES": "2"})
+    url = f"{server.url}/v1/models/mnist-tiny:predict"
+    runtimes = [p for p in _children(server.proc.pid)
+                if b"service.runtime" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(runtimes) == 2
+    with ThreadPoolExecutor(4) as pool:
+        assert all(r.status_code == 200 for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),
+                                                          range(8)))  # both runtimes have connections
+        os.kill(runtimes[0], signal.SIGKILL)
+        answers = list(pool.map(lambda _: requests.post(url, json=ZERO, timeout=30), range(16)))
+        assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 200
+    assert [a.status_code for a in answers] == [200] * 16
+    deadline = time.monotonic() + 120  # and the lost one is started again
+    while "restarting in" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "restarting in" in server.log.read_text()
