@@ -5,11 +5,14 @@ never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.config import ServiceConfig
+from service.errors import ArtifactFileNotFound
+from service.manifest import REPORT_FILES
 from service.metrics import Metrics
 from service.runtime.client import Catalog, RuntimeClient, ServedModel
 from service.web.inference import OUTPUTS
@@ -45,6 +48,23 @@ class DataPlane:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
         return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
 
+    def report_files(self, model: ServedModel) -> list[str]:
+        """The plots training wrote into this model's artifact folder, of REPORT_FILES, in that order."""
+        folder = self._folder(model)
+        return [name for name in REPORT_FILES if _plain_file(folder / name)]
+
+    def report_file(self, model: ServedModel, name: str) -> Path:
+        """The path of one of those plots (ArtifactFileNotFound for any other name, or a missing file)."""
+        path = self._folder(model) / name
+        if name not in REPORT_FILES or not _plain_file(path):
+            known = ", ".join(self.report_files(model)) or "none"
+            raise ArtifactFileNotFound(f"model {model.key} has no file {name!r} (it has {known})")
+        return path
+
+    def _folder(self, model: ServedModel) -> Path:
+        # The runtimes read the same folder: <model_dir>/<name>/<version>/, as the manifest's check demands.
+        return (self.config.model_dir / model.manifest.name / model.manifest.version).absolute()
+
     def close(self) -> None:
         """Close the connections to the runtimes."""
         self.client.close()
@@ -69,3 +89,8 @@ class DataPlane:
                            "device": model.device, "test_accuracy": m.metrics.get("test_accuracy")},
         }
 
+
+
+def _plain_file(path: Path) -> bool:
+    # A link could point anywhere on the machine (the model file's own rule, service/manifest.py).
+    return path.is_file() and not path.is_symlink()
