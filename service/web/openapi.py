@@ -100,7 +100,7 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, response: A
                example: str) -> dict[str, Any]:
     params = [p for p in (_NAME, _VERSION, _FILE) if "{" + p["name"] + "}" in path]
     ok: dict[str, Any] = {"description": "OK"}
-    if response in _MEDIA:
+    if isinstance(response, str) and response in _MEDIA:
         ok["content"] = {_MEDIA[response]: {"schema": {"type": "string"}}}
     elif response is not None:
         ok["content"] = {"application/json": {"schema": response}}
