@@ -130,7 +130,7 @@
       : (Array.isArray(prediction.labels) ? prediction.labels : labels.filter((l) => probabilities[l] >= cut));
     predictionBox.textContent = picked.length ? picked.join(", ") : "none";
     confidenceBox.textContent = cut === null ? percent(probabilities[prediction.label])
-      : `each label at or over ${cut}`;
+      : `labels at or over the threshold, ${cut}`;
     thresholdNote.hidden = cut === null;
     thresholdNote.textContent = cut === null ? "" : `The red mark is the decision threshold, ${cut}.`;
     latencyBox.textContent = `${Math.round(elapsed)} ms round trip (${model.name} v${model.version})`;
