@@ -5,6 +5,7 @@ never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,14 @@ class DataPlane:
         return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
 
     def report_files(self, model: ServedModel) -> list[str]:
-        """The plots training wrote into this model's artifact folder, of REPORT_FILES, in that order."""
-        folder = self._folder(model)
-        return [name for name in REPORT_FILES if _plain_file(folder / name)]
+        """The plots (PNG files) training wrote into this model's artifact folder: REPORT_FILES first."""
+        found = sorted(p.name for p in self._folder(model).glob("*.png") if _plot(p))
+        return [n for n in REPORT_FILES if n in found] + [n for n in found if n not in REPORT_FILES]
 
     def report_file(self, model: ServedModel, name: str) -> Path:
-        """The path of one of those plots (ArtifactFileNotFound for any other name, or a missing file)."""
+        """The path of one of those plots (ArtifactFileNotFound for any other file, or a missing one)."""
         path = self._folder(model) / name
-        if name not in REPORT_FILES or not _plain_file(path):
+        if not _plot(path):
             known = ", ".join(self.report_files(model)) or "none"
             raise ArtifactFileNotFound(f"model {model.key} has no file {name!r} (it has {known})")
         return path
@@ -91,6 +92,10 @@ class DataPlane:
 
 
 
-def _plain_file(path: Path) -> bool:
-    # A link could point anywhere on the machine (the model file's own rule, service/manifest.py).
-    return path.is_file() and not path.is_symlink()
+_PLOT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\.png$")
+
+
+def _plot(path: Path) -> bool:
+    # Only PNGs, by a plain name, in the folder itself; not a link, which could point anywhere on the
+    # machine (the model file's own rule, service/manifest.py).
+    return bool(_PLOT_NAME.match(path.name)) and path.is_file() and not path.is_symlink()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.manifest import read_manifest
+from service.manifest import REPORT_FILES, read_manifest
 from service.web import imaging
 from service.web.card import duration, sections
 from service.web.stats import quantile
+from training import reports
 
 HOOKS = ("pad", "upload", "model", "prediction", "probabilities", "preview")
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +101,19 @@ def test_plots_are_served_from_the_artifact_and_nothing_else_is(ui_client, ui_ro
         assert response.status_code == 404 and "error" in response.json, name
     linked = ui_client.get("/v1/models/mnist-tiny/versions/1/files/curves.png")
     assert linked.status_code == 404  # a link could point anywhere: not handed out
+    # The plots the page names first are the ones training draws.
+    assert REPORT_FILES == (reports.CURVES_FILE, reports.CONFUSION_FILE, reports.MISTAKES_FILE)
+
+
+def test_any_other_plot_training_adds_is_listed_and_served_after_the_usual_ones(make_app, ui_root, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(ui_root / "mnist-cnn", root / "mnist-cnn")
+    (root / "mnist-cnn" / "1" / "roc.png").write_bytes((root / "mnist-cnn" / "1" / "curves.png").read_bytes())
+    client = make_app(model_dir=root).test_client()
+    assert client.get("/v1/models/mnist-cnn/manifest").json["reports"] == [*REPORT_FILES, "roc.png"]
+    with client.get("/v1/models/mnist-cnn/versions/1/files/roc.png") as response:
+        assert response.status_code == 200
+    assert 'files/roc.png"' in client.get("/ui/models/mnist-cnn/1").get_data(as_text=True)
 
 
 def test_model_page_shows_the_manifest_plots_and_live_figures(ui_client):

@@ -79,7 +79,7 @@ def manifest(name: str, version: str | None = None) -> Response:
 
 @bp.get("/models/<name>/versions/<version>/files/<file>")
 def report_file(name: str, version: str, file: str) -> Response:
-    """One of the plots training wrote into the artifact: curves.png, confusion.png, mistakes.png."""
+    """A plot training wrote into the artifact (a PNG beside the model: curves.png, confusion.png...)."""
     path = plane().report_file(model(name, version), file)
     return send_file(path, mimetype="image/png", max_age=3600)  # an artifact version never changes
 
