@@ -77,11 +77,15 @@ class Tab:
     def answered(self) -> int:
         return int(self.page.get_attribute("#result", "data-answered"))
 
-    def wait_answer(self, before: int) -> str:
-        """Wait for the answer after ``before`` answers; return the predicted class shown."""
+    def wait_answered(self, before: int) -> str:
+        """Wait for the answer after ``before`` answers; return the page's state: done or error."""
         self.page.wait_for_function("n => Number(document.querySelector('#result').dataset.answered) > n",
                                     arg=before, timeout=WAIT_MS)
-        assert self.page.get_attribute("#result", "data-state") == "done", self.page.inner_text("#error")
+        return self.page.get_attribute("#result", "data-state")
+
+    def wait_answer(self, before: int) -> str:
+        """Wait for a good answer after ``before`` answers; return the predicted class shown."""
+        assert self.wait_answered(before) == "done", self.page.inner_text("#error")
         return self.page.get_by_test_id("prediction").inner_text()
 
     def draw(self, stroke: list[tuple[float, float]]) -> dict:
@@ -158,6 +162,23 @@ def test_uploading_an_image_classifies_it(tab, mnist, tmp_path, kind):
     tab.page.get_by_label("Upload an image").set_input_files(str(path))
     assert tab.wait_answer(before) == str(mnist["test_y"][index])
     assert tab.preview().max() == 255  # the digit, stretched to full contrast as the model got it
+
+
+def test_a_file_that_is_no_image_gets_the_services_reason_and_the_page_goes_on(tab, mnist, tmp_path):
+    tab.open("/")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(text))
+    assert tab.wait_answered(before) == "error"
+    assert "cannot decode the image" in tab.page.get_by_role("alert").inner_text()
+    tab.problems = [p for p in tab.problems if "status of 400" not in p]  # the browser logs the 400 itself
+    good = tmp_path / "digit.png"
+    good.write_bytes(image_file(mnist["test_x"][0], "PNG"))
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(good))
+    assert tab.wait_answer(before) == str(mnist["test_y"][0])
+    assert tab.page.get_by_role("alert").is_hidden()
 
 
 def test_dropping_an_image_on_the_pad_classifies_it(tab, mnist):

@@ -97,8 +97,9 @@
                 ":classify?include_input=true";
     const started = performance.now();
     try {
-      const response = await fetch(url, {method: "POST", body: blob,
-                                         headers: {"Content-Type": blob.type || "application/octet-stream"}});
+      // A file the browser does not type as an image goes as bytes: the service says whether it can read it.
+      const type = blob.type.startsWith("image/") ? blob.type : "application/octet-stream";
+      const response = await fetch(url, {method: "POST", body: blob, headers: {"Content-Type": type}});
       const body = await response.json();
       const elapsed = performance.now() - started;
       if (id !== sequence) return;  // a newer request is on its way: show that one
