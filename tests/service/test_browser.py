@@ -225,6 +225,23 @@ def test_controls_are_labelled_and_reachable_from_the_keyboard(tab):
     assert page.get_by_role("img", name="Drawing pad").count() == 1
 
 
+def test_axe_finds_no_accessibility_violations_on_any_page(tab):
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright",
+                              reason="pip install axe-playwright-python (the dev extra)")
+    tab.open("/")
+    before = tab.answered()
+    tab.draw(SEVEN)
+    tab.wait_answer(before)  # with the answer, its chart and preview on the page
+    pages = {"/": axe.Axe().run(tab.page)}
+    tab.open("/ui/models/mnist-cnn/1").wait_for_selector('#live[data-refreshes="1"]')
+    pages["/ui/models/mnist-cnn/1"] = axe.Axe().run(tab.page)
+    tab.open("/docs")
+    pages["/docs"] = axe.Axe().run(tab.page)
+    found = {path: [(v["id"], v["nodes"][0]["failureSummary"]) for v in result.response["violations"]]
+             for path, result in pages.items()}
+    assert found == {path: [] for path in pages}, found
+
+
 def test_the_model_page_shows_its_plots_and_live_figures(tab, site, mnist):
     page = tab.open("/ui/models/mnist-cnn/1")
     page.wait_for_selector('#live[data-refreshes="1"]')

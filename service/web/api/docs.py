@@ -16,18 +16,20 @@ bp = Blueprint("docs", __name__)
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ spec.info.title }} API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
 code,pre{font:13px ui-monospace,monospace;background:#f4f4f4;border-radius:4px}
 pre{padding:.6em;overflow-x:auto} .op{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.2em 1em}
-.m{display:inline-block;min-width:4em;font-weight:bold} .get{color:#0a6} .post{color:#06c}
+.m{display:inline-block;min-width:4em;font-weight:bold} .get{color:#00734a} .post{color:#0453a8}
 table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top:1px solid #eee}
-</style></head><body>
+</style></head><body><main>
 <h1>{{ spec.info.title }} {{ spec.info.version }}</h1>
 <p>{{ spec.info.description }} Machine-readable: <a href="openapi.json">openapi.json</a>.</p>
 <p><strong>Try it:</strong> <a href="/">draw or upload a digit</a> and see every served model's answer
 (the page calls the routes below, as any client would); each model has a page at
 <code>/ui/models/{name}/{version}</code>.</p>
+<h2>Routes</h2>
 {% for path, ops in spec.paths.items() %}{% for method, op in ops.items() %}
 <div class="op"><h3><span class="m {{ method }}">{{ method.upper() }}</span> <code>{{ path }}</code></h3>
 <p>{{ op.summary }}{% if path.endswith(":classify") %} (<a href="/">try it</a>){% endif %}</p>
@@ -41,8 +43,8 @@ table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top
 </div>{% endfor %}{% endfor %}
 <h2>Schemas</h2>
 {% for name, schema in spec.components.schemas.items() %}
-<h3>{{ name }}</h3><pre>{{ pretty(schema) }}</pre>{% endfor %}
-</body></html>"""
+<h3>{{ name }}</h3><pre tabindex="0">{{ pretty(schema) }}</pre>{% endfor %}
+</main></body></html>"""
 
 
 def _spec() -> dict[str, Any]:
