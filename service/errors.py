@@ -34,6 +34,12 @@ class ModelNotFound(ServiceError):
     status = 404
 
 
+class ArtifactFileNotFound(ServiceError):
+    """The model's artifact has no such file, or not one the service hands out."""
+
+    status = 404
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is over TRAINSERVE_MAX_REQUEST_BYTES."""
 

@@ -9,10 +9,12 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_mp
+from prometheus_client.metrics_core import Metric
 
 from service.runtime.batching import BatchStats
 
@@ -79,11 +81,18 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition of every worker's samples (or this process's, outside gunicorn)."""
+        return generate_latest(self._scrape())
+
+    def families(self) -> Iterable[Metric]:
+        """The metric families a scrape would show, as prometheus_client objects."""
+        return self._scrape().collect()
+
+    def _scrape(self) -> CollectorRegistry:
         if self.multiproc_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         scrape = CollectorRegistry()
         prom_mp.MultiProcessCollector(scrape, path=str(self.multiproc_dir))
-        return generate_latest(scrape)
+        return scrape
 
 
 class BatchRecorder:

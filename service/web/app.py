@@ -20,7 +20,7 @@ from service.config import ConfigError, ServiceConfig
 from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
-from service.web.api import docs, health, v1, v2
+from service.web.api import docs, health, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
 from service.web.errors import register_error_handlers
@@ -42,7 +42,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
-    for blueprint in (health.bp, v2.bp, v1.bp, docs.bp):
+    for blueprint in (health.bp, v2.bp, v1.bp, docs.bp, ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.before_request(_bound_body)

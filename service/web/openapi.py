@@ -40,6 +40,17 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
     ("/v1/models/{name}/versions/{version}:classify", "post", "Classify images with one version",
      {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
      _INFER_ERRORS, ""),
+    ("/v1/models/{name}/manifest", "get", "The model's manifest (newest version) and its plots' file names",
+     None, _JSON, ("404",), ""),
+    ("/v1/models/{name}/versions/{version}/manifest", "get",
+     "One version's manifest and its plots' file names", None, _JSON, ("404",), ""),
+    ("/v1/models/{name}/versions/{version}/files/{file}", "get",
+     "A plot training wrote into the artifact (a PNG: curves.png, confusion.png, mistakes.png...)", None,
+     "png", ("404",), ""),
+    ("/v1/models/{name}/stats", "get", "Live figures (newest version): requests, latency percentiles, "
+     "batch sizes, from the service's metrics", None, _JSON, ("404",), ""),
+    ("/v1/models/{name}/versions/{version}/stats", "get", "Live figures of one version", None, _JSON,
+     ("404",), ""),
     ("/v2", "get", "OIP server metadata", None, _JSON, (), ""),
     ("/v2/health/live", "get", "OIP liveness", None, _JSON, (), ""),
     ("/v2/health/ready", "get", "OIP readiness", None, _JSON, ("503",), ""),
@@ -55,7 +66,21 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
      {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS, ""),
     ("/openapi.json", "get", "This document", None, _JSON, (), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, None, (), ""),
+    ("/", "get", "The web page: draw or upload a digit, see every served model's answer", None, "html", (),
+     ""),
+    ("/ui/", "get", "The same web page", None, "html", (), ""),
+    ("/ui/models/{name}", "get", "A model's page (newest version)", None, "html", ("404",), ""),
+    ("/ui/models/{name}/{version}", "get", "A model's page: its manifest, plots and live figures", None,
+     "html", ("404",), ""),
 ]
+_FILE = {"name": "file", "in": "path", "required": True, "schema": {"type": "string"},
+         "example": "curves.png"}
+_CLASSIFY_QUERY = [
+    {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "true: each prediction carries `input`, the preprocessed image as the model received it"},
+]
+_MEDIA = {"png": "image/png", "html": "text/html"}
 
 
 def build_spec(version: str = "0.1.0") -> dict[str, Any]:
@@ -73,9 +98,11 @@ def build_spec(version: str = "0.1.0") -> dict[str, Any]:
 
 def _operation(path: str, summary: str, body: dict[str, Any] | None, response: Any, errors: tuple[str, ...],
                example: str) -> dict[str, Any]:
-    params = [p for p in (_NAME, _VERSION) if "{" + p["name"] + "}" in path]
+    params = [p for p in (_NAME, _VERSION, _FILE) if "{" + p["name"] + "}" in path]
     ok: dict[str, Any] = {"description": "OK"}
-    if response is not None:
+    if isinstance(response, str) and response in _MEDIA:
+        ok["content"] = {_MEDIA[response]: {"schema": {"type": "string"}}}
+    elif response is not None:
         ok["content"] = {"application/json": {"schema": response}}
     op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {"200": ok}}
     for status in errors:
@@ -87,7 +114,7 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, response: A
         if example:
             op["description"] = f"Example body: `{example}`"
     if path.endswith(":classify"):
-        op["parameters"].append({"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}})
+        op["parameters"] += _CLASSIFY_QUERY
     return op
 
 

@@ -117,6 +117,9 @@ class Prediction(Schema):
 
     label = fields.String()
     probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+    input = fields.List(fields.Raw(), metadata={
+        "description": "with include_input=true: the example exactly as the model received it after "
+                       "decoding and preprocessing, uint8 pixels nested [C][H][W] (e.g. [1][28][28])"})
 
 
 class PredictResponse(Schema):
@@ -131,6 +134,8 @@ class ClassifyArgs(_Strict):
     """Query string of the image upload endpoint."""
 
     top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    include_input = fields.Boolean(load_default=False, metadata={
+        "description": "true: each prediction also carries the preprocessed input the model received"})
 
 
 class Error(Schema):

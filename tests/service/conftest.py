@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.
     broken = export(model, _info("tampered", "tiny-cnn", "1", accuracy), root, probe)
     with (broken / "model.pt").open("ab") as fh:
         fh.write(b"tampered")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ui_root(tmp_path_factory: pytest.TempPathFactory, artifact_root: Path) -> Path:
+    """models/ for the web pages: the shipped mnist-cnn (with the plots its training wrote) beside
+    mnist-tiny 1 and 2, whose version 1 has a curves.png that is a symbolic link (never handed out)."""
+    root = tmp_path_factory.mktemp("ui-models")
+    shutil.copytree(REPO / "models" / "mnist-cnn", root / "mnist-cnn")
+    shutil.copytree(artifact_root / "mnist-tiny", root / "mnist-tiny")
+    (root / "mnist-tiny" / "1" / "curves.png").symlink_to(REPO / "models" / "mnist-cnn" / "1" / "curves.png")
     return root
 
 
@@ -312,4 +324,16 @@ def serve(tmp_path: Path, server_name: str) -> Iterator[Callable[[dict[str, str]
 
     yield start
     for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, ui_root: Path) -> Iterator[Service]:
+    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian."""
+    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1"},
+                      tmp_path_factory.mktemp("site"), "granian")
+    try:
+        service.wait_ready()
+        yield service
+    finally:
         service.stop()
