@@ -10,13 +10,16 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
+# A bearer token (RFC 6750 token68 characters): long enough not to be guessed, short enough to bound.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
 
 
@@ -92,6 +95,19 @@ class ServiceConfig:
     graceful_timeout_s: float = 30.0
     # prometheus_client's own variable; the launcher prepares it (a private folder when it is missing).
     prometheus_multiproc_dir: Path | None = None
+    # The model repository API (POST /v2/repository/...) is off unless this is set; then it takes
+    # `Authorization: Bearer <token>`. Kept out of repr so that logging the settings never shows it.
+    management_token: str = field(default="", repr=False)
+    # One line per request from the app (method, path, status, bytes, duration, request id); off by
+    # default because it costs throughput and the requests metric counts every request anyway.
+    access_log: bool = False
+    # Origins allowed to call the API from a browser (comma-separated, or *); empty: no CORS headers.
+    cors_origins: str = ""
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The allowed CORS origins."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def worker_count(self) -> int:
@@ -122,7 +138,8 @@ class ServiceConfig:
             try:
                 values[f.name] = parse(raw.strip())
             except (ValueError, TypeError):
-                raise ConfigError(f"{var}={raw!r} is not valid: expected {rule}") from None
+                shown = "<hidden>" if f.name in _SECRETS else repr(raw)
+                raise ConfigError(f"{var}={shown} is not valid: expected {rule}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> ServiceConfig:
@@ -138,7 +155,8 @@ class ServiceConfig:
             value = getattr(self, name)
             check = _CHECKS.get(name)
             if check is not None and value is not None and not check(value):
-                raise ConfigError(f"{name}={value!r} is not valid: expected {rule}")
+                shown = "<hidden>" if name in _SECRETS else repr(value)
+                raise ConfigError(f"{name}={shown} is not valid: expected {rule}")
 
 
 def _bool(raw: str) -> bool:
@@ -166,6 +184,9 @@ def _matching(pattern: re.Pattern[str]) -> Callable[[str], str]:
     return parse
 
 
+# Settings whose value never appears in a message.
+_SECRETS = frozenset({"management_token"})
+
 _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model_dir": (Path, "a folder path"),
     "device": (_matching(_DEVICE_RE), "auto, cpu, cuda or cuda:N"),
@@ -187,6 +208,9 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
                   "debug, info, warning, error or critical"),
     "graceful_timeout_s": (float, "seconds >= 0"),
     "prometheus_multiproc_dir": (Path, "a folder path"),
+    "management_token": (str, "a token of 16 to 256 visible ASCII characters"),
+    "access_log": (_bool, "0 or 1"),
+    "cors_origins": (str, "origins such as https://app.example.com, comma-separated, or *"),
 }
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -205,4 +229,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "log_format": lambda v: v in ("text", "json"),
     "log_level": lambda v: v in ("debug", "info", "warning", "error", "critical"),
     "graceful_timeout_s": lambda v: v >= 0,
+    "management_token": lambda v: v == "" or bool(_TOKEN_RE.match(v)),
+    "cors_origins": lambda v: all(o == "*" or _ORIGIN_RE.match(o) for o in
+                                  (p.strip() for p in v.split(",")) if o),
 }

@@ -28,6 +28,22 @@ class InvalidInput(ServiceError):
     status = 400
 
 
+class Unauthorized(ServiceError):
+    """A management request without a bearer token."""
+
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        """Say which scheme is expected (RFC 6750)."""
+        return {"WWW-Authenticate": 'Bearer realm="trainserve"'}
+
+
+class Forbidden(ServiceError):
+    """A wrong token, management turned off, or a CORS preflight from an origin that is not allowed."""
+
+    status = 403
+
+
 class ModelNotFound(ServiceError):
     """No such model or version."""
 
@@ -90,6 +106,12 @@ class RuntimeUnavailable(NotReady):
     def headers(self) -> dict[str, str]:
         """Tell the client when to come back."""
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotSupported(ServiceError):
+    """A protocol route this service knows but does not implement (KServe's explain: no explainer)."""
+
+    status = 501
 
 
 class DeadlineExceeded(ServiceError):

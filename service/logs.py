@@ -1,21 +1,38 @@
-"""Log formatting for the service: plain text or one JSON object per line (for log shippers)."""
+"""Log formatting for the service: plain text or one JSON object per line (for log shippers), each line
+with the id of the HTTP request it belongs to ("-" outside a request)."""
 
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
-_TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+_TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(request_id)s]: %(message)s"
+
+# Set by the web app for the request a thread is handling (service/web/operability.py).
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record the current request's id, so that any logger's lines can be joined up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate; never drop."""
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, process, message (and the traceback, if any)."""
+    """One JSON object per record: time, level, logger, process, request id, message (and traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
-                                 "logger": record.name, "pid": record.process, "message": record.getMessage()}
+                                 "logger": record.name, "pid": record.process,
+                                 "request_id": getattr(record, "request_id", "-"),
+                                 "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -24,17 +41,19 @@ class JsonFormatter(logging.Formatter):
 def logging_config(log_format: str, level: str) -> dict[str, Any]:
     """A logging.config.dictConfig for the service's and the front end's loggers, to stderr."""
     formatter = {"()": "service.logs.JsonFormatter"} if log_format == "json" else {"format": _TEXT}
-    handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+    handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr",
+               "filters": ["request_id"]}
     return {
         "version": 1,
         "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "service.logs.RequestIdFilter"}},
         "formatters": {"default": formatter},
         "handlers": {"stderr": handler},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-            # Access lines cost throughput, so they are shown only at debug level (the requests metric
-            # counts every request).
+            # The front ends' own access lines are shown only at debug level: TRAINSERVE_ACCESS_LOG turns
+            # on the app's, which carry the request id and read the same on both front ends.
             "gunicorn.access": {"level": "INFO" if level == "debug" else "WARNING", "handlers": ["stderr"],
                                 "propagate": False},
             "_granian": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},

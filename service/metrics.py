@@ -9,6 +9,7 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +40,16 @@ class Metrics:
         self.request_seconds = Histogram("trainserve_request_duration_seconds",
                                          "Time from request arrival to response, by model and endpoint",
                                          ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Triton's success/fail statistics per model version (GET /v2/models/stats): the request's whole
+        # time in the service, as request_duration_seconds, by outcome (success: a 2xx answer).
+        self.inference_seconds = Histogram("trainserve_inference_seconds",
+                                           "Inference requests from arrival to answer, by model version and "
+                                           "outcome", ["model", "version", "outcome"],
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.last_inference = Gauge("trainserve_last_inference_timestamp_seconds",
+                                    "When the model version last ran a batch (Unix time)",
+                                    ["model", "version"],
+                                    multiprocess_mode="max", registry=r)
         self.queue_wait = Histogram("trainserve_queue_wait_seconds",
                                     "Time a request waited in its model's queue before its forward pass",
                                     ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -75,6 +86,10 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def inference_done(self, model: str, version: str, success: bool, seconds: float) -> None:
+        """Count one inference request of a known model version, by outcome."""
+        self.inference_seconds.labels(model, version, "success" if success else "fail").observe(seconds)
+
     def observer(self, model: str, version: str) -> BatchRecorder:
         """The batcher observer for one model version."""
         return BatchRecorder(self, model, version)
@@ -105,6 +120,7 @@ class BatchRecorder:
         self._size = metrics.batch_size.labels(model, version)
         self._images = metrics.images.labels(model, version)
         self._failed = metrics.failed_batches.labels(model, version)
+        self._last = metrics.last_inference.labels(model, version)
         self._depth.set(0)
 
     def queue_depth(self, depth: int) -> None:
@@ -117,6 +133,7 @@ class BatchRecorder:
             self._wait.observe(wait)
         self._compute.observe(stats.compute_s)
         self._size.observe(stats.rows)
+        self._last.set(time.time())
         if stats.failed:
             self._failed.inc()
         else:

@@ -20,10 +20,12 @@ from service.config import ConfigError, ServiceConfig
 from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
-from service.web.api import docs, health, ui, v1, v2
+from service.web import encoding, operability
+from service.web.api import docs, health, kserve, repository, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
 from service.web.errors import register_error_handlers
+from service.web.stats import INFERENCE_ENDPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,14 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
-    for blueprint in (health.bp, v2.bp, v1.bp, docs.bp, ui.bp):
+    for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, v1.bp, kserve.bp, docs.bp, ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.before_request(_bound_body)
+    app.before_request(encoding.decode_body)  # the body as read, bounded, then decoded within the limit
+    # after_request hooks run last-registered first: compression sees the final response.
+    app.after_request(encoding.compress_response)
+    operability.install(app)  # the request id is taken before every other hook
     app.after_request(_count_request)
     app.teardown_request(_request_gone)
     # The app and its imports live as long as the worker: keep the cyclic collector off them.
@@ -118,6 +124,9 @@ def _bound_body() -> None:
 def _count_request(response: Response) -> Response:
     endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
     now = time.monotonic()
-    plane().metrics.request_done(g.get("model", ""), endpoint, response.status_code,
-                                 now - g.get("arrived", now))
+    took = now - g.get("arrived", now)
+    metrics = plane().metrics
+    metrics.request_done(g.get("model", ""), endpoint, response.status_code, took)
+    if endpoint in INFERENCE_ENDPOINTS and "version" in g:
+        metrics.inference_done(g.model, g.version, response.status_code < 400, took)
     return response

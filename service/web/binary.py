@@ -24,11 +24,12 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
+from service.web.inference import DATATYPES
 
 HEADER = "Inference-Header-Content-Length"
 
 # OIP datatype -> little-endian numpy dtype, for the tensors this service reads or writes as raw bytes.
-_DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+_DTYPES = {name: np.dtype(dtype).newbyteorder("<") for name, dtype in DATATYPES.items()}
 
 
 def split(body: bytes | bytearray | memoryview, header_length: str) -> tuple[memoryview, memoryview]:

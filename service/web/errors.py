@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service.errors import ServiceError
@@ -35,9 +35,21 @@ def register_error_handlers(app: Flask) -> None:
         # Unknown routes (404), wrong methods (405) and werkzeug's own 413 for oversized bodies.
         headers = dict(exc.get_headers()) if exc.code == 405 else {}
         headers.pop("Content-Type", None)
-        return error_response(exc.code or 500, exc.description or exc.name, headers)
+        return error_response(exc.code or 500, _message(exc), headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
         return error_response(500, "internal server error")
+
+
+def _message(exc: HTTPException) -> str:
+    # werkzeug's descriptions are written for a browser ("If you entered the URL manually..."): an API
+    # client is told what was asked and where the routes are described.
+    path = request.path[:200]
+    if exc.code == 404:
+        return f"no route {request.method} {path}: the API is described at /docs"
+    if exc.code == 405:
+        allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
+        return f"{request.method} is not allowed on {path} (allowed: {allowed or 'none'})"
+    return exc.description or exc.name

@@ -15,8 +15,13 @@ import numpy as np
 from service.errors import InvalidInput
 from service.manifest import InputSpec
 
-# Open Inference Protocol datatype -> numpy dtype, for the inputs the module takes.
-DATATYPES: dict[str, type[np.generic]] = {"FP32": np.float32, "UINT8": np.uint8}
+# Open Inference Protocol datatype -> numpy dtype, for the numeric inputs a request may send. The model
+# takes FP32 (or UINT8 pixels): other types are converted when every value fits, refused otherwise.
+DATATYPES: dict[str, type[np.generic]] = {
+    "FP32": np.float32, "UINT8": np.uint8, "FP16": np.float16, "FP64": np.float64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 OUTPUTS = ("logits", "probabilities", "label")
 
@@ -36,9 +41,11 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
     FP32 values must be finite and inside ``spec.range``; UINT8 values integers in 0..255. ``shape`` is
     the declared one (the OIP ``shape``); None means "infer it from nested data" (the v1 API).
     """
-    if datatype not in DATATYPES or (datatype == "UINT8" and not spec.accepts_uint8):
-        allowed = "FP32 or UINT8" if spec.accepts_uint8 else "FP32"
-        raise InvalidInput(f"datatype {datatype!r} is not supported: use {allowed}")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"datatype {datatype!r} is not supported: use {', '.join(DATATYPES)}")
+    if datatype not in _FLOATS and not spec.accepts_uint8:
+        raise InvalidInput(f"datatype {datatype!r} is not supported by this model (it takes no pixels "
+                           "0..255): use FP32, FP16 or FP64")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
@@ -58,13 +65,15 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
 
 
 def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarray:
-    if datatype == "UINT8":
+    # Integers are pixels 0..255 (a model that takes no UINT8 refused them above).
+    if datatype not in _FLOATS:
         if arr.dtype == np.uint8:
             return arr  # binary data: every byte is a valid pixel
         if arr.dtype.kind == "f":
-            raise InvalidInput("UINT8 data must be integers 0..255")
+            raise InvalidInput(f"{datatype} data must be integers 0..255")
         if arr.min() < 0 or arr.max() > 255:
-            raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min()}..{arr.max()}")
+            raise InvalidInput(f"{datatype} values must be in 0..255 to be pixels, "
+                               f"got {arr.min()}..{arr.max()}")
         return arr.astype(np.uint8)
     values = arr.astype(np.float32, copy=False)
     low, high = spec.range
@@ -72,9 +81,9 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
     if low <= least and most <= high:
         return values
     if not np.isfinite(values).all():
-        raise InvalidInput("FP32 data must not contain NaN or infinity")
+        raise InvalidInput(f"{datatype} data must not contain NaN or infinity (or values beyond FP32)")
     hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
-    raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
+    raise InvalidInput(f"{datatype} values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.errors import InvalidInput
+from service.web.inference import DATATYPES
 
 
 def _list_only(value: Any) -> None:
@@ -51,8 +52,9 @@ class TensorInput(_Strict):
     shape = fields.Raw(required=True, validate=_shape,
                        metadata={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
                                  "maxItems": 8, "example": [1, 1, 28, 28]})
-    datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "UINT8"]),
-                             metadata={"example": "UINT8"})
+    datatype = fields.String(required=True, validate=validate.OneOf(list(DATATYPES)),
+                             metadata={"example": "UINT8", "description": "converted to the model's input "
+                                       "type (FP32, or UINT8 pixels) when every value fits; 400 when not"})
     parameters = fields.Raw(load_default=dict, validate=_object,
                             metadata={"type": "object", "description": "binary_data_size: the tensor's bytes "
                                       "follow the JSON header (binary tensor data extension)"})
@@ -76,6 +78,9 @@ class InferRequest(_Strict):
     """OIP v2 inference request."""
 
     id = fields.String(metadata={"description": "echoed in the response"})
+    # KServe's client names the model in the body too; when given it must be the one in the path.
+    model_name = fields.String(metadata={"description": "optional; the model in the path"})
+    model_version = fields.String(metadata={"description": "optional; the version in the path, if any"})
     parameters = fields.Raw(load_default=dict, validate=_object,
                             metadata={"type": "object",
                                       "description": "binary_data_output: true (every output as raw bytes)"})

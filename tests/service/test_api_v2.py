@@ -84,7 +84,7 @@ def test_a_version_can_be_addressed(client, mnist):
 @pytest.mark.parametrize("mutate, message", [
     (lambda b: b["inputs"][0].update(shape=[2, 28, 28]), "needs 1568"),
     (lambda b: b["inputs"][0].update(shape=[1, 3, 28, 28]), "not accepted"),
-    (lambda b: b["inputs"][0].update(datatype="INT64"), "datatype"),
+    (lambda b: b["inputs"][0].update(datatype="BF16"), "datatype"),
     (lambda b: b["inputs"][0].update(data=[300] * 784), "0..255"),
     (lambda b: b["inputs"][0].update(data=[-1] * 784), "0..255"),
     (lambda b: b["inputs"][0].update(datatype="FP32", data=[1.5] * 784), "[0.0, 1.0]"),

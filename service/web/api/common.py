@@ -30,6 +30,7 @@ def model(name: str, version: str | None = None) -> ServedModel:
     """The addressed model; also names it in this request's metrics (only once it is known to exist)."""
     found = plane().model(name, version)
     g.model = name
+    g.version = found.manifest.version
     return found
 
 
@@ -44,7 +45,10 @@ def json_body(schema: Schema) -> dict[str, Any]:
 def infer_body(schema: Schema) -> dict[str, Any]:
     """An OIP inference request, JSON or binary (a JSON header and raw tensor bytes), inputs as arrays."""
     header_length = request.headers.get(binary.HEADER)
-    if header_length is None:
+    if header_length is None and request.mimetype == "application/octet-stream":
+        # tritonclient.http.aio sends a JSON-only request labelled so (aiohttp's default); Triton reads it.
+        body, payload = _load_json(schema, request.get_data(cache=False)), memoryview(b"")
+    elif header_length is None:
         body, payload = json_body(schema), memoryview(b"")
     else:
         if request.mimetype not in BINARY_TYPES:
@@ -54,6 +58,17 @@ def infer_body(schema: Schema) -> dict[str, Any]:
         body = _load_json(schema, header)
     binary.attach_inputs(body["inputs"], payload)
     return body
+
+
+def check_named(body: dict[str, Any], found: ServedModel, version: str | None) -> None:
+    """A body that names its model (KServe's client does) must name the one the path addresses."""
+    named, named_version = body.get("model_name"), body.get("model_version")
+    if named is not None and named != found.manifest.name:
+        raise InvalidInput(f"model_name {named!r} in the body is not the model in the path "
+                           f"({found.manifest.name!r})")
+    if named_version and version is not None and named_version != version:
+        raise InvalidInput(f"model_version {named_version!r} in the body is not the version in the path "
+                           f"({version!r})")
 
 
 def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:

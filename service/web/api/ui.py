@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Response, render_template, request
 
-from service.web.api.common import model, plane
+from service.web.api.common import model, plane, respond
 from service.web.card import sections
 
 bp = Blueprint("ui", __name__, root_path=str(Path(__file__).resolve().parents[1] / "ui"),
@@ -23,8 +23,10 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-
 
 @bp.get("/")
 @bp.get("/ui/")
-def index() -> str:
-    """The digit page."""
+def index() -> str | Response:
+    """The digit page; KServe's v1 liveness check (a client that does not ask for HTML) gets JSON."""
+    if request.path == "/" and "text/html" not in request.headers.get("Accept", ""):
+        return respond({"status": "alive"})
     return render_template("index.html")
 
 

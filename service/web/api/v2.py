@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from service.errors import NotReady
-from service.web.api.common import infer_body, logits, model, plane, respond, respond_infer
+from service.web.api.common import check_named, infer_body, logits, model, plane, respond, respond_infer
 from service.web.binary import wants_binary
 from service.web.inference import OUTPUTS, oip_outputs, parse_tensor
 from service.web.schemas import INFER_REQUEST
@@ -55,9 +55,11 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    """One input tensor of FP32 or UINT8 images (JSON data or binary extension), chosen outputs back."""
+    """One input tensor of images (FP32, UINT8, or another numeric type whose values fit; JSON data or
+    binary extension), chosen outputs back."""
     found = model(name, version)
     body = infer_body(INFER_REQUEST)
+    check_named(body, found, version)
     tensor = body["inputs"][0]
     inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], found.manifest.input)
     requested = body["outputs"] or [{"name": output} for output in OUTPUTS]

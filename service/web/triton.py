@@ -1,0 +1,113 @@
+"""Triton's protocol extensions as documents: model configuration, statistics and the repository index.
+
+Pure functions over what the HTTP side knows (the catalog, the settings, the artifact folders, the
+collected metric families): no HTTP. Statistics come from the service's Prometheus metrics, which every
+HTTP worker and every runtime writes (multiprocess mode): their counts and sums are exact whichever worker
+answers, they survive a runtime restart, and they include requests refused before they reached a model
+(400, 429, 503, 504), which a runtime's own counters would never see.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+from service.config import ServiceConfig
+from service.manifest import MANIFEST_FILE, artifact_dirs
+from service.runtime.client import Catalog, ServedModel
+from service.web.inference import OUTPUTS
+
+_NS = 1e9
+
+
+def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) -> dict[str, Any]:
+    """The model's configuration as Triton's ``GET /v2/models/{name}/config`` gives it."""
+    m = model.manifest
+    gpu = model.device.startswith("cuda")
+    return {
+        "name": m.name,
+        "platform": "pytorch_libtorch",
+        "backend": "pytorch",
+        "version_policy": {"all": {}},
+        # The largest batch the runtime runs in one pass; bigger requests are split, not refused.
+        "max_batch_size": catalog.max_batch_size,
+        "input": [{"name": m.input.name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                   "dims": list(m.input.shape)}],
+        "output": [{"name": OUTPUTS[0], "data_type": "TYPE_FP32", "dims": [m.num_classes]},
+                   {"name": OUTPUTS[1], "data_type": "TYPE_FP32", "dims": [m.num_classes]},
+                   {"name": OUTPUTS[2], "data_type": "TYPE_STRING", "dims": [1]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": round(config.max_batch_delay_ms * 1000),
+            "preserve_ordering": True,
+            "default_queue_policy": {"timeout_action": "REJECT", "allow_timeout_override": False,
+                                     "max_queue_size": config.max_queue,
+                                     "default_timeout_microseconds": round(config.request_timeout_s * 1e6)}},
+        "instance_group": [{"name": f"{m.name}_0", "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1,
+                            "gpus": [int(model.device.partition(":")[2] or 0)] if gpu else []}],
+        "parameters": {"labels": {"string_value": ",".join(m.labels)},
+                       "device": {"string_value": model.device}},
+    }
+
+
+def repository_index(model_dir: Path, catalog: Catalog, ready_only: bool) -> list[dict[str, str]]:
+    """Every artifact folder in the repository with its state: READY when served, else UNAVAILABLE and why."""
+    refused = {Path(folder).parts[-2:]: why for folder, why in catalog.refused.items()}
+    out = []
+    for folder in (artifact_dirs(model_dir) if model_dir.is_dir() else []):
+        name, version = folder.parent.name, folder.name
+        if f"{name}/{version}" in catalog.position:
+            out.append({"name": name, "version": version, "state": "READY", "reason": ""})
+        elif not ready_only:
+            why = refused.get((name, version), "not loaded: it appeared after the model runtime started "
+                              f"(restart the service to serve it), or its {MANIFEST_FILE} is new")
+            out.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
+    return out
+
+
+def statistics(families: Iterable[Metric], models: Iterable[ServedModel]) -> dict[str, Any]:
+    """Triton's ``GET /v2/models/stats`` document for ``models``, from the service's metric families."""
+    sums: dict[tuple[str, str, str], float] = defaultdict(float)
+    for family in families:
+        for s in family.samples:
+            key = (s.labels.get("model", ""), s.labels.get("version", ""))
+            if s.name in _WANTED:
+                sums[(*key, s.name + s.labels.get("outcome", ""))] += s.value
+            elif s.name == "trainserve_last_inference_timestamp_seconds":
+                sums[(*key, s.name)] = max(sums[(*key, s.name)], s.value)
+    return {"model_stats": [_model_stats(m, lambda n, k=(m.manifest.name, m.manifest.version): sums[(*k, n)])
+                            for m in models]}
+
+
+_WANTED = frozenset({"trainserve_inference_images_total", "trainserve_batch_size_images_count",
+                     "trainserve_failed_batches_total", "trainserve_inference_seconds_count",
+                     "trainserve_inference_seconds_sum", "trainserve_queue_wait_seconds_count",
+                     "trainserve_queue_wait_seconds_sum", "trainserve_compute_seconds_count",
+                     "trainserve_compute_seconds_sum"})
+
+
+def _model_stats(model: ServedModel, get: Any) -> dict[str, Any]:
+    def duration(name: str, outcome: str = "") -> dict[str, int]:
+        return {"count": int(get(f"{name}_count{outcome}")), "ns": round(get(f"{name}_sum{outcome}") * _NS)}
+
+    zero = {"count": 0, "ns": 0}
+    return {
+        "name": model.manifest.name, "version": model.manifest.version,
+        "last_inference": round(get("trainserve_last_inference_timestamp_seconds") * 1000),
+        "inference_count": int(get("trainserve_inference_images_total")),
+        "execution_count": int(get("trainserve_batch_size_images_count")
+                               - get("trainserve_failed_batches_total")),
+        "inference_stats": {
+            "success": duration("trainserve_inference_seconds", "success"),
+            "fail": duration("trainserve_inference_seconds", "fail"),
+            "queue": duration("trainserve_queue_wait_seconds"),
+            # Copying rows in and out of shared memory is not timed apart from the forward pass.
+            "compute_input": zero, "compute_infer": duration("trainserve_compute_seconds"),
+            "compute_output": zero, "cache_hit": zero, "cache_miss": zero},
+        # Batch sizes are kept as histogram buckets (ranges), not per exact size: none is claimed here.
+        "batch_stats": [],
+        "memory_usage": [],
+    }
