@@ -337,3 +337,22 @@ def site(tmp_path_factory: pytest.TempPathFactory, ui_root: Path) -> Iterator[Se
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="module", params=["granian", "gunicorn"])
+def module_service(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict[str, str]], Service]]:
+    """The whole service on each front end, started once per module and front end for the environment
+    the module's tests ask for (they share it: the tests that call it must agree on the environment)."""
+    started: dict[tuple, Service] = {}
+
+    def start(env: dict[str, str]) -> Service:
+        key = tuple(sorted(env.items()))
+        if key not in started:
+            started[key] = Service(env, tmp_path_factory.mktemp("service"), request.param)
+            started[key].wait_ready()
+        return started[key]
+
+    yield start
+    for service in started.values():
+        service.stop()
