@@ -71,12 +71,12 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
             return arr  # binary data: every byte is a valid pixel
         if arr.dtype.kind == "f":
             raise InvalidInput(f"{datatype} data must be integers 0..255")
-        info = np.iinfo(DATATYPES[datatype])
-        if arr.min() < info.min or arr.max() > info.max:  # JSON numbers the declared type cannot hold
-            raise InvalidInput(f"{datatype} data holds values beyond {datatype}: {arr.min()}..{arr.max()}")
         if arr.min() < 0 or arr.max() > 255:
             raise InvalidInput(f"{datatype} values must be in 0..255 to be pixels, "
                                f"got {arr.min()}..{arr.max()}")
+        info = np.iinfo(DATATYPES[datatype])
+        if arr.min() < info.min or arr.max() > info.max:  # JSON numbers the declared type cannot hold
+            raise InvalidInput(f"{datatype} data holds values beyond {datatype}: {arr.min()}..{arr.max()}")
         return arr.astype(np.uint8)
     with np.errstate(over="ignore"):  # FP64 beyond FP32's range becomes infinity, refused below
         values = arr.astype(np.float32, copy=False)
