@@ -36,6 +36,8 @@ def decode_body() -> None:
     request.environ["wsgi.input"] = io.BytesIO(decoded)
     request.environ["CONTENT_LENGTH"] = str(len(decoded))
     request.environ.pop("HTTP_CONTENT_ENCODING", None)
+    for cached in ("content_length", "stream"):  # werkzeug caches these from the coded body's environ
+        request.__dict__.pop(cached, None)
 
 
 def inflate(data: bytes, wbits: int, limit: int) -> bytes:

@@ -137,6 +137,16 @@ def test_compressed_request_bodies_are_decoded(client, mnist, coding, encode):
     assert response.json["outputs"] == expected.json["outputs"]
 
 
+def test_a_compressed_binary_request_is_decoded_before_its_header_length_is_read(client, mnist):
+    raw = mnist["test_x"][:3].tobytes()
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": [3, 784], "datatype": "UINT8",
+                                       "parameters": {"binary_data_size": len(raw)}}]})
+    response = client.post("/v2/models/mnist-tiny/infer", data=gzip.compress(header + raw), headers={
+        "Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.json
+    assert response.json["outputs"][0]["shape"] == [3, 10]
+
+
 def test_a_decompression_bomb_is_413_and_bad_codings_are_refused(make_app):
     client = make_app(max_request_bytes=64 * 1024).test_client()
     bomb = gzip.compress(b"[" + b"0," * (8 << 20) + b"0]")  # 16 MiB of JSON in about 16 KiB
