@@ -62,6 +62,8 @@ class TrainConfig:
     name: str = "mnist-cnn"  # artifact name: models/<name>/<version>/
     version: str | None = None  # None: the next free version
     out: Path = Path("models")
+    # better: into `out` only when the test accuracy is at least the served default's (training/publish.py)
+    publish: str = "better"
     run_dir: Path = Path("runs")  # metrics, plots and TensorBoard events of each run
 
     def __post_init__(self) -> None:
@@ -73,6 +75,7 @@ class TrainConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("publish", self.publish, ("better", "always"))
         _positive(epochs=self.epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                   image_size=self.image_size, lr=self.lr)
         _check(bool(self.hidden) and all(h > 0 for h in self.hidden), "hidden must be positive widths")

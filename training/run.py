@@ -31,6 +31,7 @@ from training.engine import EpochStats, Evaluation, StepCallback, evaluate, trai
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.nets import build_net, count_macs
 from training.optim import build_optimizer, build_scheduler, current_lr
+from training.publish import publish_root
 from training.runlog import RunLog
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,9 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
                "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device)},
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
-    return export(model, info, dest.out, probe=data.test.images[:64], reports=files)
+    out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
+                                                    test.accuracy, cfg.publish)
+    return export(model, info, out, probe=data.test.images[:64], reports=files)
 
 
 def _load_data(cfg: TrainConfig, world: World) -> DataSplits:
