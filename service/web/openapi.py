@@ -11,11 +11,14 @@ from service.web import schemas
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image",
+    "401": "no Authorization: Bearer <token> header (the management token)",
+    "403": "a wrong token, or the repository API is off (TRAINSERVE_MANAGEMENT_TOKEN unset)",
     "404": "unknown model or version",
     "413": "body larger than TRAINSERVE_MAX_REQUEST_BYTES",
     "415": "unsupported content type",
     "429": "the model's queue is full; retry after the Retry-After header's seconds",
     "503": "not ready (starting or draining)",
+    "501": "not implemented by this service",
     "504": "the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S) passed",
 }
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "mnist-cnn"}
@@ -64,6 +67,23 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
      '{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0, ...]}]}'),
     ("/v2/models/{name}/versions/{version}/infer", "post", "OIP inference on one version",
      {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS, ""),
+    ("/v2/models/stats", "get", "Triton statistics of every served model version", None, _JSON, (), ""),
+    ("/v2/models/{name}/stats", "get", "Triton statistics of every version of a model: inference and "
+     "execution counts, success/fail, queue and compute time, over every worker and runtime", None, _JSON,
+     ("404",), ""),
+    ("/v2/models/{name}/versions/{version}/stats", "get", "Triton statistics of one version", None, _JSON,
+     ("404",), ""),
+    ("/v2/models/{name}/config", "get", "Triton model configuration: max batch size, inputs, outputs, "
+     "dynamic batching and queue settings", None, _JSON, ("404",), ""),
+    ("/v2/models/{name}/versions/{version}/config", "get", "Triton model configuration of one version", None,
+     _JSON, ("404",), ""),
+    ("/v2/repository/index", "post", "Every artifact in the model repository and its state (READY, or "
+     "UNAVAILABLE with the reason); needs the management token", {"application/json": _JSON},
+     {"type": "array", "items": _JSON}, ("400", "401", "403"), '{"ready": false}'),
+    ("/v1/models/{name}", "get", "KServe v1 model status: name and ready (503 while not ready)", None, _JSON,
+     ("404", "503"), ""),
+    ("/v1/models/{name}:explain", "post", "KServe v1 explain: no explainer is served", None, None,
+     ("404", "501"), ""),
     ("/openapi.json", "get", "This document", None, _JSON, (), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, None, (), ""),
     ("/", "get", "The web page: draw or upload a digit, see every served model's answer", None, "html", (),

@@ -40,9 +40,20 @@ def drawing(digit: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# What Chromium and Firefox send for a page.
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_the_root_answers_kserve_v1_liveness_to_a_client_that_does_not_ask_for_html(ui_client):
+    for accept in ("*/*", "application/json", None):
+        response = ui_client.get("/", headers={"Accept": accept} if accept else {})
+        assert response.status_code == 200 and response.json == {"status": "alive"}
+    assert ui_client.get("/ui/").content_type.startswith("text/html")
+
+
 def test_the_page_is_served_at_the_root_and_under_ui_with_its_hooks(ui_client):
     for path in ("/", "/ui/"):
-        page = ui_client.get(path)
+        page = ui_client.get(path, headers={"Accept": BROWSER_ACCEPT})
         assert page.status_code == 200 and page.content_type.startswith("text/html")
         html = page.get_data(as_text=True)
         assert all(f'data-testid="{hook}"' in html for hook in HOOKS)
@@ -50,7 +61,8 @@ def test_the_page_is_served_at_the_root_and_under_ui_with_its_hooks(ui_client):
 
 
 def test_the_pages_load_nothing_from_another_host(ui_client):
-    pages = [ui_client.get(p).get_data(as_text=True) for p in ("/", "/ui/models/mnist-cnn/1")]
+    pages = [ui_client.get(p, headers={"Accept": BROWSER_ACCEPT}).get_data(as_text=True)
+             for p in ("/", "/ui/models/mnist-cnn/1")]
     links = [link for html in pages for link in re.findall(r'(?:src|href)="([^"]*)"', html)]
     assert links and all(link.startswith(("/", "#", "data:")) for link in links), links
     for asset in ("pad.js", "model.js", "ui.css"):
