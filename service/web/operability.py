@@ -8,9 +8,9 @@ every response and set in ``service.logs.request_id`` so that every log line of 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from flask import Flask, Response, current_app, g, request
 
@@ -39,7 +39,7 @@ def install(app: Flask) -> None:
 
 def _take_request_id() -> Response | None:
     given = request.headers.get(HEADER, "")
-    g.request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    g.request_id = given if _SAFE_ID.match(given) else os.urandom(16).hex()  # uuid4's randomness, cheaper
     g.request_id_token = request_id.set(g.request_id)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return _preflight()
