@@ -43,23 +43,32 @@ def decode_body() -> None:
 def inflate(data: bytes, wbits: int, limit: int) -> bytes:
     """``data`` decoded, at most ``limit`` bytes (PayloadTooLarge beyond, InvalidInput when corrupt)."""
     inflater = zlib.decompressobj(wbits)
-    out, total, pending = [], 0, data
+    out = bytearray()
+    view = memoryview(data)
     try:
-        while not inflater.eof:
-            chunk = inflater.decompress(pending, min(_STEP, limit + 1 - total))
-            pending = inflater.unconsumed_tail
-            if not chunk and not pending:
+        # Input in steps too: zlib copies what it has not consumed into unconsumed_tail on every call.
+        for start in range(0, len(view), _STEP):
+            pending: bytes | memoryview = view[start:start + _STEP]
+            while pending and not inflater.eof:
+                out += inflater.decompress(pending, min(_STEP, limit + 1 - len(out)))
+                pending = inflater.unconsumed_tail
+                _check_size(len(out), limit)
+            if inflater.eof:
                 break
-            total += len(chunk)
-            out.append(chunk)
-            if total > limit:
-                raise PayloadTooLarge(f"the decoded body is over the limit of {limit} bytes "
-                                      "(TRAINSERVE_MAX_REQUEST_BYTES)")
+        while not inflater.eof and (chunk := inflater.decompress(b"", min(_STEP, limit + 1 - len(out)))):
+            out += chunk
+            _check_size(len(out), limit)
         if not inflater.eof:
             raise InvalidInput("the compressed body is truncated")
     except zlib.error as exc:
         raise InvalidInput(f"the body is not valid per its Content-Encoding: {exc}") from None
-    return b"".join(out)
+    return bytes(out)
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"the decoded body is over the limit of {limit} bytes "
+                              "(TRAINSERVE_MAX_REQUEST_BYTES)")
 
 
 def compress_response(response: Response) -> Response:
