@@ -83,8 +83,10 @@ def _headers(response: Response) -> Response:
 
 def _log_access(response: Response) -> None:
     took_ms = (time.monotonic() - g.get("arrived", time.monotonic())) * 1000
-    # The query string is left out: it may carry what the client did not mean to have logged.
-    access.info("%s %s %d %s %.1fms", request.method, request.path, response.status_code,
+    # The query string is left out: it may carry what the client did not mean to have logged. The path is
+    # decoded (%0A is a newline): control characters are escaped so that it cannot forge a line.
+    path = request.path[:300].encode("unicode_escape").decode("ascii")
+    access.info("%s %s %d %s %.1fms", request.method[:16], path, response.status_code,
                 response.content_length if response.content_length is not None else "-", took_ms)
 
 

@@ -62,6 +62,13 @@ def test_every_log_line_of_a_request_carries_its_id(make_app, lines, mnist):
     assert all(r.request_id in ("req-404", "req-200") for r in lines)
 
 
+def test_an_access_line_cannot_be_forged_through_the_path(make_app, lines):
+    client = make_app(access_log=True).test_client()
+    client.get("/v2/nope%0A2026-01-01 INFO forged", headers={"X-Request-ID": "forge"})
+    (line,) = [r.getMessage() for r in lines if r.name == "service.access" and r.request_id == "forge"]
+    assert "\n" not in line and "\\n2026" in line
+
+
 def test_no_access_log_by_default(client, lines):
     client.get("/v2/health/live")
     assert not [r for r in lines if r.name == "service.access"]
