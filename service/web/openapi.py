@@ -80,6 +80,10 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
     ("/v2/repository/index", "post", "Every artifact in the model repository and its state (READY, or "
      "UNAVAILABLE with the reason); needs the management token", {"application/json": _JSON},
      {"type": "array", "items": _JSON}, ("400", "401", "403"), '{"ready": false}'),
+    ("/v2/repository/models/{name}/load", "post", "Load a model: 501 until the runtime swaps models (model "
+     "control 'none'); needs the management token", None, None, ("401", "403", "404", "501"), ""),
+    ("/v2/repository/models/{name}/unload", "post", "Unload a model: 501 for the same reason", None, None,
+     ("401", "403", "404", "501"), ""),
     ("/v1/models/{name}", "get", "KServe v1 model status: name and ready (503 while not ready)", None, _JSON,
      ("404", "503"), ""),
     ("/v1/models/{name}:explain", "post", "KServe v1 explain: no explainer is served", None, None,

@@ -21,7 +21,7 @@ def infer_body(x: np.ndarray, datatype: str = "UINT8", **extra) -> dict:
 
 
 @pytest.mark.parametrize("method, path", [
-    ("get", "/nope"), ("get", "/v2/nope"), ("post", "/v2/repository/models/mnist-tiny/unload"),
+    ("get", "/nope"), ("get", "/v2/nope"), ("get", "/v2/repository/models/mnist-tiny/unload"),
     ("get", "/v2/models/mnist-tiny/versions/1/nope"), ("delete", "/v2/models/mnist-tiny"),
     ("put", "/v2/models/mnist-tiny/infer")])
 def test_every_unsupported_route_is_a_json_error_worded_for_an_api_client(client, method, path):
@@ -98,6 +98,11 @@ def test_repository_index_needs_the_token_and_lists_every_artifact_with_its_stat
     assert states[("mnist-tiny", "1")]["state"] == states[("mnist-tiny", "2")]["state"] == "READY"
     assert states[("tampered", "1")]["state"] == "UNAVAILABLE"
     assert "sha256" in states[("tampered", "1")]["reason"]
+    for action in ("load", "unload"):
+        response = client.post(f"/v2/repository/models/mnist-tiny/{action}", headers=auth)
+        assert response.status_code == 501 and "model control is 'none'" in response.json["error"]
+        assert client.post(f"/v2/repository/models/mnist-tiny/{action}").status_code == 401
+    assert client.post("/v2/repository/models/..%2Fetc/load", headers=auth).status_code == 404
     ready = client.post("/v2/repository/index", headers=auth, json={"ready": True}).json
     assert {e["name"] for e in ready} == {"mnist-tiny"}
     assert client.post("/v2/repository/index", headers=auth, json={"ready": "yes"}).status_code == 400

@@ -1,6 +1,8 @@
 """Triton's model repository extension, read-only for now: ``POST /v2/repository/index`` lists every
-artifact in the repository and its state. Off unless ``TRAINSERVE_MANAGEMENT_TOKEN`` is set; then every
-request needs ``Authorization: Bearer <token>`` (401 without one, 403 with a wrong one)."""
+artifact in the repository and its state; ``load`` and ``unload`` answer 501 until the runtime can swap
+models (model control "none": every version is loaded at start). Off unless
+``TRAINSERVE_MANAGEMENT_TOKEN`` is set; then every request needs ``Authorization: Bearer <token>`` (401
+without one, 403 with a wrong one)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import hmac
 import orjson
 from flask import Blueprint, Response, request
 
-from service.errors import Forbidden, InvalidInput, Unauthorized
+from service.errors import Forbidden, InvalidInput, ModelNotFound, NotSupported, Unauthorized
 from service.web.api.common import plane
 from service.web.triton import repository_index
 
@@ -48,3 +50,14 @@ def index() -> Response:
         raise InvalidInput("the body must be a JSON object whose optional 'ready' is true or false")
     index = repository_index(plane().config.model_dir, plane().registry, ready)
     return Response(orjson.dumps(index), mimetype="application/json")
+
+
+@bp.post("/models/<name>/load")
+@bp.post("/models/<name>/unload")
+def control(name: str) -> Response:
+    """Not yet: the runtime loads every version at start (model control "none")."""
+    if name not in {e["name"] for e in repository_index(plane().config.model_dir, plane().registry, False)}:
+        raise ModelNotFound(f"model {name[:100]!r} is not in the model repository")
+    action = request.path.rsplit("/", 1)[1]
+    raise NotSupported(f"cannot {action} {name!r}: model control is 'none' (every version in the "
+                       "repository is loaded at start); restart the service to change what it serves")
