@@ -50,6 +50,14 @@ class Metrics:
                                     "When the model version last ran a batch (Unix time)",
                                     ["model", "version"],
                                     multiprocess_mode="max", registry=r)
+        # Triton counts compute per request (each request of a batch takes the batch's time): the two
+        # counters behind compute_infer in GET /v2/models/stats.
+        self.computed_requests = Counter("trainserve_computed_requests",
+                                         "Requests whose batch ran successfully", ["model", "version"],
+                                         registry=r)
+        self.computed_request_seconds = Counter("trainserve_computed_request_seconds",
+                                                "Forward-pass time, counted once per request of the batch",
+                                                ["model", "version"], registry=r)
         self.queue_wait = Histogram("trainserve_queue_wait_seconds",
                                     "Time a request waited in its model's queue before its forward pass",
                                     ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -121,6 +129,8 @@ class BatchRecorder:
         self._images = metrics.images.labels(model, version)
         self._failed = metrics.failed_batches.labels(model, version)
         self._last = metrics.last_inference.labels(model, version)
+        self._computed = metrics.computed_requests.labels(model, version)
+        self._computed_seconds = metrics.computed_request_seconds.labels(model, version)
         self._depth.set(0)
 
     def queue_depth(self, depth: int) -> None:
@@ -138,3 +148,5 @@ class BatchRecorder:
             self._failed.inc()
         else:
             self._images.inc(stats.rows)
+            self._computed.inc(stats.requests)
+            self._computed_seconds.inc(stats.compute_s * stats.requests)

@@ -85,8 +85,8 @@ def statistics(families: Iterable[Metric], models: Iterable[ServedModel]) -> dic
 _WANTED = frozenset({"trainserve_inference_images_total", "trainserve_batch_size_images_count",
                      "trainserve_failed_batches_total", "trainserve_inference_seconds_count",
                      "trainserve_inference_seconds_sum", "trainserve_queue_wait_seconds_count",
-                     "trainserve_queue_wait_seconds_sum", "trainserve_compute_seconds_count",
-                     "trainserve_compute_seconds_sum"})
+                     "trainserve_queue_wait_seconds_sum", "trainserve_computed_requests_total",
+                     "trainserve_computed_request_seconds_total"})
 
 
 def _model_stats(model: ServedModel, get: Any) -> dict[str, Any]:
@@ -105,7 +105,9 @@ def _model_stats(model: ServedModel, get: Any) -> dict[str, Any]:
             "fail": duration("trainserve_inference_seconds", "fail"),
             "queue": duration("trainserve_queue_wait_seconds"),
             # Copying rows in and out of shared memory is not timed apart from the forward pass.
-            "compute_input": zero, "compute_infer": duration("trainserve_compute_seconds"),
+            "compute_input": zero,
+            "compute_infer": {"count": int(get("trainserve_computed_requests_total")),
+                              "ns": round(get("trainserve_computed_request_seconds_total") * _NS)},
             "compute_output": zero, "cache_hit": zero, "cache_miss": zero},
         # Batch sizes are kept as histogram buckets (ranges), not per exact size: none is claimed here.
         "batch_stats": [],

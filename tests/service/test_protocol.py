@@ -54,10 +54,10 @@ def test_statistics_count_inferences_executions_successes_failures_and_times(cli
     assert client.post("/v2/models/mnist-tiny/infer", json=bad).status_code == 400
     after = _stats(client)
     grew = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
-            for k in ("success", "fail", "queue")}
+            for k in ("success", "fail", "queue", "compute_infer")}
     assert after["inference_count"] - before["inference_count"] == 8
     assert after["execution_count"] - before["execution_count"] == 2
-    assert grew == {"success": 2, "fail": 1, "queue": 2}
+    assert grew == {"success": 2, "fail": 1, "queue": 2, "compute_infer": 2}
     for key in ("success", "queue", "compute_infer"):
         assert after["inference_stats"][key]["ns"] > before["inference_stats"][key]["ns"]
     assert after["last_inference"] >= before["last_inference"]
