@@ -172,9 +172,30 @@ def test_no_single_request_raises_a_workers_memory_by_more_than_64_mib(serve, ar
         "tRNS palette image": (_encoded(_stroke((1500, 1500)), "PNG", transparency=0), 200),
         "24-megapixel JPEG photo": (_encoded(_stroke((6000, 4000, 3)), "JPEG", quality=70), 200),
     }
+    rows = (3 * 2**20 - 100) // 3138  # a row is [0.5,0.5,...], 3,138 bytes: just under the JSON limit
+    floats = ("[" + ",".join(["[" + ",".join(["0.5"] * 784) + "]"] * rows) + "]").encode()
+    tensors = np.full((15 * 2**20 // 3136, 1, 28, 28), 0.5, np.float32).tobytes()  # 15 MiB, binary
+    header = (b'{"inputs": [{"name": "input", "shape": [%d, 1, 28, 28], "datatype": "FP32", '
+              b'"parameters": {"binary_data_size": %d}}]}' % (len(tensors) // 3136, len(tensors)))
+    posts = {  # name: (path, headers, body, the status it gets)
+        "JSON of floats at the JSON limit": ("/v1/models/mnist-tiny:predict", {}, b'{"instances": '
+                                             + floats + b', "dtype": "float32"}', 200),
+        "JSON over the JSON limit": ("/v1/models/mnist-tiny:predict", {}, b'{"instances": ' + floats
+                                     + b"," + floats[1:] + b', "dtype": "float32"}', 413),
+        "binary FP32 tensors at the body limit": ("/v2/models/mnist-tiny/infer",
+                                                  {"Inference-Header-Content-Length": str(len(header))},
+                                                  header + tensors, 200),
+    }
     _, (worker,) = _processes(server)
     for _ in range(3):  # warm: first requests import and allocate what every later one reuses
         requests.post(url, data=cases["grey within the budget"][0], timeout=60)
+    for name, (path, headers, body, status) in posts.items():
+        idle = _status_kib(worker, "VmRSS")
+        Path(f"/proc/{worker}/clear_refs").write_text("5")
+        answer = requests.post(f"{server.url}{path}", data=body, headers=headers, timeout=120)
+        assert answer.status_code == status, (name, answer.text[:200])
+        peak = _status_kib(worker, "VmHWM")
+        assert peak - idle <= 64 * 1024, f"{name}: +{(peak - idle) / 1024:.0f} MiB"
     for name, (body, status) in cases.items():
         idle = _status_kib(worker, "VmRSS")
         Path(f"/proc/{worker}/clear_refs").write_text("5")  # the peak RSS starts again from now
