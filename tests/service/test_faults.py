@@ -30,20 +30,10 @@ pytestmark = pytest.mark.slow
 ZERO = {"instances": [[0] * 784], "dtype": "uint8"}
 
 
-def _children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
 def _processes(server) -> tuple[int, list[int]]:
     """The runtime's pid and the HTTP workers' pids of a running service."""
-    runtime, workers = None, []
-    for pid in _children(server.proc.pid):
-        if b"service.runtime" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            runtime = pid
-        else:
-            workers = [w for w in _children(pid) if b"resource_tracker" not in
-                       Path(f"/proc/{w}/cmdline").read_bytes()]
-    assert runtime and workers
+    (runtime,), workers = server.runtime_pids(), server.worker_pids()
+    assert workers
     return runtime, workers
 
 
@@ -216,12 +206,6 @@ def test_no_single_request_raises_a_workers_memory_by_more_than_64_mib(serve, ar
 
 
 # --- overload --------------------------------------------------------------------------------------------
-def _in_flight(url: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("trainserve_requests_in_flight "))
-    return float(line.split()[1])
-
-
 def test_overload_is_shed_at_once_with_429_and_retry_after(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_THREADS": "32", "TRAINSERVE_MAX_QUEUE": "2",
@@ -232,9 +216,7 @@ def test_overload_is_shed_at_once_with_429_and_retry_after(serve, special_root):
     try:
         with ThreadPoolExecutor(10) as pool:
             pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(10)]
-            deadline = time.monotonic() + 30
-            while _in_flight(server.url) < 11 and time.monotonic() < deadline:  # 10, and this scrape
-                time.sleep(0.05)
+            server.wait_in_flight(10)
             os.kill(runtime, signal.SIGCONT)  # it reads them all at once: two fit the queue
             answers = [f.result(60) for f in pending]
     finally:
@@ -313,8 +295,7 @@ def test_with_two_runtimes_a_killed_one_costs_no_request_and_no_readiness(serve,
     server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_RUNTIMES": "2"})
     url = f"{server.url}/v1/models/mnist-tiny:predict"
-    runtimes = [p for p in _children(server.proc.pid)
-                if b"service.runtime" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    runtimes = server.runtime_pids()
     assert len(runtimes) == 2
     with ThreadPoolExecutor(4) as pool:
         assert all(r.status_code == 200 for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),
