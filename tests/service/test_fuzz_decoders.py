@@ -5,6 +5,7 @@ never another exception; through the app, never a 5xx. Fixed seed, bounded examp
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import orjson
@@ -20,9 +21,11 @@ from service.web import binary, imaging
 CLIENT_ERRORS = (InvalidInput, PayloadTooLarge)
 SPEC = InputSpec(shape=(1, 28, 28))
 RGB_SPEC = InputSpec(shape=(3, 32, 32), image_preprocessing="resize")
-FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
+# TRAINSERVE_FUZZ_SCALE=20 for a longer hunt (the same seed, more cases).
+SCALE = int(os.environ.get("TRAINSERVE_FUZZ_SCALE", "1"))
+FUZZ = settings(max_examples=150 * SCALE, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-THROUGH_APP = settings(FUZZ, max_examples=60)
+THROUGH_APP = settings(FUZZ, max_examples=60 * SCALE)
 
 
 # ---- the binary tensor data extension ----
