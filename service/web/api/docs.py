@@ -1,5 +1,4 @@
-"""The OpenAPI document (for the served models) and a docs page rendered from it on the server (no scripts, no
-CDN: works offline)."""
+"""The OpenAPI document, for the served models, and a docs page rendered from it (no scripts, no CDN)."""
 
 from __future__ import annotations
 
