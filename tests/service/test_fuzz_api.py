@@ -27,7 +27,7 @@ from service.web.openapi import ROUTES
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 # Per operation and mode; TRAINSERVE_FUZZ_SCALE=20 for a longer hunt (the same seed, more cases).
-EXAMPLES = 25 * int(os.environ.get("TRAINSERVE_FUZZ_SCALE", "1"))
+EXAMPLES = 20 * int(os.environ.get("TRAINSERVE_FUZZ_SCALE", "1"))
 # Operations with neither parameters nor a body: there is nothing to break, so no negative cases.
 CASES = [pytest.param(path, method, mode, id=f"{method.upper()} {path} {mode.value}")
          for path, method, _, body, *_ in ROUTES
