@@ -1,9 +1,11 @@
 """The OpenAPI 3 document for the whole HTTP API: the marshmallow schemas, narrowed to the served models.
 
-The request schemas say what every request must look like; what the pixels must look like (how many, how
-nested, in which range) depends on the served models' input specs, so the document is built for a
-catalog: model names and versions are enums, and pixel arrays have the exact shapes and ranges that
-``inference.parse_tensor`` accepts (``inference.example_shapes``, the same rule the service checks).
+The request schemas say what every request must look like; what the pixels must look like depends on the
+served models' input specs, so the document is built for a catalog: model names and versions are enums,
+v1 pixel lists have exactly the shapes ``inference.parse_tensor`` accepts (``inference.example_shapes``,
+the rule the service checks), and every pixel value its datatype's range. What OpenAPI 3.0 cannot say
+(OIP data's element count against its declared shape, shape dimensions by position, the binary header's
+length against the body) the descriptions say, and the service answers 400.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from service.manifest import InputSpec
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas
+from service.web.api.v1 import DATATYPE
 from service.web.inference import example_shapes
 
 _ERRORS = {
@@ -175,7 +178,7 @@ def _path_param(name: str, values: list[str]) -> dict[str, Any]:
 
 
 def _narrow(components: dict[str, Any], specs: Iterable[InputSpec]) -> None:
-    """Give the pixel fields the shapes and ranges the served models take (an example of each datatype)."""
+    """Give the pixel fields the shapes and ranges the served models take (one variant per datatype)."""
     specs = list({json.dumps(dataclasses.asdict(s), sort_keys=True): s for s in specs}.values())
     if not specs:
         return
@@ -187,7 +190,7 @@ def _narrow(components: dict[str, Any], specs: Iterable[InputSpec]) -> None:
                                            for dt in datatypes]}
 
 
-_V1_DTYPE = {"FP32": "float32", "UINT8": "uint8"}
+_V1_DTYPE = {oip: v1 for v1, oip in DATATYPE.items()}
 
 
 def _predict_variant(base: dict[str, Any], datatype: str, specs: list[InputSpec]) -> dict[str, Any]:
