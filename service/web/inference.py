@@ -40,11 +40,7 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
         allowed = "FP32 or UINT8" if spec.accepts_uint8 else "FP32"
         raise InvalidInput(f"datatype {datatype!r} is not supported: use {allowed}")
     try:
-        # Straight into the narrowest type that still shows out-of-range values (no float64 copy of a
-        # large tensor); a value that does not fit even that is out of range too.
-        arr = np.asarray(data, dtype=np.float32 if datatype == "FP32" else None)
-    except OverflowError:
-        raise InvalidInput(f"{datatype} data holds a value out of range") from None
+        arr = np.asarray(data)
     except (ValueError, TypeError):
         raise InvalidInput("data must be a flat or evenly nested list of numbers") from None
     if arr.dtype.kind not in "iuf" or arr.size == 0:
