@@ -65,7 +65,9 @@ def check_runnable(entry: ModelFormat, path: Path, device: torch.device, half: b
 def _check_aoti(entry: ModelFormat, meta: dict[str, str], device: torch.device) -> None:
     # Compiled C++ runs only against the libtorch that built it, on the device kind and CPU it targets:
     # anything else could crash the process rather than fail a call.
-    if entry.torch_version != torch.__version__:
+    # The same release of torch built for CPU only or for CUDA (2.14.1+cpu, 2.14.1+cu130) shares the C shim
+    # the package calls; any other release is refused.
+    if entry.torch_version.split("+")[0] != torch.__version__.split("+")[0]:
         raise FormatRefused(f"{entry.file} was compiled by torch {entry.torch_version}, this is torch "
                             f"{torch.__version__}; re-export the artifact to serve it as AOTInductor")
     built_for = meta.get("AOTI_DEVICE_KEY", "")

@@ -150,7 +150,7 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     refusals = []
     for entry in formats.candidates(entries, model_format, device.type):
         try:
-            model = _load_format(folder, manifest, entry, device, half, warmup_batch)
+            model = load_format(folder, manifest, entry, device, half, warmup_batch)
         except (formats.FormatRefused, ManifestError, RuntimeError, ValueError, OSError) as exc:
             refusals.append(f"{entry.format}: {exc}")
             log.warning("%s/%s: not serving its %s file %s: %s; trying the next format", manifest.name,
@@ -163,7 +163,7 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     raise ManifestError(f"{folder}: no format of the model can be served here ({'; '.join(refusals)})")
 
 
-def _load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
+def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
                  warmup_batch: int) -> LoadedModel:
     """One format: checksum, compatibility, load, and a warm-up that must return the declared shape."""
     path = verify_file(folder, entry.file, entry.sha256)
