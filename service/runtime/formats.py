@@ -70,10 +70,13 @@ def _check_aoti(entry: ModelFormat, meta: dict[str, str], device: torch.device) 
     if entry.torch_version.split("+")[0] != torch.__version__.split("+")[0]:
         raise FormatRefused(f"{entry.file} was compiled by torch {entry.torch_version}, this is torch "
                             f"{torch.__version__}; re-export the artifact to serve it as AOTInductor")
-    built_for = meta.get("AOTI_DEVICE_KEY", "")
-    if built_for != device.type or entry.device != device.type:
-        raise FormatRefused(f"{entry.file} was compiled for {built_for or 'an unknown device'}, this runtime "
-                            f"serves on {device.type}")
+    built_for = meta.get("AOTI_DEVICE_KEY") or "an unknown device"
+    if built_for != entry.device:
+        raise FormatRefused(f"{entry.file}: the manifest says it was compiled for {entry.device}, "
+                            f"the package says {built_for}")
+    if built_for != device.type:
+        raise FormatRefused(f"{entry.file} was compiled for {built_for}, "
+                            f"this runtime serves on {device.type}")
     here = (sys.platform, platform.machine())
     built = (meta.get("AOTI_PLATFORM", here[0]), meta.get("AOTI_MACHINE", here[1]))
     if built != here:
