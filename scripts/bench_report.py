@@ -44,7 +44,7 @@ def _server(row: dict[str, Any]) -> str:
 
 def _peer(row: dict[str, Any]) -> bool:
     """Whether the row is another server's (a --peer): the same PNG, not trainserve."""
-    return _server(row) not in ("service", "versus")
+    return _server(row) not in ("service", "versus") and not _server(row).startswith("format:")
 
 
 def _run(results: dict[str, Any], payload: str, connections: int, server: str = "service"

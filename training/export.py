@@ -165,12 +165,6 @@ def optimized_for_inference(module: torch.jit.ScriptModule) -> torch.jit.ScriptM
         return torch.jit.optimize_for_inference(module)
 
 
-def script_for_serving(model: nn.Module) -> torch.jit.ScriptModule:
-    """``model`` scripted and frozen in the form the service would run it (benchmarks of untrained nets)."""
-    with quiet_jit():
-        return torch.jit.freeze(torch.jit.script(inference_form(model.eval())))
-
-
 def _manifest(model: nn.Module, info: ArtifactInfo, version: str, entries: Sequence[ModelFormat],
               skipped: dict[str, str]) -> Manifest:
     return Manifest(
