@@ -136,7 +136,9 @@ def load(entry: ModelFormat, path: Path, device: torch.device) -> Forward:
     if entry.format == "exported":
         program = torch.export.load(str(path))
         if device.type != "cpu":
-            program = torch.export.passes.move_to_device_pass(program, device)
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, device)
         return FloatPixels(program.module())
     if entry.format == "aoti":
         index = device.index if device.type == "cuda" and device.index is not None else -1

@@ -20,7 +20,8 @@ from service.manifest import ManifestError, ModelFormat, read_manifest, sha256_f
 from service.runtime import formats
 from service.runtime.registry import load_model
 from service.web.imaging import decode, to_input
-from training.export import load_scripted
+from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
+from training.nets import build_net
 
 pytestmark = pytest.mark.slow  # formats_root compiles C++ once per session
 
@@ -197,3 +198,26 @@ def test_every_api_serves_each_format_with_the_same_answers(make_app, formats_ro
     answer = classified.json["predictions"][0]
     assert answer["label"] == str(row.argmax())
     assert max(abs(answer["probabilities"][str(k)] - row[k]) for k in range(10)) <= 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_with_a_gpu_export_compiles_a_cuda_package_and_the_gpu_runtime_serves_it(tmp_path: Path, mnist):
+    torch.manual_seed(0)
+    model = PixelClassifier(build_net("cnn", (1, 28, 28), 10), (0.1307,), (0.3081,)).eval()
+    info = ArtifactInfo(name="on-gpu", architecture="cnn", labels=tuple(str(d) for d in range(10)),
+                        input_shape=(1, 28, 28), metrics={}, training={}, dataset={}, version="1")
+    probe = torch.from_numpy(mnist["test_x"][:16]).unsqueeze(1)
+    folder = export(model, info, tmp_path, probe, formats=("exported", "aoti"))
+    manifest = read_manifest(folder)
+    gpu = torch.device("cuda")
+    entry = next(f for f in manifest.formats if f.file == "model.aoti-cuda.pt2")
+    assert entry.device == "cuda" and entry.cuda_arch == formats.cuda_arch(gpu) and entry.cpu_isa is None
+    x = mnist["test_x"][:64, None]
+    expected = load_model(folder, CPU, False, 8, model_format="torchscript").forward([x])
+    for fmt in ("aoti", "exported", "torchscript"):
+        served = load_model(folder, gpu, False, 8, model_format=fmt)
+        assert served.format == fmt
+        # cuDNN may run the convolutions in TF32: close to the CPU's answer, not equal to it.
+        np.testing.assert_allclose(served.forward([x]), expected, atol=1e-2)
+    assert load_model(folder, gpu, False, 8).format == formats.AUTO_ORDER["cuda"][0]
