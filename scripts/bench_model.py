@@ -32,21 +32,6 @@ from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
 from training.nets import build_net, count_macs
 
 
-def images_per_second(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 2.0,
-                      rounds: int = 5) -> tuple[float, float]:
-    """Median images/s over ``rounds`` timed rounds of about ``seconds / rounds`` each, after a warm-up, and
-    the page faults a call took on average over those rounds (what service/server/allocator.py is about)."""
-    with torch.inference_mode():
-        for _ in range(20):  # warm-up: TorchScript profiles and optimises its graph on the first calls
-            model(batch)
-        per_call = _time_calls(model, batch, 10) / 10
-        calls = max(1, int(seconds / rounds / max(per_call, 1e-6)))
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        rates = [calls * len(batch) / _time_calls(model, batch, calls) for _ in range(rounds)]
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return statistics.median(rates), faults / (calls * rounds)
-
-
 def _time_calls(model: torch.nn.Module, batch: torch.Tensor, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
@@ -54,18 +39,19 @@ def _time_calls(model: torch.nn.Module, batch: torch.Tensor, calls: int) -> floa
     return time.perf_counter() - started
 
 
-def served_formats(folder: Path, label: str) -> dict[str, object]:
-    """Every format of the artifact in ``folder``, loaded as the service loads it: label -> callable."""
+def served_formats(folder: Path, label: str) -> dict[str, tuple[str, object]]:
+    """Every format of the artifact in ``folder``, loaded as the service loads it: label -> (``label``,
+    callable); the label names the net, the format and its compile time."""
     manifest = read_manifest(folder)
     loaded = {}
     for entry in manifest.model_formats:
         model = load_format(folder, manifest, entry, torch.device("cpu"), half=False, warmup_batch=1)
         compiled = f", compiled in {entry.compile_seconds:.1f} s" if entry.compile_seconds else ""
-        loaded[f"{label} {entry.format}{compiled}"] = model.module
+        loaded[f"{label} {entry.format}{compiled}"] = (label, model.module)
     return loaded
 
 
-def untrained(arch: str, shape: tuple[int, ...], classes: int, root: Path) -> dict[str, object]:
+def untrained(arch: str, shape: tuple[int, ...], classes: int, root: Path) -> dict[str, tuple[str, object]]:
     """A fresh ``arch`` net exported in every format under ``root``, each loaded as the service would."""
     net = build_net(arch, shape, classes)
     params = sum(p.numel() for p in net.parameters())
@@ -109,8 +95,9 @@ def main() -> None:
     models = served_formats(args.artifact, manifest.name)
     if args.forms:
         scripted = load_scripted(verify_checksum(manifest, args.artifact))
-        models |= {f"{manifest.name} torchscript as exported": scripted,
-                   f"{manifest.name} torchscript optimize_for_inference": optimized_for_inference(scripted)}
+        models |= {f"{manifest.name} torchscript as exported": (manifest.name, scripted),
+                   f"{manifest.name} torchscript optimize_for_inference": (manifest.name,
+                                                                           optimized_for_inference(scripted))}
     shape = tuple(manifest.input.shape)
     with tempfile.TemporaryDirectory(prefix="bench-model-") as root:
         for arch in args.archs:
@@ -118,23 +105,51 @@ def main() -> None:
         _table(models, shape, args.threads, args.batch_sizes, args.seconds)
 
 
-def _table(models: dict[str, object], shape: tuple[int, ...], threads: list[int], sizes: list[int],
-           seconds: float) -> None:
-    """Each cell (threads, batch) measures every model in turn, so their numbers share the machine's mood."""
+def _table(entries: dict[str, tuple[str, object]], shape: tuple[int, ...], threads: list[int],
+           sizes: list[int], seconds: float, rounds: int = 7) -> None:
+    """Per cell (threads, batch), the models' timed rounds alternate, so a drift of the machine's speed hits
+    them alike; images/s is each model's median round, and ``x torchscript`` the median of its
+    round-by-round ratios to the first entry of its net (that net's TorchScript file)."""
+    models = {label: module for label, (_, module) in entries.items()}
+    reference = {}
+    for label, (net, _) in entries.items():
+        reference[label] = next(other for other, (n, _) in entries.items() if n == net)
     cells = [(count, size) for count in threads for size in sizes]
-    rates: dict[str, list[float]] = {label: [] for label in models}
+    table: dict[str, list[str]] = {label: [] for label in models}
     for count, size in cells:
         torch.set_num_threads(count)
         batch = torch.randint(0, 256, (size, *shape), dtype=torch.uint8)
-        for label, module in models.items():
-            rate, faults = images_per_second(module, batch, seconds)
-            rates[label].append(rate)
+        calls = {label: _calibrate(module, batch, seconds / rounds) for label, module in models.items()}
+        rates: dict[str, list[float]] = {label: [] for label in models}
+        faults = dict.fromkeys(models, 0)  # minor page faults: what service/server/allocator.py is about
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for label, module in models.items():
+                    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    rates[label].append(calls[label] * size / _time_calls(module, batch, calls[label]))
+                    faults[label] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        for label in models:
+            rate = statistics.median(rates[label])
+            ratio = statistics.median(a / b for a, b in zip(rates[label], rates[reference[label]],
+                                                            strict=True))
+            table[label].append(f"{rate:,.0f} ({ratio:.2f}x)")
             print(f"  threads {count}  batch {size:>4}  {rate:>9,.0f} images/s  ({1000 * size / rate:.3f} ms "
-                  f"per batch, {faults:.0f} page faults)  {label}", flush=True)
-    print("\nimages/s | " + " | ".join(f"{t} thread{'s' * (t > 1)}, batch {b}" for t, b in cells))
+                  f"per batch, {faults[label] / (calls[label] * rounds):.0f} page faults per call, "
+                  f"{ratio:.2f} x torchscript)  {label}", flush=True)
+    print("\nimages/s (x the same net's torchscript, paired rounds) | "
+          + " | ".join(f"{t} thread{'s' * (t > 1)}, batch {b}" for t, b in cells))
     print("|".join(["---"] * (len(cells) + 1)))
-    for label, row in rates.items():
-        print(f"{label} | " + " | ".join(f"{r:,.0f}" for r in row))
+    for label, row in table.items():
+        print(f"{label} | " + " | ".join(row))
+
+
+def _calibrate(module: object, batch: torch.Tensor, seconds: float) -> int:
+    """Warm ``module`` up and return how many calls take about ``seconds``."""
+    with torch.inference_mode():
+        for _ in range(20):  # TorchScript profiles and optimises its graph on the first calls
+            module(batch)
+        per_call = _time_calls(module, batch, 10) / 10
+    return max(1, int(seconds / max(per_call, 1e-6)))
 
 
 if __name__ == "__main__":
