@@ -148,13 +148,15 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
         log.warning("%s/%s has no %s file; trying %s", manifest.name, manifest.version, model_format,
                     ", ".join(e.format for e in entries))
     refusals = []
-    for entry in formats.candidates(entries, model_format, device.type):
+    candidates = formats.candidates(entries, model_format, device.type)
+    for position, entry in enumerate(candidates, 1):
         try:
             model = load_format(folder, manifest, entry, device, half, warmup_batch)
         except (formats.FormatRefused, ManifestError, RuntimeError, ValueError, OSError) as exc:
             refusals.append(f"{entry.format}: {exc}")
-            log.warning("%s/%s: not serving its %s file %s: %s; trying the next format", manifest.name,
-                        manifest.version, entry.format, entry.file, exc)
+            then = f"trying {candidates[position].format} next" if position < len(candidates) else "none left"
+            log.warning("%s/%s: not serving its %s file %s: %s; %s", manifest.name, manifest.version,
+                        entry.format, entry.file, exc, then)
             continue
         model.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s in %.2fs as %s from %s (%s, %d parameters)", model.key, device,
