@@ -20,6 +20,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
 # A bearer token (RFC 6750 token68 characters): long enough not to be guessed, short enough to bound.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+MODEL_FORMATS = ("auto", "torchscript", "exported", "aoti")  # auto, then service/manifest.py's FORMATS
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
 
 
@@ -61,6 +62,10 @@ class ServiceConfig:
     device: str = "auto"
     # CUDA only: run the model in float16 (inputs are cast inside the module).
     half: bool = False
+    # Which of an artifact's files to serve: auto (the fastest that loads on this device), torchscript,
+    # exported or aoti; a format an artifact lacks or that cannot run here falls back to the next one its
+    # manifest lists, with a log line.
+    model_format: str = "auto"
     bind: str = "127.0.0.1:8000"
     # The HTTP front end that runs the Flask app: granian (Rust HTTP, the default) or gunicorn.
     server: str = "granian"
@@ -89,6 +94,9 @@ class ServiceConfig:
     # Deadline for one request, from arrival to answer; past it the service answers 504.
     request_timeout_s: float = 10.0
     max_request_bytes: int = 16 * 1024 * 1024
+    # JSON (a body, or the JSON header of a binary OIP request): parsed, its numbers become Python objects
+    # several times the size of their text, so it has a lower limit than binary tensors and images.
+    max_json_bytes: int = 3 * 1024 * 1024
     log_format: str = "text"
     log_level: str = "info"
     # SIGTERM drain: queued and in-flight requests get this long to finish.
@@ -191,6 +199,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model_dir": (Path, "a folder path"),
     "device": (_matching(_DEVICE_RE), "auto, cpu, cuda or cuda:N"),
     "half": (_bool, "0 or 1"),
+    "model_format": (_choice(*MODEL_FORMATS), "auto, torchscript, exported or aoti"),
     "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
     "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
@@ -203,6 +212,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_queue": (int, "an integer >= 1"),
     "request_timeout_s": (float, "seconds > 0"),
     "max_request_bytes": (int, "a byte count >= 1024"),
+    "max_json_bytes": (int, "a byte count >= 1024"),
     "log_format": (_choice("text", "json"), "text or json"),
     "log_level": (_choice("debug", "info", "warning", "error", "critical"),
                   "debug, info, warning, error or critical"),
@@ -217,6 +227,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "device": lambda v: bool(_DEVICE_RE.match(v)),
     "bind": lambda v: bool(_BIND_RE.match(v)),
     "server": lambda v: v in ("granian", "gunicorn"),
+    "model_format": lambda v: v in MODEL_FORMATS,
     "workers": lambda v: v >= 0,
     "threads": lambda v: v >= 1,
     "runtimes": lambda v: v >= 1,
@@ -226,6 +237,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_queue": lambda v: v >= 1,
     "request_timeout_s": lambda v: v > 0,
     "max_request_bytes": lambda v: v >= 1024,
+    "max_json_bytes": lambda v: v >= 1024,
     "log_format": lambda v: v in ("text", "json"),
     "log_level": lambda v: v in ("debug", "info", "warning", "error", "critical"),
     "graceful_timeout_s": lambda v: v >= 0,

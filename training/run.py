@@ -128,7 +128,7 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
                                                     test.accuracy, cfg.publish)
-    return export(model, info, out, probe=data.test.images[:64], reports=files)
+    return export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
 
 
 def _load_data(cfg: TrainConfig, world: World) -> DataSplits:

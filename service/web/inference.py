@@ -22,6 +22,7 @@ DATATYPES: dict[str, type[np.generic]] = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+_FP32_MAX = float(np.finfo(np.float32).max)
 
 OUTPUTS = ("logits", "probabilities", "label")
 
@@ -38,7 +39,8 @@ def example_shapes(spec: InputSpec) -> list[tuple[int, ...]]:
 def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: InputSpec) -> np.ndarray:
     """Validate request data (flat or nested) and return it as an array [N, *spec.shape].
 
-    FP32 values must be finite and inside ``spec.range``; UINT8 values integers in 0..255. ``shape`` is
+    FP16/FP32/FP64 values must be finite and inside ``spec.range`` (then FP32); integer types' values
+    integers in 0..255 that the type holds (then UINT8). ``shape`` is
     the declared one (the OIP ``shape``); None means "infer it from nested data" (the v1 API).
     """
     if datatype not in DATATYPES:
@@ -67,27 +69,34 @@ def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: In
 def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarray:
     # Integers are pixels 0..255 (a model that takes no UINT8 refused them above).
     if datatype not in _FLOATS:
-        if arr.dtype == np.uint8:
-            return arr  # binary data: every byte is a valid pixel
-        if arr.dtype.kind == "f":
-            raise InvalidInput(f"{datatype} data must be integers 0..255")
-        if arr.min() < 0 or arr.max() > 255:
-            raise InvalidInput(f"{datatype} values must be in 0..255 to be pixels, "
-                               f"got {arr.min()}..{arr.max()}")
-        info = np.iinfo(DATATYPES[datatype])
-        if arr.min() < info.min or arr.max() > info.max:  # JSON numbers the declared type cannot hold
-            raise InvalidInput(f"{datatype} data holds values beyond {datatype}: {arr.min()}..{arr.max()}")
-        return arr.astype(np.uint8)
-    with np.errstate(over="ignore"):  # FP64 beyond FP32's range becomes infinity, refused below
-        values = arr.astype(np.float32, copy=False)
+        return _checked_pixels(arr, datatype)
+    # The range is checked on the values as sent, before the cast: a value past float32's range would
+    # overflow in it (and a value just over the range would round into it).
     low, high = spec.range
-    least, most = float(values.min()), float(values.max())  # NaN in the data makes both NaN
-    if low <= least and most <= high:
-        return values
-    if not np.isfinite(values).all():
-        raise InvalidInput(f"{datatype} data must not contain NaN or infinity (or values beyond FP32)")
+    least, most = float(arr.min()), float(arr.max())  # NaN in the data makes both NaN
+    if max(low, -_FP32_MAX) <= least and most <= min(high, _FP32_MAX):
+        return arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{datatype} data must not contain NaN or infinity")
+    if least < -_FP32_MAX or most > _FP32_MAX:
+        raise InvalidInput(f"{datatype} data holds values beyond FP32's range: [{least:.4g}, {most:.4g}]")
     hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
     raise InvalidInput(f"{datatype} values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
+
+
+def _checked_pixels(arr: np.ndarray, datatype: str) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr  # binary data: every byte is a valid pixel
+    # JSON has one number type: 7.0 is the integer 7 (as JSON Schema, and so the API document, says).
+    if arr.dtype.kind == "f" and not (arr == np.floor(arr)).all():
+        raise InvalidInput(f"{datatype} data must be integers 0..255")
+    least, most = arr.min(), arr.max()
+    if least < 0 or most > 255:
+        raise InvalidInput(f"{datatype} values must be in 0..255 to be pixels, got {least:g}..{most:g}")
+    info = np.iinfo(DATATYPES[datatype])
+    if least < info.min or most > info.max:  # JSON numbers the declared type cannot hold
+        raise InvalidInput(f"{datatype} data holds values beyond {datatype}: {least:g}..{most:g}")
+    return arr.astype(np.uint8)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
