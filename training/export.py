@@ -132,8 +132,8 @@ def export(
 def inference_form(model: nn.Module) -> nn.Module:
     """A copy of ``model`` made for serving: batch norm folded into the convolutions, channels-last weights.
 
-    Same outputs (the parity check compares the scripted form with the unchanged eager model). On a 2-core
-    CPU the compact MNIST CNN runs about 1.4x faster at batch 1 and 1.9x at batch 64 this way.
+    Same outputs (the parity check compares the scripted form with the unchanged eager model), fewer
+    passes over memory per image on a CPU (docs/benchmarks.md, "Model").
     """
     return fold_batchnorm(model).to(memory_format=torch.channels_last)
 

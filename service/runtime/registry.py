@@ -53,7 +53,7 @@ def resolve_device(device: str, half: bool) -> torch.device:
             raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees "
                                 f"{torch.cuda.device_count()} CUDA devices")
     elif half:
-        raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow on CPU)")
+        raise RegistryError(f"TRAINSERVE_HALF=1 needs a CUDA device, not {device}: unset TRAINSERVE_HALF")
     return resolved
 
 
@@ -122,10 +122,12 @@ def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batc
             registry.add(load_model(folder, device, half, warmup_batch))
         except (ManifestError, RuntimeError, ValueError, OSError) as exc:
             registry.refused[str(folder)] = str(exc)
-            log.error("refused artifact %s: %s", folder, exc)
-    if not len(registry):
-        why = registry.refused or "no artifact folders"
-        raise RegistryError(f"no loadable model under {model_dir} ({why})")
+    if not len(registry):  # one error that says everything, rather than a line per artifact before it
+        why = ("; ".join(f"refused {folder}: {reason}" for folder, reason in registry.refused.items())
+               or "it holds no <name>/<version>/manifest.json")
+        raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={model_dir}: {why}")
+    for folder, reason in registry.refused.items():
+        log.error("refused artifact %s: %s", folder, reason)
     return registry
 
 
@@ -139,9 +141,9 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
         module.eval()
         if half:
             module.half()
-        # Freezing inlines the weights as constants and folds what depends only on them: 4-11 % more
-        # images/s at batch 64 on the shipped CNN, same outputs. (optimize_for_inference, which also
-        # converts to oneDNN layouts, measured 40 % slower at batch 1 on CPU, so it is not used.)
+        # Freezing inlines the weights as constants and folds what depends only on them: more images/s,
+        # same outputs. optimize_for_inference (oneDNN layouts) is not used: it is slower at batch 1 on
+        # CPU (docs/benchmarks.md, "Model").
         module = torch.jit.freeze(module)
     model = LoadedModel(manifest=manifest, module=module, device=device, half=half)
     # The first calls compile and allocate; run them now so the first client does not pay, and so a model

@@ -23,6 +23,7 @@ from pathlib import Path
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
 from service.runtime.client import RuntimeClient
+from service.server.preflight import preflight
 
 log = logging.getLogger("service.launch")
 
@@ -180,9 +181,10 @@ class Launcher:
     def __init__(self, config: ServiceConfig, run_dir: Path) -> None:
         self.config = config
         self.run_dir = run_dir
+        devices = runtime_devices(config)
+        preflight(config, devices)
         self.env = dict(os.environ)
         self.metrics_dir = prepare_metrics_dir(self.env, run_dir)
-        devices = runtime_devices(config)
         self.runtimes = [Runtime(i, device, run_dir / f"runtime-{i}.sock", self.env)
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
@@ -198,9 +200,9 @@ class Launcher:
         for runtime in self.runtimes:
             code = runtime.wait_ready(timeout_s=600)
             if code is not None:
-                why = _FATAL.get(code, f"exit code {code}")
-                print(f"trainserve: the model runtime on {runtime.device} did not start ({why}; "
-                      "its error is above)", file=sys.stderr)
+                if code not in _FATAL:  # a fatal exit has already said why, in one line
+                    print(f"trainserve: the model runtime on {runtime.device} exited with {code} while "
+                          "loading its models (its output is above)", file=sys.stderr)
                 self._stop_all()
                 return 1
             if self.stopping:
