@@ -26,6 +26,13 @@ from training.config import (
 )
 
 _D = TrainConfig()  # the defaults the help text shows
+# A team's shared copy of the datasets beside the checkout, which `make train` uses too.
+_SHARED_DATA = Path("../shared/datasets")
+
+
+def default_data_dir() -> Path:
+    """``data/`` if it exists, else the shared copy beside the checkout if it exists, else ``data/``."""
+    return _SHARED_DATA if _SHARED_DATA.is_dir() and not _D.data_dir.is_dir() else _D.data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_D.dataset, metavar="NAME",
                       help=f"mnist, fashion-mnist, digits or folder:PATH (default: {_D.dataset})")
-    data.add_argument("--data-dir", type=Path, default=_D.data_dir, metavar="DIR",
-                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_D.data_dir})")
+    data.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
+                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_D.data_dir}, or {_SHARED_DATA} "
+                           f"when only that exists; here: {default_data_dir()})")
     data.add_argument("--no-download", dest="download", action="store_false",
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",

@@ -74,3 +74,15 @@ def test_missing_data_is_one_clear_paragraph(repo_root: Path, tmp_path: Path) ->
     assert "train-images-idx3-ubyte.gz" in result.stderr and "t10k-labels-idx1-ubyte.gz" in result.stderr
     assert str(tmp_path / "nowhere" / "mnist") in " ".join(result.stderr.split())
     assert result.stderr.strip().startswith("error: The mnist dataset was not found")
+
+
+def test_the_data_folder_defaults_to_a_shared_copy_beside_the_checkout_as_make_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkout = tmp_path / "trainserve"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    assert build_parser().parse_args([]).data_dir == Path("data")  # nothing anywhere: data/ (and download)
+    (tmp_path / "shared" / "datasets").mkdir(parents=True)
+    assert build_parser().parse_args([]).data_dir == Path("../shared/datasets")
+    (checkout / "data").mkdir()  # a checkout's own data/ wins
+    assert build_parser().parse_args([]).data_dir == Path("data")
