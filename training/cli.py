@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset", default=_D.dataset, metavar="NAME",
                       help=f"mnist, fashion-mnist, digits or folder:PATH (default: {_D.dataset})")
     data.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
-                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_D.data_dir}, or {_SHARED_DATA} "
-                           f"when only that exists; here: {default_data_dir()})")
+                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_D.data_dir}, or "
+                           f"{_SHARED_DATA} when only that exists; here: {default_data_dir()})")
     data.add_argument("--no-download", dest="download", action="store_false",
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",
