@@ -48,8 +48,10 @@ def test_every_relative_link_and_anchor_exists(page):
             continue  # http(s), mailto
         path, _, anchor = target.partition("#")
         resolved = (page.parent / path).resolve() if path else page
-        bad_anchor = anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)
-        if not resolved.exists() or bad_anchor:
+        if not resolved.exists():
+            missing.append(target)
+            continue
+        if anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             missing.append(target)
     assert not missing, missing
 
