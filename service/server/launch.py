@@ -36,11 +36,17 @@ _FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
 def runtime_devices(config: ServiceConfig) -> list[str]:
     """One runtime per CUDA device (or the one named), or ``runtimes`` on the CPU."""
     device = config.device
-    if device.startswith("cuda:") or device == "cpu":
-        return [device] * (config.runtimes if device == "cpu" else 1)
+    if device == "cpu":
+        return [device] * config.runtimes
     count = cuda_device_count()
-    if device == "cuda" and not count:
-        raise ConfigError("TRAINSERVE_DEVICE=cuda but torch sees no CUDA device")
+    if device.startswith("cuda") and not count:
+        raise ConfigError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device here: "
+                          "set TRAINSERVE_DEVICE=cpu (or auto)")
+    if device.startswith("cuda:"):
+        if int(device[5:]) >= count:
+            raise ConfigError(f"TRAINSERVE_DEVICE={device} but torch sees {count} CUDA device(s): "
+                              f"choose cuda:0 to cuda:{count - 1}, or cuda for all of them")
+        return [device]
     return [f"cuda:{i}" for i in range(count)] if count else ["cpu"] * config.runtimes
 
 
