@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
+
+from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -62,3 +65,11 @@ def test_every_file_the_readmes_commands_name_is_in_the_repository():
         # models/mnist-cnn/2 is what the README's own training run creates.
         missing = [p for p in named if not (REPO / p).exists() and p != "models/mnist-cnn/2"]
         assert not missing, (page.name, missing)
+
+
+def test_docs_settings_describes_every_setting_of_the_service():
+    text = (REPO / "docs" / "settings.md").read_text()
+    for field in dataclasses.fields(ServiceConfig):
+        name = field.name.upper()
+        var = name if name.startswith("PROMETHEUS") else f"TRAINSERVE_{name}"
+        assert f"`{var}`" in text, var

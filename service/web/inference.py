@@ -61,17 +61,19 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
     if datatype == "UINT8":
         if arr.dtype == np.uint8:
             return arr  # binary data: every byte is a valid pixel
-        if arr.dtype.kind == "f":
+        # JSON has one number type: 7.0 is the integer 7 (as JSON Schema, and so the API document, says).
+        if arr.dtype.kind == "f" and not (arr == np.floor(arr)).all():
             raise InvalidInput("UINT8 data must be integers 0..255")
         if arr.min() < 0 or arr.max() > 255:
-            raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min()}..{arr.max()}")
+            raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min():g}..{arr.max():g}")
         return arr.astype(np.uint8)
-    values = arr.astype(np.float32, copy=False)
+    # The range is checked on the values as sent, before the cast: a value past float32's range would
+    # overflow in it (and a value just over the range would round into it).
     low, high = spec.range
-    least, most = float(values.min()), float(values.max())  # NaN in the data makes both NaN
+    least, most = float(arr.min()), float(arr.max())  # NaN in the data makes both NaN
     if low <= least and most <= high:
-        return values
-    if not np.isfinite(values).all():
+        return arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
         raise InvalidInput("FP32 data must not contain NaN or infinity")
     hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
     raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")

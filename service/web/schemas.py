@@ -18,11 +18,16 @@ def _list_only(value: Any) -> None:
         raise ValidationError("must be a non-empty list")
 
 
+def _whole(value: Any) -> bool:
+    """Whether a JSON value is an integer as JSON Schema counts them: 3 and 3.0, not 3.5, "3" or true."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
 def _shape(value: Any) -> None:
     # One check for the whole list: a List(Integer) field costs a field call per dimension, per request.
     if (not isinstance(value, list) or not 1 <= len(value) <= 8
-            or not all(type(d) is int and d >= 0 for d in value)):
-        raise ValidationError("must be a list of 1 to 8 integers >= 0")
+            or not all(_whole(d) and d >= 1 for d in value)):
+        raise ValidationError("must be a list of 1 to 8 integers >= 1")
 
 
 def _object(value: Any) -> None:
@@ -30,13 +35,36 @@ def _object(value: Any) -> None:
         raise ValidationError("must be an object")
 
 
+def _infer_parameters(value: Any) -> None:
+    _object(value)
+    if not isinstance(value.get("binary_data_output", False), bool):
+        raise ValidationError("binary_data_output must be true or false")
+
+
 def _output_parameters(value: Any) -> None:
     _object(value)
     k = value.get("classification")
-    if k is not None and (type(k) is not int or not 0 <= k <= 1000):
+    if k is not None and (not _whole(k) or not 0 <= k <= 1000):
         raise ValidationError("classification must be an integer 0..1000 (0: plain tensors)")
     if not isinstance(value.get("binary_data", False), bool):
         raise ValidationError("binary_data must be true or false")
+
+
+class WholeNumber(fields.Integer):
+    """An integer field that takes 3 and 3.0 but refuses 3.5 (which fields.Integer cuts to 3) and "3"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not _whole(value):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+class Shape(fields.Raw):
+    """A tensor shape: 1 to 8 integers >= 1, loaded as ints (3.0 is 3)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[int]:
+        _shape(value)
+        return [int(d) for d in value]
 
 
 class _Strict(Schema):
@@ -48,14 +76,14 @@ class TensorInput(_Strict):
     """One OIP input tensor."""
 
     name = fields.String(required=True, metadata={"example": "input"})
-    shape = fields.Raw(required=True, validate=_shape,
-                       metadata={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
-                                 "maxItems": 8, "example": [1, 1, 28, 28]})
+    shape = Shape(required=True, metadata={"type": "array", "items": {"type": "integer", "minimum": 1},
+                                           "minItems": 1, "maxItems": 8, "example": [1, 1, 28, 28]})
     datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "UINT8"]),
                              metadata={"example": "UINT8"})
     parameters = fields.Raw(load_default=dict, validate=_object,
                             metadata={"type": "object", "description": "binary_data_size: the tensor's bytes "
-                                      "follow the JSON header (binary tensor data extension)"})
+                                      "follow the JSON header (binary tensor data extension)",
+                                      "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}})
     # Exactly one of data and parameters.binary_data_size (the binary tensor data extension).
     data = fields.Raw(validate=_list_only,
                       metadata={"description": "flat (row-major) or nested numbers; absent when "
@@ -69,36 +97,43 @@ class RequestedOutput(_Strict):
     name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
     parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
-                                      "binary_data: true (raw bytes after the JSON header)"})
+                                      "binary_data: true (raw bytes after the JSON header)",
+                                      "properties": {"classification": {"type": "integer", "minimum": 0,
+                                                                        "maximum": 1000, "nullable": True},
+                                                     "binary_data": {"type": "boolean"}}})
 
 
 class InferRequest(_Strict):
     """OIP v2 inference request."""
 
     id = fields.String(metadata={"description": "echoed in the response"})
-    parameters = fields.Raw(load_default=dict, validate=_object,
+    parameters = fields.Raw(load_default=dict, validate=_infer_parameters,
                             metadata={"type": "object",
-                                      "description": "binary_data_output: true (every output as raw bytes)"})
+                                      "description": "binary_data_output: true (every output as raw bytes)",
+                                      "properties": {"binary_data_output": {"type": "boolean"}}})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 
 
 class TensorOutput(Schema):
-    """One OIP output tensor."""
+    """One OIP output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` raw bytes after it."""
 
-    name = fields.String()
-    datatype = fields.String(metadata={"example": "FP32"})
-    shape = fields.List(fields.Integer())
-    data = fields.List(fields.Raw())
+    name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
+    datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "BYTES"]),
+                             metadata={"example": "FP32"})
+    shape = fields.List(fields.Integer(), required=True)
+    data = fields.List(fields.Raw(metadata={"anyOf": [{"type": "number"}, {"type": "string"}]}))
+    parameters = fields.Raw(metadata={"type": "object", "required": ["binary_data_size"],
+                                      "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}})
 
 
 class InferResponse(Schema):
     """OIP v2 inference response."""
 
-    model_name = fields.String()
-    model_version = fields.String()
-    id = fields.String()
-    outputs = fields.List(fields.Nested(TensorOutput))
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    id = fields.String(metadata={"description": "the request's id, when it had one"})
+    outputs = fields.List(fields.Nested(TensorOutput), required=True)
 
 
 class PredictRequest(_Strict):
@@ -106,17 +141,18 @@ class PredictRequest(_Strict):
 
     instances = fields.Raw(required=True, validate=_list_only,
                            metadata={"type": "array", "items": {},
-                                     "description": "images as [28][28], [1][28][28] or [784] pixel lists"})
+                                     "description": "one pixel list per image, nested as the model's input "
+                                     "shape, or without its channel axis, or flat"})
     dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]),
                           metadata={"description": "float32: pixels in [0, 1]; uint8: pixels 0..255"})
-    top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    top_k = WholeNumber(load_default=None, validate=validate.Range(min=1))
 
 
 class Prediction(Schema):
     """One image's answer."""
 
-    label = fields.String()
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+    label = fields.String(required=True)
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
     input = fields.List(fields.Raw(), metadata={
         "description": "with include_input=true: the example exactly as the model received it after "
                        "decoding and preprocessing, uint8 pixels nested [C][H][W] (e.g. [1][28][28])"})
@@ -125,9 +161,89 @@ class Prediction(Schema):
 class PredictResponse(Schema):
     """v1 predict (and classify) response."""
 
-    model = fields.String()
-    version = fields.String()
-    predictions = fields.List(fields.Nested(Prediction))
+    model = fields.String(required=True)
+    version = fields.String(required=True)
+    predictions = fields.List(fields.Nested(Prediction), required=True)
+
+
+class ModelSummary(Schema):
+    """One served model version in the v1 listing."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    architecture = fields.String(required=True)
+    labels = fields.List(fields.String(), required=True)
+    input_shape = fields.List(fields.Integer(), required=True)
+    test_accuracy = fields.Float(required=True, allow_none=True)
+    ready = fields.Boolean(required=True)
+    default = fields.Boolean(required=True, metadata={"description": "the version a bare name addresses"})
+
+
+class ModelList(Schema):
+    """The v1 listing."""
+
+    models = fields.List(fields.Nested(ModelSummary), required=True)
+
+
+class Status(Schema):
+    """Liveness."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class Readiness(Schema):
+    """Readiness, with the served models."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    models = fields.List(fields.String(), required=True)
+
+
+class ServerMetadata(Schema):
+    """OIP server metadata."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    extensions = fields.List(fields.String(), required=True)
+
+
+class Live(Schema):
+    """OIP liveness."""
+
+    live = fields.Boolean(required=True)
+
+
+class Ready(Schema):
+    """OIP readiness."""
+
+    ready = fields.Boolean(required=True)
+
+
+class TensorMetadata(Schema):
+    """One input or output tensor in OIP model metadata (-1: any size)."""
+
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True)
+    parameters = fields.Dict()
+
+
+class ModelMetadata(Schema):
+    """OIP model metadata."""
+
+    name = fields.String(required=True)
+    versions = fields.List(fields.String(), required=True)
+    platform = fields.String(required=True)
+    inputs = fields.List(fields.Nested(TensorMetadata), required=True)
+    outputs = fields.List(fields.Nested(TensorMetadata), required=True)
+    parameters = fields.Dict(required=True)
+
+
+class ModelReady(Schema):
+    """OIP model readiness."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    ready = fields.Boolean(required=True)
 
 
 class ClassifyArgs(_Strict):
@@ -141,7 +257,7 @@ class ClassifyArgs(_Strict):
 class Error(Schema):
     """Every error response."""
 
-    error = fields.String(metadata={"example": "model 'nope' is not served here"})
+    error = fields.String(required=True, metadata={"example": "model 'nope' is not served here"})
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:

@@ -260,6 +260,17 @@ def client(app: object) -> object:
     return app.test_client()
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,6 +303,29 @@ class Service:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"the service was not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def runtime_pids(self) -> list[int]:
+        """The model runtimes' processes."""
+        return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p)]
+
+    def worker_pids(self) -> list[int]:
+        """The HTTP workers' processes (children of the front end)."""
+        front = [p for p in _children(self.proc.pid) if b"service.runtime" not in _cmdline(p)]
+        return [w for f in front for w in _children(f) if b"resource_tracker" not in _cmdline(w)]
+
+    def in_flight(self) -> float:
+        """Requests the HTTP workers hold now, this scrape included."""
+        text = requests.get(f"{self.url}/metrics", timeout=30).text
+        return float(next(x for x in text.splitlines()
+                          if x.startswith("trainserve_requests_in_flight ")).split()[1])
+
+    def wait_in_flight(self, count: int, timeout: float = 60.0) -> None:
+        """Until the workers hold ``count`` requests besides the scrape that asks."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() < count + 1:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} requests never reached the workers")
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -30,20 +30,10 @@ pytestmark = pytest.mark.slow
 ZERO = {"instances": [[0] * 784], "dtype": "uint8"}
 
 
-def _children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
 def _processes(server) -> tuple[int, list[int]]:
     """The runtime's pid and the HTTP workers' pids of a running service."""
-    runtime, workers = None, []
-    for pid in _children(server.proc.pid):
-        if b"service.runtime" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            runtime = pid
-        else:
-            workers = [w for w in _children(pid) if b"resource_tracker" not in
-                       Path(f"/proc/{w}/cmdline").read_bytes()]
-    assert runtime and workers
+    (runtime,), workers = server.runtime_pids(), server.worker_pids()
+    assert workers
     return runtime, workers
 
 
@@ -172,9 +162,30 @@ def test_no_single_request_raises_a_workers_memory_by_more_than_64_mib(serve, ar
         "tRNS palette image": (_encoded(_stroke((1500, 1500)), "PNG", transparency=0), 200),
         "24-megapixel JPEG photo": (_encoded(_stroke((6000, 4000, 3)), "JPEG", quality=70), 200),
     }
+    rows = (3 * 2**20 - 100) // 3138  # a row is [0.5,0.5,...], 3,138 bytes: just under the JSON limit
+    floats = ("[" + ",".join(["[" + ",".join(["0.5"] * 784) + "]"] * rows) + "]").encode()
+    tensors = np.full((15 * 2**20 // 3136, 1, 28, 28), 0.5, np.float32).tobytes()  # 15 MiB, binary
+    header = (b'{"inputs": [{"name": "input", "shape": [%d, 1, 28, 28], "datatype": "FP32", '
+              b'"parameters": {"binary_data_size": %d}}]}' % (len(tensors) // 3136, len(tensors)))
+    posts = {  # name: (path, headers, body, the status it gets)
+        "JSON of floats at the JSON limit": ("/v1/models/mnist-tiny:predict", {}, b'{"instances": '
+                                             + floats + b', "dtype": "float32"}', 200),
+        "JSON over the JSON limit": ("/v1/models/mnist-tiny:predict", {}, b'{"instances": ' + floats
+                                     + b"," + floats[1:] + b', "dtype": "float32"}', 413),
+        "binary FP32 tensors at the body limit": ("/v2/models/mnist-tiny/infer",
+                                                  {"Inference-Header-Content-Length": str(len(header))},
+                                                  header + tensors, 200),
+    }
     _, (worker,) = _processes(server)
     for _ in range(3):  # warm: first requests import and allocate what every later one reuses
         requests.post(url, data=cases["grey within the budget"][0], timeout=60)
+    for name, (path, headers, body, status) in posts.items():
+        idle = _status_kib(worker, "VmRSS")
+        Path(f"/proc/{worker}/clear_refs").write_text("5")
+        answer = requests.post(f"{server.url}{path}", data=body, headers=headers, timeout=120)
+        assert answer.status_code == status, (name, answer.text[:200])
+        peak = _status_kib(worker, "VmHWM")
+        assert peak - idle <= 64 * 1024, f"{name}: +{(peak - idle) / 1024:.0f} MiB"
     for name, (body, status) in cases.items():
         idle = _status_kib(worker, "VmRSS")
         Path(f"/proc/{worker}/clear_refs").write_text("5")  # the peak RSS starts again from now
@@ -195,12 +206,6 @@ def test_no_single_request_raises_a_workers_memory_by_more_than_64_mib(serve, ar
 
 
 # --- overload --------------------------------------------------------------------------------------------
-def _in_flight(url: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("trainserve_requests_in_flight "))
-    return float(line.split()[1])
-
-
 def test_overload_is_shed_at_once_with_429_and_retry_after(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_THREADS": "32", "TRAINSERVE_MAX_QUEUE": "2",
@@ -211,9 +216,7 @@ def test_overload_is_shed_at_once_with_429_and_retry_after(serve, special_root):
     try:
         with ThreadPoolExecutor(10) as pool:
             pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(10)]
-            deadline = time.monotonic() + 30
-            while _in_flight(server.url) < 11 and time.monotonic() < deadline:  # 10, and this scrape
-                time.sleep(0.05)
+            server.wait_in_flight(10)
             os.kill(runtime, signal.SIGCONT)  # it reads them all at once: two fit the queue
             answers = [f.result(60) for f in pending]
     finally:
@@ -274,7 +277,7 @@ def test_malformed_http_gets_its_4xx_from_the_front_end_and_the_service_serves_o
 def test_a_stalled_upload_is_answered_408_at_the_deadline(serve, server_name, artifact_root):
     if server_name == "granian":
         pytest.skip("granian reads bodies in Rust with no read timeout: a stalled upload holds its thread "
-                    "until the client leaves (docs/operations.md#slow-clients)")
+                    "until the client leaves (docs/operations.md#slow-and-stalled-clients)")
     server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_REQUEST_TIMEOUT_S": "2"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
@@ -292,8 +295,7 @@ def test_with_two_runtimes_a_killed_one_costs_no_request_and_no_readiness(serve,
     server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_RUNTIMES": "2"})
     url = f"{server.url}/v1/models/mnist-tiny:predict"
-    runtimes = [p for p in _children(server.proc.pid)
-                if b"service.runtime" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    runtimes = server.runtime_pids()
     assert len(runtimes) == 2
     with ThreadPoolExecutor(4) as pool:
         assert all(r.status_code == 200 for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),

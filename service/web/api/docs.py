@@ -1,4 +1,4 @@
-"""The OpenAPI document and a docs page rendered from it on the server (no scripts, no CDN: works offline)."""
+"""The OpenAPI document, for the served models, and a docs page rendered from it (no scripts, no CDN)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template_string
 from markupsafe import Markup, escape
 
-from service.web.api.common import respond
+from service.web.api.common import plane, respond
 from service.web.openapi import build_spec
 
 bp = Blueprint("docs", __name__)
@@ -48,9 +48,11 @@ table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top
 
 
 def _spec() -> dict[str, Any]:
+    # Built once per runtime generation: a restarted runtime may serve other models.
+    catalog = plane().registry
     cache = current_app.extensions.setdefault("trainserve.openapi", {})
-    if "spec" not in cache:
-        cache["spec"] = build_spec()
+    if cache.get("generation") != catalog.generation:
+        cache.update(spec=build_spec(catalog), generation=catalog.generation)
     return cache["spec"]
 
 
