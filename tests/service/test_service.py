@@ -168,6 +168,17 @@ def test_a_request_whose_http_worker_dies_gets_its_connection_closed_not_an_answ
     assert requests.post(url, json=ZERO, timeout=60).status_code == 200
 
 
+def test_a_normal_start_and_stop_logs_no_warning(serve, artifact_root, tmp_path):
+    shutil.copytree(artifact_root / "mnist-tiny", tmp_path / "models" / "mnist-tiny")  # no tampered one
+    server = serve({"TRAINSERVE_MODEL_DIR": str(tmp_path / "models"), "TRAINSERVE_WORKERS": "1"})
+    answer = requests.post(f"{server.url}/v1/models/mnist-tiny:predict", json=ZERO, timeout=60)
+    assert answer.status_code == 200
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "serving on" in log and "stopped" in log
+    assert not re.findall(r"^.* (WARNING|ERROR|CRITICAL) .*$", log, re.M), log
+
+
 def _start_up_output(env: dict[str, str]) -> tuple[int, str]:
     full_env = {"PATH": "/usr/bin:/bin", "TRAINSERVE_BIND": "127.0.0.1:0", "TRAINSERVE_WORKERS": "1",
                 "TRAINSERVE_DEVICE": "cpu"} | env
