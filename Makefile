@@ -37,12 +37,14 @@ serve: setup
 # install wrk), the PNG rounds of every server alternating; 3 rounds of 4 s per payload and concurrency,
 # medians; results in bench-results/ (docs/benchmarks.md). Installs the `peers` extra; TorchServe needs a
 # Java 11+ runtime (apt-get install default-jre-headless). ARGS='--rounds 5 --duration 8' for longer runs,
-# MODEL_DIR=... for other artifacts.
+# MODEL_DIR=... for other artifacts. The service also runs once per model format (FORMATS, the
+# TRAINSERVE_MODEL_FORMAT of each; FORMATS= for none), every payload against each.
 MODEL_DIR ?= models
 PEERS := --naive --gunicorn --torchserve --mosec
+FORMATS ?= torchscript,exported,aoti
 bench: setup
 	$(PY) -m pip install --quiet -e '.[peers]'
-	$(PY) scripts/bench_serve.py --start $(PEERS) --model-dir $(MODEL_DIR) $(ARGS)
+	$(PY) scripts/bench_serve.py --start $(PEERS) --formats "$(FORMATS)" --model-dir $(MODEL_DIR) $(ARGS)
 
 # The same benchmark on the pytorch/examples MNIST net (--arch classic, 11x the shipped model's cost per
 # image): trained once into bench-results/classic/ (about 4 minutes on 2 cores), then served from there;
@@ -52,7 +54,7 @@ bench-classic: setup
 	ls $(CLASSIC)/models/*/*/manifest.json >/dev/null 2>&1 || $(PY) -m training --data-dir $(DATA_DIR) --arch classic --optimizer adam \
 		--lr 1e-3 --out $(CLASSIC)/models --run-dir $(CLASSIC)/runs
 	$(PY) -m pip install --quiet -e '.[peers]'
-	$(PY) scripts/bench_serve.py --start $(PEERS) --model-dir $(CLASSIC)/models \
+	$(PY) scripts/bench_serve.py --start $(PEERS) --formats "$(FORMATS)" --model-dir $(CLASSIC)/models \
 		--out bench-results/serve-classic.json $(ARGS)
 
 # Only single PNGs, every server: the quick side-by-side (bench-results/serve-peers.json).

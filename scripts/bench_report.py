@@ -44,7 +44,7 @@ def _server(row: dict[str, Any]) -> str:
 
 def _peer(row: dict[str, Any]) -> bool:
     """Whether the row is another server's (a --peer): the same PNG, not trainserve."""
-    return _server(row) not in ("service", "versus")
+    return _server(row) not in ("service", "versus") and not _server(row).startswith("format:")
 
 
 def _run(results: dict[str, Any], payload: str, connections: int, server: str = "service"
@@ -113,6 +113,13 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                   f"{r['p50_ms']:.2f} ms)"
                   for r in results["runs"]
                   if _server(r) == peer and (mine := _run(results, "png", r["connections"]))]
+    for fmt in dict.fromkeys(_server(r) for r in results["runs"] if _server(r).startswith("format:")):
+        lines.append(f"served as {fmt.removeprefix('format:')} (the median of the round-by-round ratios to "
+                     f"the main service, which served {results.get('format') or 'its default'}):")
+        lines += [f"  {r['payload']:6} c={r['connections']:<3} {_paired(r, mine):.3f} x  "
+                  f"({r['images_per_s']:.0f} images/s)"
+                  for r in results["runs"]
+                  if _server(r) == fmt and (mine := _run(results, r["payload"], r["connections"]))]
     for key, label in (("memory", "service"), ("memory_gunicorn", "service on gunicorn")):
         if memory := results.get(key):
             lines.append(f"memory of the {label}, every process: RSS {memory['rss_mib']:.0f} MiB, "

@@ -17,7 +17,9 @@ ratio between the two (the median of the round-by-round ratios) is measured side
 NAME=URL`` does the same with any other server that answers that PNG POSTed to URL, and the summary gives
 the service's PNG throughput as a multiple of each peer's; ``--torchserve`` starts TorchServe on the same
 artifact (scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`), ``--mosec`` the
-same with mosec (scripts/mosec_peer.py; both: `make bench-peers`). With ``--start``
+same with mosec (scripts/mosec_peer.py; both: `make bench-peers`). ``--formats torchscript,exported,aoti``
+(with ``--start``) also starts the service once per model format (TRAINSERVE_MODEL_FORMAT) and runs every
+payload against each, its rounds alternating with the main service's. With ``--start``
 it also reports time-to-ready, each worker's memory and how each run's connections were spread over the
 workers. Results go to bench-results/serve.json and a chart of throughput vs
 concurrency to bench-results/serve.png.
@@ -97,6 +99,10 @@ def parse_args() -> argparse.Namespace:
                         help="also start mosec on the same artifact (scripts/mosec_peer.py, on --mosec-url's "
                              "port) and measure it as a --peer")
     parser.add_argument("--mosec-url", default=None, help="(default: a free port on 127.0.0.1)")
+    parser.add_argument("--formats", default="", metavar="FORMAT,...",
+                        help="with --start, also serve the model in each of these formats (torchscript, "
+                             "exported, aoti), one more service each, and measure every payload against "
+                             "each (default: none)")
     parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
                         help="artifacts, for the in-process figure and the naive app (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name (default: the first one served)")
@@ -121,6 +127,10 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--peer {peer!r}: give NAME=URL, e.g. torchserve=http://127.0.0.1:8080/predictions/m")
         peers[name] = url
     args.peer = peers
+    args.formats = [f for f in args.formats.split(",") if f]
+    if args.formats and not args.start:
+        parser.error("--formats starts a service per format: give --start too")
+    args.format_urls = {}  # "format:NAME" -> the URL of the service serving that format
     return args
 
 
@@ -388,9 +398,11 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
     peers = args.peer
     extra_kinds = [*(["naive"] if args.naive else []), *(["peer"] if peers else [])]
     bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *extra_kinds}}
-    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers}
-    # (server, payload) pairs whose rounds alternate: the service's, --versus's, the naive app's, the peers'.
+    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers, **args.format_urls}
+    # (server, payload) pairs whose rounds alternate: the service's, --versus's, each --formats service's, the
+    # naive app's, the peers'.
     groups = [[("service", kind), *([("versus", kind)] if args.versus else []),
+               *[(server, kind) for server in args.format_urls],
                *([("naive", "naive")] if kind == "png" and args.naive else []),
                *([(peer, "peer") for peer in peers] if kind == "png" else [])] for kind in kinds]
     if args.naive and "png" not in kinds:
@@ -408,13 +420,29 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
                                               | {"in_process": now})
             for server, kind in group:
                 row = combine(kind, c, runs[server, kind])
-                if server == "versus":
-                    row["server"] = "versus"
+                if server == "versus" or server in args.format_urls:
+                    row["server"] = server
                 elif kind == "peer":
                     row["payload"], row["server"] = "png", server  # the same PNG, another server
                 rows.append(row)
                 print(report(row), flush=True)
     return rows
+
+
+def start_formats(args: argparse.Namespace, name: str) -> list[subprocess.Popen]:
+    """One more service per --formats entry, each serving ``name`` in that format; fills args.format_urls."""
+    started = []
+    for fmt in args.formats:
+        url = f"http://127.0.0.1:{free_port()}"
+        env = serve_env(url, args.model_dir) | {"TRAINSERVE_MODEL_FORMAT": fmt}
+        proc, ready_s = start([sys.executable, "-m", "service"], env, f"{url}/readyz")
+        started.append(proc)
+        served = next(m for m in requests.get(f"{url}/v1/models", timeout=5).json()["models"]
+                      if m["name"] == name)
+        print(f"service serving {name} as {served['format']} (asked: {fmt}): ready in {ready_s:.1f} s",
+              flush=True)
+        args.format_urls[f"format:{served['format']}"] = url
+    return started
 
 
 def combine(kind: str, connections: int, runs: list[dict]) -> dict:
@@ -443,6 +471,7 @@ def main() -> None:
     args = parse_args()
     gunicorn = [sys.executable, "-m", "gunicorn"]
     proc = naive = peer = mosec = second = None
+    formats: list[subprocess.Popen] = []
     extra: dict = {}
     try:
         if args.start:
@@ -460,7 +489,10 @@ def main() -> None:
             extra["memory_gunicorn"] = memory = service_memory(second.pid)
             print(f"service (gunicorn): {len(memory['processes'])} processes, "
                   f"RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB", flush=True)
-        name = args.model or requests.get(f"{args.url}/v1/models", timeout=5).json()["models"][0]["name"]
+        listed = requests.get(f"{args.url}/v1/models", timeout=5).json()["models"]
+        name = args.model or listed[0]["name"]
+        extra["format"] = next(m.get("format") for m in listed if m["name"] == name)
+        formats = start_formats(args, name)
         if second is not None:
             args.peer["trainserve-gunicorn"] = f"{url}/v1/models/{name}:classify"
         model = InProcess(Path(args.model_dir), name)
@@ -488,9 +520,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
-        for server in (proc, naive, peer, mosec, second):
+        for server in (proc, naive, peer, mosec, second, *formats):
             stop(server)
         proc = naive = peer = mosec = second = None
+        formats = []
         # Once more now the servers are stopped: the reference is the better of the two.
         reference.update(best(reference, model.measure()))
         from service.config import ServiceConfig
@@ -508,7 +541,7 @@ def main() -> None:
               f"batch 64 {reference['batch64_images_per_s']:.0f} images/s")
         print("\n".join(report(row) for row in rows))
     finally:
-        for server in (proc, naive, peer, mosec, second):
+        for server in (proc, naive, peer, mosec, second, *formats):
             stop(server)
     results = {"model": name, "in_process": reference, "runs": rows, **extra}
     results["summary"] = summary(results)

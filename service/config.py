@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
+MODEL_FORMATS = ("auto", "torchscript", "exported", "aoti")  # auto, then service/manifest.py's FORMATS
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
 
 
@@ -58,6 +59,10 @@ class ServiceConfig:
     device: str = "auto"
     # CUDA only: run the model in float16 (inputs are cast inside the module).
     half: bool = False
+    # Which of an artifact's files to serve: auto (the fastest that loads on this device), torchscript,
+    # exported or aoti; a format an artifact lacks or that cannot run here falls back to the next one its
+    # manifest lists, with a log line.
+    model_format: str = "auto"
     bind: str = "127.0.0.1:8000"
     # The HTTP front end that runs the Flask app: granian (Rust HTTP, the default) or gunicorn.
     server: str = "granian"
@@ -173,6 +178,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model_dir": (Path, "a folder path"),
     "device": (_matching(_DEVICE_RE), "auto, cpu, cuda or cuda:N"),
     "half": (_bool, "0 or 1"),
+    "model_format": (_choice(*MODEL_FORMATS), "auto, torchscript, exported or aoti"),
     "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
     "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
@@ -197,6 +203,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "device": lambda v: bool(_DEVICE_RE.match(v)),
     "bind": lambda v: bool(_BIND_RE.match(v)),
     "server": lambda v: v in ("granian", "gunicorn"),
+    "model_format": lambda v: v in MODEL_FORMATS,
     "workers": lambda v: v >= 0,
     "threads": lambda v: v >= 1,
     "runtimes": lambda v: v >= 1,

@@ -1,7 +1,8 @@
 """The artifact contract between training and serving (stdlib only).
 
-An artifact is a folder ``<root>/<name>/<version>/`` holding ``model.pt`` (a scripted TorchScript module)
-and ``manifest.json`` (this module's :class:`Manifest`). Training writes it, the service reads it; neither
+An artifact is a folder ``<root>/<name>/<version>/`` holding ``model.pt`` (a scripted TorchScript module),
+optionally the same model in other formats (:class:`ModelFormat`), and ``manifest.json`` (this module's
+:class:`Manifest`). Training writes it, the service reads it; neither
 guesses anything the manifest does not say. The schema is documented for humans in ``models/README.md``.
 """
 
@@ -21,6 +22,9 @@ MODEL_FILE = "model.pt"
 # The plots training draws into the artifact folder beside the model (training/reports.py), in the order a
 # model's page shows them; any other PNG training adds there is shown after them.
 REPORT_FILES = ("curves.png", "confusion.png", "mistakes.png")
+# How a model file was made: torch.jit.script (model.pt), torch.export.save of an ExportedProgram, or an
+# AOTInductor package (compiled C++ for one torch version, device kind and CPU instruction set).
+FORMATS = ("torchscript", "exported", "aoti")
 
 # Names travel in URLs (/v2/models/{name}) and in Prometheus labels: keep them boring.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -60,6 +64,31 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class ModelFormat:
+    """One file of the artifact in one format, and what it was made with and for."""
+
+    format: str  # one of FORMATS
+    file: str
+    sha256: str
+    torch_version: str
+    device: str  # the device kind it was compiled for: "cpu" or "cuda" (TorchScript and exported: any)
+    cpu_isa: str | None = None  # aoti on cpu: the vector instruction set inductor compiled for
+    cuda_arch: str | None = None  # aoti on cuda: the compute capability it was compiled for, e.g. "sm_90"
+    max_batch: int | None = None  # exported and aoti: the largest batch the dynamic batch dimension takes
+    compile_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.format in FORMATS, f"format {self.format!r} must be one of {', '.join(FORMATS)}")
+        _check(bool(_FILE_RE.match(self.file)) and self.file not in (".", ".."),
+               f"{self.format} file {self.file!r} must be a plain file name inside the artifact folder")
+        _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)),
+               f"{self.format} sha256 must be 64 hex digits")
+        _check(self.device in ("any", "cpu", "cuda"),
+               f"{self.format} device {self.device!r} must be any, cpu or cuda")
+        _check(self.max_batch is None or self.max_batch >= 1, f"{self.format} max_batch must be >= 1")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the service needs to know about one artifact, and how it was made."""
 
@@ -79,6 +108,9 @@ class Manifest:
     file: str = MODEL_FILE
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, never required by the service
+    # Every format the folder holds, TorchScript included, in the exporter's order; empty in artifacts made
+    # before there were other formats: then ``file`` alone (see ``model_formats``).
+    formats: tuple[ModelFormat, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.schema_version == SCHEMA_VERSION,
@@ -99,6 +131,17 @@ class Manifest:
         _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256 must be 64 hex digits")
         _check(bool(_FILE_RE.match(self.file)) and self.file not in (".", ".."),
                f"file {self.file!r} must be a plain file name inside the artifact folder")
+        scripted = [f for f in self.formats if f.format == "torchscript"]
+        _check(not self.formats or [(f.file, f.sha256) for f in scripted] == [(self.file, self.sha256)],
+               "formats must list the TorchScript file once, with the manifest's file and sha256")
+        files = [f.file for f in self.formats]
+        _check(len(set(files)) == len(files), "formats must not share a file")
+
+    @property
+    def model_formats(self) -> tuple[ModelFormat, ...]:
+        """The formats present; an artifact from before formats were listed has its TorchScript file only."""
+        return self.formats or (
+            ModelFormat("torchscript", self.file, self.sha256, self.torch_version, "any"),)
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +166,9 @@ class Manifest:
             values["output"] = _spec(OutputSpec, data["output"])
             values["labels"] = tuple(str(label) for label in data["labels"])
             values["version"] = str(data["version"])
+            formats = data.get("formats", [])
+            _check(isinstance(formats, list), "formats must be a list")
+            values["formats"] = tuple(_spec(ModelFormat, f) for f in formats)
             return cls(**values)
         except KeyError as exc:
             raise ManifestError(f"manifest is missing {exc.args[0]!r}") from None
@@ -175,14 +221,19 @@ def read_manifest(folder: Path) -> Manifest:
 
 def verify_checksum(manifest: Manifest, folder: Path) -> Path:
     """Return the model file's path once its sha256 matches the manifest's; raise ManifestError otherwise."""
-    path = folder / manifest.file
+    return verify_file(folder, manifest.file, manifest.sha256)
+
+
+def verify_file(folder: Path, file: str, sha256: str) -> Path:
+    """Return ``folder/file`` once it is a regular file whose sha256 is ``sha256``; raise ManifestError."""
+    path = folder / file
     if path.is_symlink():  # a link could point anywhere on the machine
         raise ManifestError(f"{path} is a symbolic link; the model file must be a regular file in its folder")
     if not path.is_file():
         raise ManifestError(f"{path} does not exist")
     actual = sha256_file(path)
-    if actual != manifest.sha256:
-        raise ManifestError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}")
+    if actual != sha256:
+        raise ManifestError(f"{path} has sha256 {actual}, the manifest says {sha256}")
     return path
 
 

@@ -46,3 +46,27 @@ def mnist_slice(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             body = raw[header_len: header_len + count * item]
             (root / "mnist" / name).write_bytes(gzip.compress(bytes(header) + body, compresslevel=1))
     return root
+
+
+@pytest.fixture(scope="session")
+def formats_root(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    """models/ with mnist-formats/1 exported in every format: the suite's one AOTInductor compile.
+
+    A seeded, untrained compact CNN (the formats are judged against each other and the eager model, not on
+    accuracy) probed with real MNIST test digits.
+    """
+    import torch
+
+    from training.datasets import read_idx
+    from training.export import ArtifactInfo, PixelClassifier, export
+    from training.nets import build_net
+
+    torch.manual_seed(0)
+    model = PixelClassifier(build_net("cnn", (1, 28, 28), 10), (0.1307,), (0.3081,)).eval()
+    digits = read_idx(datasets_dir / "mnist" / "t10k-images-idx3-ubyte.gz")[:16].unsqueeze(1)
+    info = ArtifactInfo(name="mnist-formats", architecture="cnn", labels=tuple(str(d) for d in range(10)),
+                        input_shape=(1, 28, 28), metrics={"test_accuracy": 0.1}, training={},
+                        dataset={"name": "mnist", "source": "tests"}, version="1")
+    root = tmp_path_factory.mktemp("formats-models")
+    export(model, info, root, digits, formats=("exported", "aoti"))
+    return root

@@ -18,6 +18,7 @@ from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
     DEFAULT_LR,
+    EXTRA_FORMATS,
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
@@ -108,6 +109,10 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help=f"model repository the artifact goes to (default: {_D.out})")
     g.add_argument("--run-dir", type=Path, default=_D.run_dir, metavar="DIR",
                    help=f"metrics, plots and TensorBoard events per run (default: {_D.run_dir})")
+    g.add_argument("--formats", nargs="*", choices=EXTRA_FORMATS, default=_D.formats, metavar="FORMAT",
+                   help="formats exported beside the TorchScript model.pt: exported (torch.export), aoti "
+                        "(AOTInductor, needs a C++ compiler); the flag alone: TorchScript only "
+                        f"(default: {' '.join(_D.formats)})")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -115,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
     values["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     values["name"] = args.name or default_name(args.dataset, args.arch)
+    values["formats"] = tuple(args.formats)
     return TrainConfig(**values)
 
 

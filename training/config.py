@@ -12,6 +12,7 @@ ARCHITECTURES = ("mlp", "cnn", "classic", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
+EXTRA_FORMATS = ("exported", "aoti")  # written beside the TorchScript file (training/formats.py)
 
 # Adam-family optimisers diverge at SGD's learning rates, so --lr defaults per optimiser. With onecycle the
 # learning rate is the peak of the cycle.
@@ -63,6 +64,8 @@ class TrainConfig:
     version: str | None = None  # None: the next free version
     out: Path = Path("models")
     run_dir: Path = Path("runs")  # metrics, plots and TensorBoard events of each run
+    # Formats exported beside TorchScript's model.pt; aoti compiles C++ (docs/benchmarks.md#model-formats).
+    formats: tuple[str, ...] = EXTRA_FORMATS
 
     def __post_init__(self) -> None:
         if self.dataset.startswith("folder:"):
@@ -73,6 +76,8 @@ class TrainConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        for fmt in self.formats:
+            _choice("formats", fmt, EXTRA_FORMATS)
         _positive(epochs=self.epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                   image_size=self.image_size, lr=self.lr)
         _check(bool(self.hidden) and all(h > 0 for h in self.hidden), "hidden must be positive widths")

@@ -1,4 +1,5 @@
-"""Export a trained net as a TorchScript artifact with its manifest, atomically.
+"""Export a trained net as a TorchScript artifact, with the other formats asked for (training/formats.py)
+and its manifest, atomically.
 
 This module and ``service/runtime/registry.py`` are the only places that call ``torch.jit``: it is
 deprecated in current torch and warns, and the customer asked for TorchScript, so the calls and their
@@ -25,16 +26,16 @@ from service.manifest import (
     MODEL_FILE,
     InputSpec,
     Manifest,
+    ModelFormat,
     OutputSpec,
     next_version,
     sha256_file,
     write_manifest,
 )
+from training.formats import ParityError, check_parity, max_batch, parity_probes, write_formats
 from training.nets import fold_batchnorm
 
 log = logging.getLogger(__name__)
-
-PARITY_ATOL = 1e-4
 
 
 class ExportError(RuntimeError):
@@ -92,12 +93,15 @@ def export(
     out_root: Path,
     probe: torch.Tensor,
     reports: Sequence[Path] = (),
+    formats: Sequence[str] = (),
 ) -> Path:
-    """Script ``model``, check it against the eager model on ``probe``, and publish the artifact folder.
+    """Script ``model``, write the other ``formats`` (exported, aoti) beside it, check each against the eager
+    model on batches made from ``probe``, and publish the artifact folder.
 
     The artifact is written to a temporary folder beside its destination and renamed into
     ``out_root/<name>/<version>/`` only once the reloaded scripted module matches the eager one, so a reader
-    never sees half an artifact. Returns the published folder.
+    never sees half an artifact. Another format that cannot be made or does not match is left out (logged,
+    and named in the manifest's ``extra.formats_skipped``). Returns the published folder.
     """
     model = model.to("cpu").eval()
     probe = probe.to("cpu")
@@ -116,10 +120,16 @@ def export(
             scripted = torch.jit.script(inference_form(model))
             torch.jit.save(scripted, str(model_path))
             reloaded = torch.jit.load(str(model_path), map_location="cpu")
-        _check_parity(model, reloaded, probe)
+        probes = parity_probes(probe, max_batch(info.input_shape))
+        try:
+            check_parity(model, reloaded, probes, "scripted")
+        except ParityError as exc:
+            raise ExportError(str(exc)) from None
+        entries = [ModelFormat("torchscript", MODEL_FILE, sha256_file(model_path), torch.__version__, "any")]
+        others, skipped = write_formats(model, staging, probes, formats, info.input_shape)
         for report in reports:
             shutil.copy2(report, staging / report.name)
-        manifest = _manifest(model, info, version, sha256_file(model_path))
+        manifest = _manifest(model, info, version, [*entries, *others], skipped)
         write_manifest(manifest, staging)
         staging.rename(final)
     except BaseException:
@@ -136,22 +146,6 @@ def inference_form(model: nn.Module) -> nn.Module:
     passes over memory per image on a CPU (docs/benchmarks.md, "Model").
     """
     return fold_batchnorm(model).to(memory_format=torch.channels_last)
-
-
-def _check_parity(eager: nn.Module, scripted: torch.jit.ScriptModule, probe: torch.Tensor) -> None:
-    """Both input forms the manifest promises: a uint8 probe is also checked as float pixels in [0, 1]."""
-    probes = [probe, probe.float() / 255.0] if probe.dtype == torch.uint8 else [probe]
-    with torch.inference_mode():
-        for batch in probes:
-            expected = eager(batch)
-            actual = scripted(batch)
-            if expected.shape != actual.shape:
-                raise ExportError(f"scripted module returns {tuple(actual.shape)}, "
-                                  f"the eager one {tuple(expected.shape)}")
-            diff = (expected - actual).abs().max().item()
-            if not diff <= PARITY_ATOL:
-                raise ExportError(f"scripted module differs from the eager one by {diff:.3g} "
-                                  f"(> {PARITY_ATOL}) on {batch.dtype} input")
 
 
 def load_scripted(path: Path) -> torch.jit.ScriptModule:
@@ -171,13 +165,8 @@ def optimized_for_inference(module: torch.jit.ScriptModule) -> torch.jit.ScriptM
         return torch.jit.optimize_for_inference(module)
 
 
-def script_for_serving(model: nn.Module) -> torch.jit.ScriptModule:
-    """``model`` scripted and frozen in the form the service would run it (benchmarks of untrained nets)."""
-    with quiet_jit():
-        return torch.jit.freeze(torch.jit.script(inference_form(model.eval())))
-
-
-def _manifest(model: nn.Module, info: ArtifactInfo, version: str, sha256: str) -> Manifest:
+def _manifest(model: nn.Module, info: ArtifactInfo, version: str, entries: Sequence[ModelFormat],
+              skipped: dict[str, str]) -> Manifest:
     return Manifest(
         name=info.name,
         version=version,
@@ -192,6 +181,7 @@ def _manifest(model: nn.Module, info: ArtifactInfo, version: str, sha256: str) -
         training=info.training,
         dataset=info.dataset,
         torch_version=torch.__version__,
-        sha256=sha256,
-        extra=info.extra,
+        sha256=entries[0].sha256,
+        extra=info.extra | ({"formats_skipped": skipped} if skipped else {}),
+        formats=tuple(entries),
     )

@@ -125,7 +125,7 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
                "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device)},
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
-    return export(model, info, dest.out, probe=data.test.images[:64], reports=files)
+    return export(model, info, dest.out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
 
 
 def _load_data(cfg: TrainConfig, world: World) -> DataSplits:

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # batches reuse the memory the last one freed (service/server/allocator.py)
     try:
         device = resolve_device(args.device or config.device, config.half)
-        registry = load_registry(config.model_dir, device, config.half, warmup_batch=config.max_batch_size)
+        registry = load_registry(config.model_dir, device, config.half, warmup_batch=config.max_batch_size,
+                                 model_format=config.model_format)
     except RegistryError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL

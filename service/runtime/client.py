@@ -46,6 +46,7 @@ class ServedModel:
     manifest: Manifest
     device: str
     load_seconds: float
+    format: str = "torchscript"  # the file the runtime serves: torchscript, exported or aoti
 
     @property
     def key(self) -> str:
@@ -67,7 +68,8 @@ class Catalog(ModelVersions[ServedModel]):
         catalog = cls(refused=dict(data["refused"]), max_batch_size=int(data["max_batch_size"]),
                       generation=(int(data["pid"]), float(data["started"])))
         for index, entry in enumerate(data["models"]):
-            model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"])
+            model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"],
+                                entry["format"])
             catalog.add(model)
             catalog.position[model.key] = index
         return catalog

@@ -1,4 +1,5 @@
-"""The model repository: load, verify and warm up every artifact under the model folder.
+"""The model repository: load, verify and warm up every artifact under the model folder, in the format the
+operator asks for (TRAINSERVE_MODEL_FORMAT) or the next one its manifest lists that runs here.
 
 This module and ``training/export.py`` are the only places that call ``torch.jit`` (it is deprecated in
 current torch and warns; the customer asked for TorchScript), so its warning filter lives here too.
@@ -20,10 +21,12 @@ import torch
 from service.manifest import (
     Manifest,
     ManifestError,
+    ModelFormat,
     artifact_dirs,
     read_manifest,
-    verify_checksum,
+    verify_file,
 )
+from service.runtime import formats
 from service.runtime.versions import ModelVersions
 
 log = logging.getLogger(__name__)
@@ -76,10 +79,11 @@ class LoadedModel:
     """One verified, warmed-up artifact on its device; ``forward`` is what the runtime calls."""
 
     manifest: Manifest
-    module: torch.jit.ScriptModule
+    module: formats.Forward  # a frozen ScriptModule, or an exported / compiled program (formats.py)
     device: torch.device
     half: bool
     load_seconds: float = 0.0
+    format: str = "torchscript"  # the one of manifest.model_formats being served
     _pinned: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -112,14 +116,15 @@ class Registry(ModelVersions[LoadedModel]):
     """Every loaded model of this runtime, by name and version."""
 
 
-def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batch: int) -> Registry:
+def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batch: int,
+                  model_format: str = "auto") -> Registry:
     """Load every artifact under ``model_dir``; refuse (and log why) those that fail their checks."""
     if not model_dir.is_dir():
         raise RegistryError(f"TRAINSERVE_MODEL_DIR={model_dir} is not a folder")
     registry = Registry()
     for folder in artifact_dirs(model_dir):
         try:
-            registry.add(load_model(folder, device, half, warmup_batch))
+            registry.add(load_model(folder, device, half, warmup_batch, model_format))
         except (ManifestError, RuntimeError, ValueError, OSError) as exc:
             registry.refused[str(folder)] = str(exc)
     if not len(registry):  # one error that says everything, rather than a line per artifact before it
@@ -131,11 +136,58 @@ def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batc
     return registry
 
 
-def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int) -> LoadedModel:
-    """Check the manifest and checksum, load the TorchScript file onto ``device``, and warm it up."""
+def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int,
+               model_format: str = "auto") -> LoadedModel:
+    """Check the manifest, then load and warm up the first of its formats that passes its checks here.
+
+    ``model_format`` (auto, torchscript, exported or aoti) is tried first (auto: the fastest on this device,
+    formats.AUTO_ORDER), then the other formats in the manifest's order; each one refused is logged.
+    """
     started = time.perf_counter()
     manifest = read_manifest(folder)
-    path = verify_checksum(manifest, folder)
+    entries = manifest.model_formats
+    if model_format != "auto" and model_format not in {e.format for e in entries}:
+        log.warning("%s/%s has no %s file; trying %s", manifest.name, manifest.version, model_format,
+                    ", ".join(e.format for e in entries))
+    refusals = []
+    candidates = formats.candidates(entries, model_format, device.type)
+    for position, entry in enumerate(candidates, 1):
+        try:
+            model = load_format(folder, manifest, entry, device, half, warmup_batch)
+        except (formats.FormatRefused, ManifestError, RuntimeError, ValueError, OSError) as exc:
+            refusals.append(f"{entry.format}: {exc}")
+            then = f"trying {candidates[position].format} next" if position < len(candidates) else "none left"
+            log.warning("%s/%s: not serving its %s file %s: %s; %s", manifest.name, manifest.version,
+                        entry.format, entry.file, exc, then)
+            continue
+        model.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s in %.2fs as %s from %s (%s, %d parameters)", model.key, device,
+                 model.load_seconds, entry.format, entry.file, manifest.architecture, manifest.parameters)
+        return model
+    raise ManifestError(f"{folder}: no format of the model can be served here ({'; '.join(refusals)})")
+
+
+def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
+                 warmup_batch: int) -> LoadedModel:
+    """One format: checksum, compatibility, load, and a warm-up that must return the declared shape."""
+    path = verify_file(folder, entry.file, entry.sha256)
+    formats.check_runnable(entry, path, device, half, warmup_batch)
+    module = _load_torchscript(path, device, half) if entry.format == "torchscript" else \
+        formats.load(entry, path, device)
+    model = LoadedModel(manifest=manifest, module=module, device=device, half=half, format=entry.format)
+    # The first calls compile and allocate; run them now so the first client does not pay, and so a model
+    # that cannot take its declared input is refused here rather than on traffic.
+    dtypes = (np.float32, np.uint8) if manifest.input.accepts_uint8 else (np.float32,)
+    for dtype in dtypes:
+        for rows in (warmup_batch, 1, warmup_batch):
+            logits = model.forward([np.zeros((rows, *manifest.input.shape), dtype=dtype)])
+            if logits.shape != (rows, manifest.num_classes):
+                raise ManifestError(f"{entry.file}: warm-up returned shape {logits.shape}, "
+                                    f"expected {(rows, manifest.num_classes)}")
+    return model
+
+
+def _load_torchscript(path: Path, device: torch.device, half: bool) -> torch.jit.ScriptModule:
     with _quiet_jit():
         module = torch.jit.load(str(path), map_location=device)
         module.eval()
@@ -144,18 +196,4 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
         # Freezing inlines the weights as constants and folds what depends only on them: more images/s,
         # same outputs. optimize_for_inference (oneDNN layouts) is not used: it is slower at batch 1 on
         # CPU (docs/benchmarks.md, "Model").
-        module = torch.jit.freeze(module)
-    model = LoadedModel(manifest=manifest, module=module, device=device, half=half)
-    # The first calls compile and allocate; run them now so the first client does not pay, and so a model
-    # that cannot take its declared input is refused here rather than on traffic.
-    dtypes = (np.float32, np.uint8) if manifest.input.accepts_uint8 else (np.float32,)
-    for dtype in dtypes:
-        for _ in range(2):
-            logits = model.forward([np.zeros((warmup_batch, *manifest.input.shape), dtype=dtype)])
-    if logits.shape != (warmup_batch, manifest.num_classes):
-        raise ManifestError(f"{folder}: warm-up returned shape {logits.shape}, "
-                            f"expected {(warmup_batch, manifest.num_classes)}")
-    model.load_seconds = time.perf_counter() - started
-    log.info("loaded %s on %s in %.2fs (%s, %d parameters)", model.key, device, model.load_seconds,
-             manifest.architecture, manifest.parameters)
-    return model
+        return torch.jit.freeze(module)

@@ -68,7 +68,7 @@ def catalog(models: list[LoadedModel], layout: protocol.SlotLayout, max_batch_si
     return {"pid": os.getpid(), "started": time.time(), "max_batch_size": max_batch_size,
             "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes,
             "models": [{"manifest": m.manifest.to_dict(), "device": str(m.device),
-                        "load_seconds": m.load_seconds} for m in models],
+                        "load_seconds": m.load_seconds, "format": m.format} for m in models],
             "refused": refused}
 
 

@@ -18,6 +18,10 @@ from service.metrics import Metrics
 from service.runtime.client import Catalog, RuntimeClient, ServedModel
 from service.web.inference import OUTPUTS
 
+# OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
+PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
+             "aoti": "pytorch_aotinductor"}
+
 
 class DataPlane:
     """One HTTP worker's view of the model runtimes."""
@@ -78,7 +82,7 @@ class DataPlane:
         return {
             "name": m.name,
             "versions": versions,
-            "platform": "pytorch_torchscript",
+            "platform": PLATFORMS[model.format],
             "inputs": [{"name": m.input.name, "datatype": "FP32", "shape": [-1, *m.input.shape],
                         "parameters": {"datatypes": datatypes, "range": list(m.input.range)}}],
             "outputs": [

@@ -164,8 +164,8 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Settings the model runtime reads (the rest are the HTTP side's).
-RUNTIME_SETTINGS = ("model_dir", "device", "torch_threads", "max_batch_size", "max_batch_delay_ms",
-                    "max_queue")
+RUNTIME_SETTINGS = ("model_dir", "device", "model_format", "torch_threads", "max_batch_size",
+                    "max_batch_delay_ms", "max_queue")
 
 
 def _clean_env() -> dict[str, str]:

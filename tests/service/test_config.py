@@ -44,6 +44,7 @@ def test_every_variable_is_read():
     ("TRAINSERVE_HALF", "maybe", "0 or 1"),
     ("TRAINSERVE_LOG_FORMAT", "xml", "text or json"),
     ("TRAINSERVE_BIND", "8000", "HOST:PORT"),
+    ("TRAINSERVE_MODEL_FORMAT", "onnx", "auto, torchscript, exported or aoti"),
 ])
 def test_a_bad_value_fails_with_a_message_naming_it(name, value, expected):
     with pytest.raises(ConfigError) as exc:

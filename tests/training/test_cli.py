@@ -13,8 +13,8 @@ import pytest
 from training.cli import build_parser, config_from_args, main
 
 
-def _train(repo_root: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+def _train(repo_root: Path, *flags: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(repo_root), **env_vars}
     return subprocess.run([sys.executable, "-m", "training", *flags], cwd=repo_root, env=env,
                           capture_output=True, text=True, timeout=240)
 
@@ -60,11 +60,26 @@ def test_dry_run_end_to_end_on_an_mnist_slice(repo_root: Path, mnist_slice: Path
     assert not (tmp_path / "models").exists()  # a dry run never publishes into the model repository
     (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
     names = {p.name for p in artifact.iterdir()}
-    assert names == {"model.pt", "manifest.json", "metrics.jsonl", "curves.png", "confusion.png",
-                     "mistakes.png"}
+    assert names == {"model.pt", "model.pt2", "model.aoti-cpu.pt2", "manifest.json", "metrics.jsonl",
+                     "curves.png", "confusion.png", "mistakes.png"}
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["extra"]["dry_run"] is True and manifest["dataset"]["test_examples"] == 300
     assert manifest["training"]["dry_run"] is True
+    assert [f["format"] for f in manifest["formats"]] == ["torchscript", "exported", "aoti"]
+
+
+@pytest.mark.slow
+def test_without_a_cxx_compiler_the_cli_exports_what_needs_none(repo_root: Path, mnist_slice: Path,
+                                                                 tmp_path: Path) -> None:
+    result = _train(repo_root, "--data-dir", str(mnist_slice), "--no-download", "--dry-run",
+                    "--eval-batch-size", "100", "--run-dir", str(tmp_path / "runs"),
+                    CXX=str(tmp_path / "no-such-c++"))
+    assert result.returncode == 0, result.stderr
+    assert "not publishing the aoti-cpu format" in result.stderr and "C++ compiler" in result.stderr
+    (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert [f["format"] for f in manifest["formats"]] == ["torchscript", "exported"]
+    assert not (artifact / "model.aoti-cpu.pt2").exists()
 
 
 def test_missing_data_is_one_clear_paragraph(repo_root: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from training.run import run
 
 def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
     cfg = TrainConfig(dataset="digits", arch="cnn", epochs=3, batch_size=64, lr=0.05, val_fraction=0.1,
-                      name="digits-cnn", out=tmp_path / "models", run_dir=tmp_path / "runs")
+                      name="digits-cnn", out=tmp_path / "models", run_dir=tmp_path / "runs",
+                      formats=())  # TorchScript only: the other formats have their own tests
     folder = run(cfg)
     assert folder == tmp_path / "models" / "digits-cnn" / "1"
     manifest = read_manifest(folder)
@@ -40,10 +41,13 @@ def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
 def test_explicit_version_and_no_validation(tmp_path: Path) -> None:
     cfg = TrainConfig(dataset="digits", arch="mlp", hidden=(32,), activation="tanh", epochs=1,
                       optimizer="adamw", lr=3e-3, schedule="cosine", augment=False, val_fraction=0.0,
-                      name="digits-mlp", version="7", out=tmp_path, run_dir=tmp_path / "runs")
+                      name="digits-mlp", version="7", out=tmp_path, run_dir=tmp_path / "runs",
+                      formats=("exported",))
     folder = run(cfg)
     assert folder == tmp_path / "digits-mlp" / "7"
-    assert "val_accuracy" not in read_manifest(folder).metrics
+    manifest = read_manifest(folder)
+    assert "val_accuracy" not in manifest.metrics
+    assert [f.format for f in manifest.formats] == ["torchscript", "exported"]
 
 
 def test_a_folder_of_pngs_trains_into_a_servable_artifact(mnist_slice: Path, tmp_path: Path) -> None:
@@ -54,7 +58,7 @@ def test_a_folder_of_pngs_trains_into_a_servable_artifact(mnist_slice: Path, tmp
             Image.fromarray(image[0].numpy()).save(tmp_path / "pngs" / name / f"{i}.png")
     cfg = TrainConfig(dataset=f"folder:{tmp_path / 'pngs'}", arch="cnn", epochs=8, batch_size=16, lr=0.05,
                       val_fraction=0.0, image_size=28, name="pngs-cnn", out=tmp_path / "models",
-                      run_dir=tmp_path / "runs")
+                      run_dir=tmp_path / "runs", formats=())
     folder = run(cfg)
     manifest = read_manifest(folder)
     assert manifest.labels == ("seven", "three") and manifest.input.shape == (1, 28, 28)

@@ -24,7 +24,7 @@ def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
     m = found.manifest
     return {"name": m.name, "version": m.version, "architecture": m.architecture, "labels": list(m.labels),
             "input_shape": list(m.input.shape), "test_accuracy": m.metrics.get("test_accuracy"),
-            "ready": ready}
+            "format": found.format, "ready": ready}
 
 
 @bp.get("/models")
