@@ -57,6 +57,7 @@ def test_dry_run_end_to_end_on_an_mnist_slice(repo_root: Path, mnist_slice: Path
                     "--run-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     assert "epoch  1/1" in result.stderr and "test accuracy" in result.stderr
+    assert "Warning" not in result.stderr and "No CUDA runtime" not in result.stderr, result.stderr
     assert not (tmp_path / "models").exists()  # a dry run never publishes into the model repository
     (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
     names = {p.name for p in artifact.iterdir()}
