@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.errors import InvalidInput
+from service.manifest import FORMATS
 
 
 def _list_only(value: Any) -> None:
@@ -175,6 +176,8 @@ class ModelSummary(Schema):
     labels = fields.List(fields.String(), required=True)
     input_shape = fields.List(fields.Integer(), required=True)
     test_accuracy = fields.Float(required=True, allow_none=True)
+    format = fields.String(required=True, validate=validate.OneOf(FORMATS),
+                           metadata={"description": "the model file served (TRAINSERVE_MODEL_FORMAT)"})
     ready = fields.Boolean(required=True)
     default = fields.Boolean(required=True, metadata={"description": "the version a bare name addresses"})
 
