@@ -150,9 +150,9 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     for dtype in dtypes:
         for _ in range(2):
             logits = model.forward([np.zeros((warmup_batch, *manifest.input.shape), dtype=dtype)])
-    if logits.shape != (warmup_batch, manifest.num_classes):
+    if logits.shape != (warmup_batch, manifest.num_outputs):
         raise ManifestError(f"{folder}: warm-up returned shape {logits.shape}, "
-                            f"expected {(warmup_batch, manifest.num_classes)}")
+                            f"expected {(warmup_batch, manifest.num_outputs)}")
     model.load_seconds = time.perf_counter() - started
     log.info("loaded %s on %s in %.2fs (%s, %d parameters)", model.key, device, model.load_seconds,
              manifest.architecture, manifest.parameters)

@@ -66,7 +66,10 @@ class TensorInput(_Strict):
 class RequestedOutput(_Strict):
     """One OIP output a client asks for; ``parameters.classification: k`` gives top-k strings."""
 
-    name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
+    name = fields.String(required=True,
+                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]),
+                         metadata={"description": "decisions (BOOL, probability >= threshold per output): "
+                                   "binary and multilabel models only"})
     parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
                                       "binary_data: true (raw bytes after the JSON header)"})
@@ -78,7 +81,9 @@ class InferRequest(_Strict):
     id = fields.String(metadata={"description": "echoed in the response"})
     parameters = fields.Raw(load_default=dict, validate=_object,
                             metadata={"type": "object",
-                                      "description": "binary_data_output: true (every output as raw bytes)"})
+                                      "description": "binary_data_output: true (every output as raw bytes); "
+                                      "threshold: a probability in [0, 1] that overrides the manifest's "
+                                      "decision threshold (binary and multilabel models)"})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 
@@ -98,25 +103,36 @@ class InferResponse(Schema):
     model_name = fields.String()
     model_version = fields.String()
     id = fields.String()
+    parameters = fields.Dict(metadata={"description": "binary and multilabel: the task and the threshold "
+                                       "applied"})
     outputs = fields.List(fields.Nested(TensorOutput))
 
 
 class PredictRequest(_Strict):
-    """v1 predict request: pixels as nested lists, one entry per image."""
+    """v1 predict request: one entry per example (an image's pixels, or a tabular row's named features)."""
 
     instances = fields.Raw(required=True, validate=_list_only,
                            metadata={"type": "array", "items": {},
-                                     "description": "images as [28][28], [1][28][28] or [784] pixel lists"})
+                                     "description": "images as [28][28], [1][28][28] or [784] pixel lists; "
+                                     "for feature models objects of named numbers, {\"age\": 61, ...}, "
+                                     "or lists in the order the model's metadata gives"})
     dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]),
                           metadata={"description": "float32: pixels in [0, 1]; uint8: pixels 0..255"})
     top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    threshold = fields.Float(load_default=None, validate=validate.Range(min=0.0, max=1.0),
+                             metadata={"description": "binary and multilabel models: the probability at "
+                                       "which a label is predicted (default: the manifest's)"})
 
 
 class Prediction(Schema):
-    """One image's answer."""
+    """One example's answer."""
 
-    label = fields.String()
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+    label = fields.String(metadata={"description": "multiclass and binary: the predicted label"})
+    labels = fields.List(fields.String(), metadata={"description": "binary and multilabel: the predicted "
+                                                    "label set (probability >= threshold)"})
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(),
+                                metadata={"description": "softmax for multiclass; one sigmoid per label for "
+                                          "multilabel; binary: the positive label's sigmoid and 1 minus it"})
 
 
 class PredictResponse(Schema):
@@ -124,6 +140,8 @@ class PredictResponse(Schema):
 
     model = fields.String()
     version = fields.String()
+    task = fields.String(metadata={"example": "multiclass"})
+    threshold = fields.Float(metadata={"description": "binary and multilabel: the threshold applied"})
     predictions = fields.List(fields.Nested(Prediction))
 
 
