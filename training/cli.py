@@ -120,7 +120,8 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="a few batches end to end, exported under --run-dir instead of --out")
     g.add_argument("--name", default=None, metavar="NAME",
-                   help="artifact name (default: DATASET-ARCH, e.g. mnist-cnn)")
+                   help="artifact name (default: DATASET-ARCH, e.g. mnist-cnn; DATASET-TASK-ARCH for "
+                        "binary and multilabel)")
     g.add_argument("--version", default=None, metavar="V",
                    help="artifact version (default: the next free one)")
     g.add_argument("--out", type=Path, default=_D.out, metavar="DIR",
@@ -135,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     tabular = args.dataset.startswith("csv:") or args.dataset == "spiral"
     values["arch"] = args.arch or ("mlp" if tabular else _D.arch)
-    values["name"] = args.name or default_name(args.dataset, values["arch"])
+    values["name"] = args.name or default_name(args.dataset, values["arch"], args.task)
     values["target"] = tuple(name for text in args.target for name in _names(text))
     values["label_set"] = tuple(args.label_set)
     values["loss"] = args.loss or ""

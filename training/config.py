@@ -133,14 +133,15 @@ class TrainConfig:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
 
-def default_name(dataset: str, arch: str) -> str:
-    """The artifact name a run gets unless --name says otherwise: ``<dataset>-<arch>``."""
+def default_name(dataset: str, arch: str, task: str = "multiclass") -> str:
+    """The artifact name a run gets unless --name says otherwise: ``<dataset>-<arch>``, or
+    ``<dataset>-<task>-<arch>`` for binary and multilabel (never a new version of a multiclass model)."""
     if dataset.startswith("folder:"):
         dataset = Path(dataset.removeprefix("folder:")).resolve().name
     elif dataset.startswith("csv:"):
         dataset = Path(dataset.removeprefix("csv:")).stem
     slug = re.sub(r"[^a-z0-9._-]+", "-", dataset.lower()).strip("-._") or "folder"
-    return f"{slug[:50]}-{arch}"
+    return f"{slug[:50]}-{arch}" if task == "multiclass" else f"{slug[:40]}-{task}-{arch}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -69,7 +69,7 @@ def plot_labels(scores: np.ndarray, truth: np.ndarray, labels: Sequence[str], pe
     curves.set(xlabel="threshold", ylabel="F1", title="F1 against the decision threshold (test)")
     for ax in (bars, curves):
         ax.grid(alpha=0.3)
-    curves.legend(loc="lower center")
+    curves.legend(loc="best")
     fig.savefig(path, dpi=90)
     return path
 
