@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"folder:PATH only: resize images to NxN (default: {_D.image_size})")
     model = p.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHITECTURES, default=None,
-                       help=f"the net (default: {_D.arch}; mlp for csv:PATH and spiral)")
+                       help=f"the net (default: {_D.arch}); csv:PATH and spiral train an mlp")
     model.add_argument("--hidden", type=_widths, default=_D.hidden, metavar="W,W",
                        help="mlp only: hidden layer widths (default: 256,128)")
     model.add_argument("--activation", choices=ACTIVATIONS, default=_D.activation,

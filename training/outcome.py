@@ -8,6 +8,7 @@ of two features (the spiral) also get their decision regions drawn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from training.data import DataSplits, ImageSet
 from training.engine import pixels
 from training.runlog import RunLog
 from training.tasks import Evaluation, Objective
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "card.md"
 
@@ -46,7 +49,7 @@ def task_metrics(test: Evaluation, classes: tuple[str, ...], objective: Objectiv
 
 def draw(runlog: RunLog, test: Evaluation, test_set: ImageSet, data: DataSplits, objective: Objective,
          model: nn.Module, metrics: dict[str, Any]) -> list[Path]:
-    """Every report file of the run, in its run folder (they are copied into the artifact)."""
+    """Every report file of the run, in its run folder (they are copied into the artifact), and the card."""
     folder, classes = runlog.path.parent, data.classes
     epochs = [row for row in runlog.history if "epoch" in row]
     files = [runlog.path, reports.plot_curves(epochs, folder / reports.CURVES_FILE, objective.loss)]
@@ -67,7 +70,9 @@ def draw(runlog: RunLog, test: Evaluation, test_set: ImageSet, data: DataSplits,
         files.append(taskplots.plot_regions(_decider(model, objective), test_set.images,
                                             _class_labels(test_set), classes, data.features,
                                             folder / taskplots.REGIONS_FILE))
-    files.append(write_card(folder / CARD_FILE, data, objective, metrics, [f.name for f in files[1:]]))
+    # The card stays in the run folder beside the figures it shows; the artifact gets the figures.
+    card = write_card(folder / CARD_FILE, data, objective, metrics, [f.name for f in files[1:]])
+    log.info("model card: %s", card)
     return files
 
 

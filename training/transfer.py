@@ -54,8 +54,8 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
     model.load_state_dict(load_scripted(path).state_dict())  # the buffers bring the source's normalisation
     replace_head(net, outputs)
     if freeze:
-        for parameter in net[:-1].parameters():
-            parameter.requires_grad_(False)
+        for layer in list(net.children())[:-1]:
+            layer.requires_grad_(False)
     origin = {"artifact": str(folder), "name": manifest.name, "version": manifest.version,
               "sha256": manifest.sha256, "labels": list(manifest.labels), "frozen": "features" if freeze
               else "none"}
