@@ -20,7 +20,7 @@ from training.datasets import SPLIT_SEED, TEST_FRACTION, DataError, ImageSet, So
 
 SPIRAL_ARMS = 3
 SPIRAL_POINTS = 1000  # per arm
-SPIRAL_NOISE = 0.15  # radians of jitter on each point's angle: the arms stay separable, not trivially
+SPIRAL_NOISE = 0.2  # radians of jitter on each point's angle: the arms stay separable, not trivially
 
 
 class FeatureClassifier(nn.Module):

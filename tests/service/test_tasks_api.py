@@ -224,3 +224,27 @@ def test_manifests_carry_task_threshold_and_scaling(task_root):
     assert cancer.task == "binary" and cancer.threshold == 0.4 and cancer.output.shape == (1,)
     assert cancer.input.kind == "features" and cancer.input.scaling["applied_by"] == "model"
     assert 0.5 < cancer.metrics["roc_auc"] <= 1.0 and "f1" in cancer.metrics
+
+
+def test_decisions_travel_as_binary_bool_tensors(task_client, task_root):
+    import json
+    import struct
+
+    rows = task_root["rows"][:2]
+    features = np.array([[v for k, v in row.items() if k != "malignant"] for row in rows], dtype=np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": features.nbytes}}],
+                         "outputs": [{"name": "decisions", "parameters": {"binary_data": True}},
+                                     {"name": "label", "parameters": {"binary_data": True}}]}).encode()
+    response = task_client.post("/v2/models/cancer/infer", data=header + features.tobytes(),
+                                headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 200, response.data[:300]
+    length = int(response.headers["Inference-Header-Content-Length"])
+    meta = json.loads(response.data[:length])
+    decisions_size = meta["outputs"][0]["parameters"]["binary_data_size"]
+    assert meta["outputs"][0]["datatype"] == "BOOL" and decisions_size == 2
+    raw = response.data[length:]
+    decided = np.frombuffer(raw[:decisions_size], dtype=np.bool_)
+    first = struct.unpack("<I", raw[decisions_size:decisions_size + 4])[0]
+    label = raw[decisions_size + 4:decisions_size + 4 + first].decode()
+    assert label == ("malignant" if decided[0] else "not malignant")
