@@ -40,7 +40,8 @@ def task_metrics(test: Evaluation, classes: tuple[str, ...], objective: Objectiv
     per_label = {label: _binary_scores(scores[:, k], truth[:, k], test.predictions.view(len(truth), -1)[:, k])
                  for k, label in enumerate(classes[-scores.shape[1]:])}
     if objective.task == "binary":
-        metrics.update(per_label[classes[1]], confusion=test.confusion.tolist())
+        scores_of_positive = {k: v for k, v in per_label[classes[1]].items() if k != "accuracy"}
+        metrics.update(scores_of_positive, confusion=test.confusion.tolist())
     else:
         exact = (test.predictions == torch.from_numpy(truth)).all(dim=1).float().mean().item()
         metrics.update(exact_match=round(exact, 6), per_label=per_label)
@@ -79,7 +80,8 @@ def draw(runlog: RunLog, test: Evaluation, test_set: ImageSet, data: DataSplits,
 def write_card(path: Path, data: DataSplits, objective: Objective, metrics: dict[str, Any],
                figures: Sequence[str]) -> Path:
     """A short Markdown model card: what the model takes and says, how well it does, and its figures."""
-    kind = (f"{len(data.features)} named features ({', '.join(data.features)}), standardised inside the model"
+    names = ", ".join(data.features[:8]) + (", ..." if len(data.features) > 8 else "")
+    kind = (f"{len(data.features)} named features ({names}), standardised inside the model"
             if data.features else f"images {list(data.input_shape)}")
     lines = [f"# {data.source.name}: {objective.task} classifier", "",
              f"- input: {kind}", f"- labels: {', '.join(data.classes)}",

@@ -31,7 +31,8 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
     ("/v1/models", "get", "List served models and versions", None, _JSON, (), ""),
     ("/v1/models/{name}:predict", "post", "Predict from pixel lists", {"application/json": "PredictRequest"},
      "PredictResponse", _INFER_ERRORS,
-     '{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}'),
+     '{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
+     '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}'),
     ("/v1/models/{name}:classify", "post", "Classify uploaded PNG/JPEG images (raw body or multipart files)",
      {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
      _INFER_ERRORS, ""),
@@ -50,7 +51,8 @@ _ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], 
      ("404", "503"), ""),
     ("/v2/models/{name}/infer", "post", "OIP inference (newest version)",
      {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS,
-     '{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0, ...]}]}'),
+     '{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0, ...]}]}; '
+     'a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} for binary and multilabel models'),
     ("/v2/models/{name}/versions/{version}/infer", "post", "OIP inference on one version",
      {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS, ""),
     ("/openapi.json", "get", "This document", None, _JSON, (), ""),
@@ -62,7 +64,8 @@ def build_spec(version: str = "0.1.0") -> dict[str, Any]:
     """The OpenAPI document as a dict."""
     spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
-                   info={"description": "Image classification with dynamic batching: the Open Inference "
+                   info={"description": "Classification (multi-class, binary, multi-label; images or "
+                                        "named features) with dynamic batching: the Open Inference "
                                         "Protocol v2, a simple JSON API and image uploads."})
     for name in ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "Error"):
         spec.components.schema(name, schema=getattr(schemas, name))
