@@ -82,7 +82,8 @@ def _task_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--init-from", type=Path, default=None, metavar="models/NAME/VERSION",
                    help="start from this artifact's weights, with a new head (default: random weights)")
     g.add_argument("--freeze", choices=FREEZE, default=_D.freeze,
-                   help=f"with --init-from: features trains only the new head (default: {_D.freeze})")
+                   help="with --init-from: features trains only the new head; none fine-tunes every layer "
+                        f"(give it a lower --lr, e.g. 0.02 with sgd) (default: {_D.freeze})")
 
 
 def _optimisation_flags(g: argparse._ArgumentGroup) -> None:
@@ -144,7 +145,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, train, export; exit 0 on success, 1 on missing data or a failed export, 2 on bad flags."""
+    """Parse flags, train, export; exit 0 on success, 1 on missing data, divergence or a failed export, 2 on
+    bad flags."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -155,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.server.allocator import keep_freed_memory
     from training.datasets import DataError
     from training.distributed import world_from_env
+    from training.engine import Diverged
     from training.export import ExportError
     from training.run import run
 
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(cfg, world)
     except ConfigError as exc:  # settings only the run can judge, such as --device cuda without a GPU
         parser.error(str(exc))
-    except (DataError, ExportError) as exc:
+    except (DataError, ExportError, Diverged) as exc:
         print(_paragraph(f"error: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

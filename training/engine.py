@@ -14,13 +14,17 @@ from torch import nn
 
 from training.tasks import Evaluation, Objective, summarise
 
-__all__ = ["EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch"]
+__all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch"]
 
 MULTICLASS = Objective()  # softmax cross-entropy, what every run trained before tasks existed
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # Called every few steps with (steps done, running mean loss, running accuracy), e.g. by a progress bar.
 StepCallback = Callable[[int, float, float], None]
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being a finite number; the message says what to change."""
 
 
 @dataclass(frozen=True)

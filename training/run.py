@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,7 +29,7 @@ from training.augment import AffineJitter
 from training.config import ConfigError, TrainConfig
 from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
-from training.engine import EpochStats, StepCallback, evaluate, train_one_epoch
+from training.engine import Diverged, EpochStats, StepCallback, evaluate, train_one_epoch
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.nets import build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
@@ -118,6 +119,10 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
                                     augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch),
                                     objective=_objective(cfg))
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
+        if not math.isfinite(stats.loss):
+            raise Diverged(f"epoch {epoch}: the training loss is {stats.loss}, the run diverged; lower --lr "
+                           f"(now {cfg.lr:g}; fine-tuning a whole --init-from net needs about a tenth of "
+                           "the usual rate)")
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                       "train_examples": int(stats.examples),

@@ -12,6 +12,7 @@ import torch
 
 from service.manifest import read_manifest, verify_checksum
 from training.config import ConfigError, TrainConfig
+from training.engine import Diverged
 from training.export import load_scripted
 from training.run import run
 from training.tabular import make_spiral
@@ -133,3 +134,10 @@ def test_a_two_class_csv_also_trains_as_multiclass(tmp_path: Path) -> None:
     manifest = read_manifest(folder)
     assert manifest.task == "multiclass" and manifest.output.shape == (2,)
     assert manifest.labels == ("not malignant", "malignant") and manifest.metrics["test_accuracy"] > 0.7
+
+
+def test_a_diverging_run_stops_with_advice(tmp_path: Path) -> None:
+    with pytest.raises(Diverged, match="lower --lr"):
+        run(TrainConfig(dataset="spiral", arch="mlp", hidden=(16,), epochs=2, optimizer="sgd", lr=1e30,
+                        schedule="none", out=tmp_path / "models", run_dir=tmp_path / "runs", name="boom"))
+    assert not (tmp_path / "models" / "boom").exists()  # nothing published
