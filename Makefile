@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
 
-.PHONY: setup train test lint serve bench bench-classic bench-torchserve bench-peers clean
+.PHONY: setup train test lint serve soak bench bench-classic bench-torchserve bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,13 @@ bench-peers: setup
 	$(PY) scripts/bench_serve.py --start $(PEERS) --payloads png --model-dir $(MODEL_DIR) \
 		--out bench-results/serve-peers.json $(ARGS)
 bench-torchserve: bench-peers
+
+# A bounded soak (not in CI): capacity, then twice the concurrency the service holds for SOAK_SECONDS, with
+# status counts, p50/p99 and every process's RSS at start and end (docs/operations.md; needs wrk).
+# ARGS='--kill runtime' or '--kill worker' kills one process half-way. Results in bench-results/soak.json.
+SOAK_SECONDS ?= 600
+soak: setup
+	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -63,8 +63,11 @@ class ServiceConfig:
     server: str = "granian"
     # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
     workers: int = 0
-    # Requests one HTTP worker handles at once (each waits for the model runtime with the GIL released).
-    threads: int = 32
+    # Requests one HTTP worker handles at once. Each holds a thread while its body arrives and while the
+    # runtime computes (GIL released); threads start on demand, so many cost little, and enough of them
+    # keep slow uploads from starving health checks and fast clients, and let the runtime's queue bound
+    # (max_queue, 429 beyond) be reached before requests wait unseen in the front end (docs/operations.md).
+    threads: int = 256
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
     # Intra-op threads of each runtime's torch; 0: a quarter of the cores per runtime, at least one (the
@@ -83,6 +86,9 @@ class ServiceConfig:
     # Deadline for one request, from arrival to answer; past it the service answers 504.
     request_timeout_s: float = 10.0
     max_request_bytes: int = 16 * 1024 * 1024
+    # JSON (a body, or the JSON header of a binary OIP request): parsed, its numbers become Python objects
+    # several times the size of their text, so it has a lower limit than binary tensors and images.
+    max_json_bytes: int = 3 * 1024 * 1024
     log_format: str = "text"
     log_level: str = "info"
     # SIGTERM drain: queued and in-flight requests get this long to finish.
@@ -179,6 +185,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_queue": (int, "an integer >= 1"),
     "request_timeout_s": (float, "seconds > 0"),
     "max_request_bytes": (int, "a byte count >= 1024"),
+    "max_json_bytes": (int, "a byte count >= 1024"),
     "log_format": (_choice("text", "json"), "text or json"),
     "log_level": (_choice("debug", "info", "warning", "error", "critical"),
                   "debug, info, warning, error or critical"),
@@ -199,6 +206,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_queue": lambda v: v >= 1,
     "request_timeout_s": lambda v: v > 0,
     "max_request_bytes": lambda v: v >= 1024,
+    "max_json_bytes": lambda v: v >= 1024,
     "log_format": lambda v: v in ("text", "json"),
     "log_level": lambda v: v in ("debug", "info", "warning", "error", "critical"),
     "graceful_timeout_s": lambda v: v >= 0,

@@ -34,10 +34,24 @@ class ModelNotFound(ServiceError):
     status = 404
 
 
+class ArtifactFileNotFound(ServiceError):
+    """The model's artifact has no such file, or not one the service hands out."""
+
+    status = 404
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is over TRAINSERVE_MAX_REQUEST_BYTES."""
 
     status = 413
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its whole body within the request's deadline (a stalled upload). The
+    front end closes the connection, whose body was not read to its end (an app may not set hop-by-hop
+    headers such as Connection, PEP 3333)."""
+
+    status = 408
 
 
 class UnsupportedMediaType(ServiceError):

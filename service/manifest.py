@@ -18,6 +18,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.pt"
+# The plots training draws into the artifact folder beside the model (training/reports.py), in the order a
+# model's page shows them; any other PNG training adds there is shown after them.
+REPORT_FILES = ("curves.png", "confusion.png", "mistakes.png")
 
 # Names travel in URLs (/v2/models/{name}) and in Prometheus labels: keep them boring.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

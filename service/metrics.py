@@ -9,10 +9,12 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_mp
+from prometheus_client.metrics_core import Metric
 
 from service.runtime.batching import BatchStats
 
@@ -50,6 +52,9 @@ class Metrics:
                                       ["model", "version"], registry=r)
         self.queue_depth = Gauge("trainserve_queue_depth_requests", "Requests waiting for the model",
                                  ["model", "version"], multiprocess_mode="livesum", registry=r)
+        self.in_flight = Gauge("trainserve_requests_in_flight",
+                               "HTTP requests the workers hold now (reading, waiting for a model, answering)",
+                               multiprocess_mode="livesum", registry=r)
         self.load_seconds = Gauge("trainserve_model_load_seconds",
                                   "Time to load, verify and warm up the model, per worker process",
                                   ["model", "version"], multiprocess_mode="liveall", registry=r)
@@ -76,11 +81,18 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition of every worker's samples (or this process's, outside gunicorn)."""
+        return generate_latest(self._scrape())
+
+    def families(self) -> Iterable[Metric]:
+        """The metric families a scrape would show, as prometheus_client objects."""
+        return self._scrape().collect()
+
+    def _scrape(self) -> CollectorRegistry:
         if self.multiproc_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         scrape = CollectorRegistry()
         prom_mp.MultiProcessCollector(scrape, path=str(self.multiproc_dir))
-        return generate_latest(scrape)
+        return scrape
 
 
 class BatchRecorder:

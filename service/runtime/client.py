@@ -146,8 +146,22 @@ class RuntimeClient:
         return self._catalog
 
     def infer(self, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
-        """Logits [N, classes] for ``inputs`` [N, *shape] (uint8 or float32), by ``deadline`` (monotonic)."""
-        runtime = self._next_runtime()
+        """Logits [N, classes] for ``inputs`` [N, *shape] (uint8 or float32), by ``deadline`` (monotonic).
+
+        With several runtimes, a request whose runtime is lost (crashed, restarting) goes to the next one:
+        inference has no side effects, so running it again elsewhere is safe even if the lost runtime had
+        seen it."""
+        first = self._next_runtime()
+        order = [first, *(r for r in range(len(self.paths)) if r != first)]
+        for attempt, runtime in enumerate(order, 1):
+            try:
+                return self._infer_on(runtime, model, inputs, deadline)
+            except RuntimeUnavailable:
+                if attempt == len(order) or time.monotonic() >= deadline:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _infer_on(self, runtime: int, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
         conn = self._acquire(runtime)
         try:
             try:
@@ -193,8 +207,9 @@ class RuntimeClient:
         return out
 
     def ready(self) -> bool:
-        """Whether every runtime answers and takes requests (not draining)."""
-        return all(self._ping(runtime) for runtime in range(len(self.paths)))
+        """Whether a runtime answers and takes requests (not draining): with several, one lost runtime
+        leaves the service ready (its requests go to the others) while it restarts."""
+        return any(self._ping(runtime) for runtime in range(len(self.paths)))
 
     def _ping(self, runtime: int) -> bool:
         for _ in range(2):  # a pooled connection may predate a restart: then once more, fresh

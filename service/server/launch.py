@@ -167,6 +167,13 @@ def sweep_dead_processes(folder: Path) -> None:
             pass
 
 
+def front_end_env(env: dict[str, str]) -> dict[str, str]:
+    """The HTTP workers' environment: glibc returns any block of 256 KiB or more (a large image's pixels)
+    to the system when it is freed, instead of keeping it in its heap after the request (glibc's
+    threshold otherwise grows to 32 MiB as large blocks come and go)."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(256 * 1024)} | env
+
+
 class Launcher:
     """Starts and supervises the runtimes and the front end (module docstring)."""
 
@@ -201,7 +208,8 @@ class Launcher:
         if self.stopping:
             self._stop_all()
             return 0
-        self.front = subprocess.Popen(front_end_command(self.config, self.run_dir), env=self.env)
+        self.front = subprocess.Popen(front_end_command(self.config, self.run_dir),
+                                      env=front_end_env(self.env))
         log.info("serving on %s: %s front end, %d runtime(s) on %s", self.config.bind, self.config.server,
                  len(self.runtimes), ", ".join(r.device for r in self.runtimes))
         return self._supervise()

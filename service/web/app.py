@@ -17,10 +17,10 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
-from service.errors import PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
-from service.web.api import docs, health, v1, v2
+from service.web.api import docs, health, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
 from service.web.errors import register_error_handlers
@@ -42,11 +42,12 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
-    for blueprint in (health.bp, v2.bp, v1.bp, docs.bp):
+    for blueprint in (health.bp, v2.bp, v1.bp, docs.bp, ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.before_request(_bound_body)
     app.after_request(_count_request)
+    app.teardown_request(_request_gone)
     # The app and its imports live as long as the worker: keep the cyclic collector off them.
     gc.collect()
     gc.freeze()
@@ -61,31 +62,56 @@ def _config(test_config: ServiceConfig | Mapping[str, Any] | None) -> ServiceCon
 
 def _start_clock() -> None:
     g.arrived = time.monotonic()
+    plane().metrics.in_flight.inc()
+
+
+def _request_gone(exc: BaseException | None) -> None:
+    del exc
+    if "arrived" in g:
+        plane().metrics.in_flight.dec()
 
 
 def _bound_body() -> None:
-    """The one place the body size limit is enforced, before any handler allocates or reads: a declared
-    length over it is 413 at once; a body sent without Content-Length (chunked) is read here, up to the
-    limit (413 beyond), and handed on with its length, so every handler and werkzeug's form parser see a
-    sized body. (Werkzeug's own limit on such a body stops reading at the limit without saying so: the
-    request went on cut.)"""
+    """The one place the body is read from the client, before any handler runs: a declared length over
+    the size limit is 413 at once; a body, declared or chunked, is then read here in blocks up to the
+    limit (413 beyond) and within the request's deadline (408 past it: a client that trickles its upload
+    holds a thread no longer than that), and handed on as a sized in-memory body. (Werkzeug's own limit
+    on a chunked body stops at the limit without saying so: the request went on cut.)"""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     size = request.content_length
-    if size is not None:
-        if size > limit:
-            raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit} "
-                                  "(TRAINSERVE_MAX_REQUEST_BYTES)")
+    if size is not None and size > limit:
+        raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit} bytes "
+                              "(TRAINSERVE_MAX_REQUEST_BYTES)")
+    if not size and not request.environ.get("wsgi.input_terminated"):
         return
-    if not request.environ.get("wsgi.input_terminated"):
-        return
+    wanted = limit + 1 if size is None else size
+    timeout_s = current_app.config["TRAINSERVE"].request_timeout_s
+    deadline = g.arrived + timeout_s
+    # gunicorn hands the app its client socket: a timeout on it ends a read that stalls, not only one that
+    # trickles (granian reads in Rust: there the deadline is checked between blocks).
+    client = request.environ.get("gunicorn.socket")
     stream, chunks, total = request.environ["wsgi.input"], [], 0
-    while chunk := stream.read(min(1 << 16, limit + 1 - total)):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
-                                  "(TRAINSERVE_MAX_REQUEST_BYTES)")
-        chunks.append(chunk)
-    request.environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    try:
+        while total < wanted:
+            if client is not None:
+                client.settimeout(max(deadline - time.monotonic(), 0.001))
+            if not (chunk := stream.read(min(1 << 16, wanted - total))):
+                break
+            total += len(chunk)
+            chunks.append(chunk)
+            if total < wanted and time.monotonic() > deadline:
+                raise TimeoutError
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within the request deadline of {timeout_s:g} s "
+                             f"({total} bytes arrived)") from None
+    finally:
+        if client is not None:
+            client.settimeout(None)
+    if total > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (TRAINSERVE_MAX_REQUEST_BYTES)")
+    if size is not None and total < size:
+        raise InvalidInput(f"the body ended after {total} of the {size} bytes its Content-Length declares")
+    request.environ["wsgi.input"] = io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     request.environ["CONTENT_LENGTH"] = str(total)
 
 

@@ -61,6 +61,8 @@ def attach_inputs(inputs: Sequence[dict[str, Any]], payload: memoryview) -> None
         if "data" in tensor:
             raise InvalidInput(f"input {name!r} has both data and binary_data_size")
         size = parameters["binary_data_size"]
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)  # JSON has one number type: 784.0 is 784
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input {name!r}: binary_data_size must be a byte count, got {size!r}")
         if offset + size > len(payload):

@@ -5,12 +5,15 @@ never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.config import ServiceConfig
-from service.manifest import InputSpec, Manifest
+from service.errors import ArtifactFileNotFound
+from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.client import Catalog, RuntimeClient, ServedModel
 
@@ -44,6 +47,23 @@ class DataPlane:
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
         return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
+
+    def report_files(self, model: ServedModel) -> list[str]:
+        """The plots (PNG files) training wrote into this model's artifact folder: REPORT_FILES first."""
+        found = sorted(p.name for p in self._folder(model).glob("*.png") if _plot(p))
+        return [n for n in REPORT_FILES if n in found] + [n for n in found if n not in REPORT_FILES]
+
+    def report_file(self, model: ServedModel, name: str) -> Path:
+        """The path of one of those plots (ArtifactFileNotFound for any other file, or a missing one)."""
+        path = self._folder(model) / name
+        if not _plot(path):
+            known = ", ".join(self.report_files(model)) or "none"
+            raise ArtifactFileNotFound(f"model {model.key} has no file {name!r} (it has {known})")
+        return path
+
+    def _folder(self, model: ServedModel) -> Path:
+        # The runtimes read the same folder: <model_dir>/<name>/<version>/, as the manifest's check demands.
+        return (self.config.model_dir / model.manifest.name / model.manifest.version).absolute()
 
     def close(self) -> None:
         """Close the connections to the runtimes."""
@@ -100,3 +120,12 @@ _LABEL_MEANING = {
 def _scored_labels(m: Manifest) -> list[str]:
     """The label each output column scores: for binary, only the positive (second) label."""
     return [m.labels[1]] if m.task == "binary" else list(m.labels)
+
+
+_PLOT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\.png$")
+
+
+def _plot(path: Path) -> bool:
+    # Only PNGs, by a plain name, in the folder itself; not a link, which could point anywhere on the
+    # machine (the model file's own rule, service/manifest.py).
+    return bool(_PLOT_NAME.match(path.name)) and path.is_file() and not path.is_symlink()

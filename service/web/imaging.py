@@ -15,11 +15,18 @@ import pyspng
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.manifest import InputSpec
 
-# Decoding is the cost to bound: 40 megapixels is any phone photo, and well under what exhausts memory.
+# Decoding is the cost to bound. Pixels: 40 megapixels is any phone photo. Bytes: what one image may hold in
+# decoded arrays at its peak (the decode and the copies preprocessing makes), so that no request raises a
+# worker's memory by more than about this plus its body; a JPEG over it is decoded at a reduced scale
+# (libjpeg's DCT scaling: the preprocessing needs far fewer pixels), any other format is refused (413).
 MAX_PIXELS = 40_000_000
+MAX_DECODED_BYTES = 40 * 2**20
+# Bytes per pixel the preprocessing adds to a decode at most: an inverted copy, a cropped-and-stretched
+# copy and the copy Pillow resizes from.
+_PREPARE_BYTES = 3
 # Pixels brighter than this fraction of the ground-to-ink range count as ink when cropping, so that paper
 # texture and JPEG noise do not widen the box.
 INK_THRESHOLD = 0.25
@@ -47,34 +54,51 @@ def decode(data: bytes, channels: int = 1) -> np.ndarray:
 def _decode_png(data: bytes, channels: int) -> np.ndarray | None:
     # IHDR is always the first chunk: width, height, bit depth and colour type at fixed offsets.
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    _check_size(width, height)
     depth, colour = data[24], data[25]
     if b"tRNS" in data:
         return None  # a transparent colour (pyspng does not apply it); a false match only costs speed
     alpha = colour in (4, 6)
     grey = channels == 1 and colour == 0 and depth <= 8
+    decoded = 1 if grey else 4 if alpha else 3
+    _check_size(width, height, decoded + (0 if grey or (channels == 3 and not alpha) else channels))
     try:
         pixels = pyspng.load(data, "L" if grey else "RGBA" if alpha else "RGB")
     except (RuntimeError, ValueError):
         return None
     if alpha:
-        pixels = _flatten_alpha(pixels)
+        return _flatten_alpha(pixels, channels)
     return pixels if grey or channels == 3 else _grey(pixels)
 
 
 def _decode_jpeg(data: bytes, channels: int) -> np.ndarray | None:
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        _check_size(width, height)
-        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB")
+        _check_pixels(width, height)
+        # Over the byte budget: decode at the largest of libjpeg's scales (n/8 per side) that fits it;
+        # the decoder takes the smallest scale that gives at least the sizes asked for.
+        eighths = min(8, int(8 / (width * height * (channels + _PREPARE_BYTES) / MAX_DECODED_BYTES) ** 0.5))
+        if eighths < 1:
+            _check_size(width, height, channels)  # refused: even 1/8 would not fit
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB",
+                                        min_height=-(-height * eighths // 8),
+                                        min_width=-(-width * eighths // 8))
     except ValueError:
         return None  # CMYK, arithmetic coding and other rarities: Pillow
     return pixels[..., 0] if pixels.ndim == 3 and channels == 1 else pixels
 
 
-def _check_size(width: int, height: int) -> None:
+def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise InvalidInput(f"image is {width}x{height}; at most {MAX_PIXELS} pixels")
+        raise PayloadTooLarge(f"the image is {width}x{height}; the limit is {MAX_PIXELS} pixels")
+
+
+def _check_size(width: int, height: int, bytes_per_pixel: int) -> None:
+    """Refuse an image whose decode and preparation would hold more than MAX_DECODED_BYTES."""
+    _check_pixels(width, height)
+    if width * height * (bytes_per_pixel + _PREPARE_BYTES) > MAX_DECODED_BYTES:
+        limit = MAX_DECODED_BYTES // (bytes_per_pixel + _PREPARE_BYTES)
+        raise PayloadTooLarge(f"the image is {width}x{height}; images of this kind are limited to {limit} "
+                              f"pixels ({MAX_DECODED_BYTES // 2**20} MiB decoded)")
 
 
 def _decode_pillow(data: bytes, channels: int) -> np.ndarray:
@@ -82,18 +106,20 @@ def _decode_pillow(data: bytes, channels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            _check_size(image.width, image.height)
+            # What Pillow holds: its decode, a converted copy and numpy's copy of that (RGBA when the image
+            # is transparent), then the flattened result.
+            transparent = image.mode in ("RGBA", "LA", "PA", "P")
+            _check_size(image.width, image.height, len(image.getbands()) + (9 if transparent else 2))
             image.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"cannot decode the image: {exc}") from None
+        raise InvalidInput(f"cannot decode the image: {_reason(exc)}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgb = _flatten_alpha(np.asarray(image.convert("RGBA")))
-        return _grey(rgb) if channels == 1 else rgb
+        return _flatten_alpha(np.asarray(image.convert("RGBA")), channels)
     return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
-_ROWS_PIXELS = 1 << 20  # pixels a temporary array of a large image's rows holds at once
+_ROWS_PIXELS = 1 << 18  # pixels a temporary array of a large image's rows holds at once (a few MiB)
 
 
 def _row_chunks(height: int, width: int) -> range:
@@ -112,10 +138,10 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
-    # A drawing on a transparent canvas: put it on the ground that contrasts with its strokes, so that the
-    # strokes stay visible whatever colour they are. Integer arithmetic on blocks of rows: a large image
-    # costs its uint8 result, never a float copy of itself.
+def _flatten_alpha(rgba: np.ndarray, channels: int = 3) -> np.ndarray:
+    """A drawing on a transparent canvas, put on the ground that contrasts with its strokes (so they stay
+    visible whatever colour they are): RGB, or grey when ``channels`` is 1. Integer arithmetic on blocks
+    of rows: a large image costs its uint8 result, never a float copy of itself."""
     rows = _row_chunks(*rgba.shape[:2])
     weighted = opacity = 0  # sum over pixels of (r + g + b) * alpha, and of alpha
     for top in rows:
@@ -125,12 +151,13 @@ def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
         opacity += int(alpha.sum(dtype=np.uint64))
     ink = weighted / 3 / 255 / max(opacity / 255, 1.0)  # the strokes' mean level, weighted by opacity
     ground = 0 if ink > 127 else 255
-    flat = np.empty((*rgba.shape[:2], 3), np.uint8)
+    flat = np.empty(rgba.shape[:2] if channels == 1 else (*rgba.shape[:2], 3), np.uint8)
     for top in rows:
         block = rgba[top:top + rows.step]
         alpha = block[..., 3:4].astype(np.uint32)
         mixed = block[..., :3] * alpha + ground * (255 - alpha)  # 255 x the composited value
-        flat[top:top + rows.step] = (2 * mixed + 255) // 510  # rounded (a 255th is never exactly half)
+        rgb = ((2 * mixed + 255) // 510).astype(np.uint8)  # rounded (a 255th is never exactly half)
+        flat[top:top + rows.step] = _grey(rgb) if channels == 1 else rgb
     return flat
 
 
@@ -165,9 +192,10 @@ def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = F
     threshold = ground + INK_THRESHOLD * (peak - ground)
     rows, cols = np.flatnonzero(row_peak > threshold), np.flatnonzero(col_peak > threshold)
     crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    if ground or peak != 255:
+    if ground or peak != 255:  # a lookup table: the same values, no float copy of a large crop
+        levels = np.arange(256, dtype=np.float32)
         gain = np.float32(255 / (peak - ground))
-        crop = ((np.maximum(crop, ground) - ground) * gain).round().astype(np.uint8)
+        crop = ((np.maximum(levels, ground) - ground) * gain).round().clip(0, 255).astype(np.uint8)[crop]
     scale = box / max(crop.shape)
     fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
     patch = _resize(crop, fit)
@@ -195,3 +223,10 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return pixels
     image = Image.fromarray(pixels)
     return np.asarray(image.resize((size[1], size[0]), Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+
+def _reason(exc: Exception) -> str:
+    # Pillow names the BytesIO it read from ("cannot identify image file <_io.BytesIO object at 0x..>").
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a PNG, JPEG or other image format this service reads"
+    return str(exc)

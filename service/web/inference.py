@@ -17,6 +17,8 @@ from service.manifest import InputSpec, Manifest
 
 # Open Inference Protocol datatype -> numpy dtype, for the inputs the module takes.
 DATATYPES: dict[str, type[np.generic]] = {"FP32": np.float32, "UINT8": np.uint8}
+# The largest magnitude a feature value may have: beyond it the float32 cast would overflow.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 OUTPUTS = ("logits", "probabilities", "label")
 # Sigmoid tasks also give their yes/no decision per output, at the threshold.
@@ -68,21 +70,23 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
     if datatype == "UINT8":
         if arr.dtype == np.uint8:
             return arr  # binary data: every byte is a valid pixel
-        if arr.dtype.kind == "f":
+        # JSON has one number type: 7.0 is the integer 7 (as JSON Schema, and so the API document, says).
+        if arr.dtype.kind == "f" and not (arr == np.floor(arr)).all():
             raise InvalidInput("UINT8 data must be integers 0..255")
         if arr.min() < 0 or arr.max() > 255:
-            raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min()}..{arr.max()}")
+            raise InvalidInput(f"UINT8 values must be in 0..255, got {arr.min():g}..{arr.max():g}")
         return arr.astype(np.uint8)
-    values = arr.astype(np.float32, copy=False)
-    if spec.range is None:  # a feature vector: any finite value (the module standardises it)
-        if not np.isfinite(values).all():
-            raise InvalidInput("FP32 data must be finite numbers (no NaN or infinity, within float32)")
-        return values
+    # The range is checked on the values as sent, before the cast: a value past float32's range would
+    # overflow in it (and a value just over the range would round into it).
+    if spec.range is None:  # a feature vector: any finite float32 value (the module standardises it)
+        if not (np.isfinite(arr).all() and np.abs(arr).max() <= FLOAT32_MAX):
+            raise InvalidInput("FP32 data must be finite numbers within float32's range (no NaN or infinity)")
+        return arr.astype(np.float32, copy=False)
     low, high = spec.range
-    least, most = float(values.min()), float(values.max())  # NaN in the data makes both NaN
+    least, most = float(arr.min()), float(arr.max())  # NaN in the data makes both NaN
     if low <= least and most <= high:
-        return values
-    if not np.isfinite(values).all():
+        return arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
         raise InvalidInput("FP32 data must not contain NaN or infinity")
     hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
     raise InvalidInput(f"FP32 values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
@@ -202,9 +206,12 @@ def parse_features(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
             if type(value) not in (int, float):
                 raise InvalidInput(f"instance {n}: feature {feature!r} must be a number, got {value!r}")
         rows.append(row)
-    values = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(values).all() or np.abs(values).max() > np.finfo(np.float32).max:
-        raise InvalidInput("feature values must be finite numbers within float32")
+    try:
+        values = np.asarray(rows, dtype=np.float64)
+    except OverflowError:  # an integer past float64's range
+        values = np.array([np.inf])
+    if not np.isfinite(values).all() or np.abs(values).max() > FLOAT32_MAX:
+        raise InvalidInput("feature values must be finite numbers within float32's range")
     return values.astype(np.float32)
 
 

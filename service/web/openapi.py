@@ -1,102 +1,271 @@
-"""The OpenAPI 3 document for the whole HTTP API, built from the marshmallow schemas."""
+"""The OpenAPI 3 document for the whole HTTP API: the marshmallow schemas, narrowed to the served models.
+
+The request schemas say what every request must look like; what the pixels must look like depends on the
+served models' input specs, so the document is built for a catalog: model names and versions are enums,
+v1 pixel lists have exactly the shapes ``inference.parse_tensor`` accepts (``inference.example_shapes``,
+the rule the service checks), and every pixel value its datatype's range. What OpenAPI 3.0 cannot say
+(OIP data's element count against its declared shape, shape dimensions by position, the binary header's
+length against the body) the descriptions say, and the service answers 400.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from service.web import schemas
+from service.manifest import InputSpec, Manifest
+from service.runtime.versions import ModelVersions
+from service.web import binary, schemas
+from service.web.api.v1 import DATATYPE
+from service.web.inference import FLOAT32_MAX, example_shapes
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image",
     "404": "unknown model or version",
+    "408": "the body did not arrive within the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S)",
     "413": "body larger than TRAINSERVE_MAX_REQUEST_BYTES",
     "415": "unsupported content type",
     "429": "the model's queue is full; retry after the Retry-After header's seconds",
-    "503": "not ready (starting or draining)",
+    "500": "the model failed on the batch this request was in",
+    "503": "not ready (starting, draining, or the model runtime is restarting)",
     "504": "the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S) passed",
 }
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "mnist-cnn"}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "example": "1"}
-_JSON = {"type": "object"}
-_INFER_ERRORS = ("400", "404", "413", "415", "429", "503", "504")
-
-# (path, method, summary, request body {content type: schema}, response schema, error statuses, example)
-_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, Any, tuple[str, ...], str]] = [
-    ("/healthz", "get", "Liveness probe", None, _JSON, (), ""),
-    ("/readyz", "get", "Readiness probe: models loaded, warmed up, not draining", None, _JSON, ("503",), ""),
-    ("/metrics", "get", "Prometheus metrics, summed over all workers", None, None, (), ""),
-    ("/v1/models", "get", "List served models and versions", None, _JSON, (), ""),
-    ("/v1/models/{name}:predict", "post", "Predict from pixel lists", {"application/json": "PredictRequest"},
-     "PredictResponse", _INFER_ERRORS,
-     '{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
-     '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}'),
-    ("/v1/models/{name}:classify", "post", "Classify uploaded PNG/JPEG images (raw body or multipart files)",
-     {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
-     _INFER_ERRORS, ""),
-    ("/v1/models/{name}/versions/{version}:predict", "post", "Predict with one version",
-     {"application/json": "PredictRequest"}, "PredictResponse", _INFER_ERRORS, ""),
-    ("/v1/models/{name}/versions/{version}:classify", "post", "Classify images with one version",
-     {"image/png": "binary", "image/jpeg": "binary", "multipart/form-data": "files"}, "PredictResponse",
-     _INFER_ERRORS, ""),
-    ("/v2", "get", "OIP server metadata", None, _JSON, (), ""),
-    ("/v2/health/live", "get", "OIP liveness", None, _JSON, (), ""),
-    ("/v2/health/ready", "get", "OIP readiness", None, _JSON, ("503",), ""),
-    ("/v2/models/{name}", "get", "OIP model metadata (newest version)", None, _JSON, ("404",), ""),
-    ("/v2/models/{name}/versions/{version}", "get", "OIP model metadata", None, _JSON, ("404",), ""),
-    ("/v2/models/{name}/ready", "get", "OIP model readiness", None, _JSON, ("404", "503"), ""),
-    ("/v2/models/{name}/versions/{version}/ready", "get", "OIP model version readiness", None, _JSON,
-     ("404", "503"), ""),
-    ("/v2/models/{name}/infer", "post", "OIP inference (newest version)",
-     {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS,
-     '{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0, ...]}]}; '
-     'a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} for binary and multilabel models'),
-    ("/v2/models/{name}/versions/{version}/infer", "post", "OIP inference on one version",
-     {"application/json": "InferRequest"}, "InferResponse", _INFER_ERRORS, ""),
-    ("/openapi.json", "get", "This document", None, _JSON, (), ""),
-    ("/docs", "get", "Human-readable API documentation (works offline)", None, None, (), ""),
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                                "schema": {"type": "integer", "minimum": 0}}}
+_INFER_ERRORS = ("400", "404", "408", "413", "415", "429", "500", "503", "504")
+_BYTES = {"type": "string", "format": "binary"}
+_IMAGE = {"schema": _BYTES}
+_FILES = {"schema": {"type": "object", "required": ["file"],
+                     "properties": {"file": {"type": "array", "minItems": 1, "items": _BYTES,
+                                             "description": "one or more PNG/JPEG files (every file part "
+                                                            "of the body is read, whatever its name)"}}},
+          "encoding": {"file": {"contentType": "image/png, image/jpeg"}}}
+_CLASSIFY_BODY = {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/*": _IMAGE,
+                  "application/octet-stream": _IMAGE, "multipart/form-data": _FILES}
+_BINARY_INFER = ("a JSON inference header of Inference-Header-Content-Length bytes, then the raw "
+                 "little-endian bytes of every input whose parameters give binary_data_size")
+_INFER_BODY = {"application/json": {"schema": "InferRequest"},
+               "application/octet-stream": {"schema": _BYTES | {"description": _BINARY_INFER}}}
+_INFER_OK = {"application/json": "InferResponse",
+             "application/octet-stream": _BYTES | {"description": "the JSON response header, then the "
+                                                                  "outputs asked for as binary_data"}}
+_OBJECT = {"application/json": {"type": "object"}}
+_HTML = {"text/html": {"type": "string"}}
+_FILE = {"name": "file", "in": "path", "required": True, "schema": {"type": "string"},
+         "example": "curves.png"}
+_CLASSIFY_QUERY = [
+    {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "true: each prediction carries `input`, the preprocessed image as the model received it"},
 ]
+_PREDICT_EXAMPLE = ('{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
+                    '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}')
+_INFER_EXAMPLE = ('{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", '
+                  '"data": [0, ...]}]}; a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} '
+                  'for binary and multilabel models')
+
+# (path, method, summary, request body {content type: schema}, 200 body {content type: schema},
+#  error statuses, example)
+_Route = tuple[str, str, str, dict[str, Any] | None, dict[str, Any] | None, tuple[str, ...], str]
+ROUTES: list[_Route] = [
+    ("/healthz", "get", "Liveness probe", None, {"application/json": "Status"}, (), ""),
+    ("/readyz", "get", "Readiness probe: models loaded, warmed up, not draining", None,
+     {"application/json": "Readiness"}, ("503",), ""),
+    ("/metrics", "get", "Prometheus metrics, summed over all workers", None,
+     {"text/plain": {"type": "string"}}, (), ""),
+    ("/v1/models", "get", "List served models and versions", None, {"application/json": "ModelList"},
+     ("503",), ""),
+    ("/v1/models/{name}:predict", "post", "Predict from pixel lists",
+     {"application/json": {"schema": "PredictRequest"}}, {"application/json": "PredictResponse"},
+     _INFER_ERRORS, _PREDICT_EXAMPLE),
+    ("/v1/models/{name}:classify", "post", "Classify uploaded PNG/JPEG images (raw body or multipart files)",
+     _CLASSIFY_BODY, {"application/json": "PredictResponse"}, _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}:predict", "post", "Predict with one version",
+     {"application/json": {"schema": "PredictRequest"}}, {"application/json": "PredictResponse"},
+     _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}:classify", "post", "Classify images with one version",
+     _CLASSIFY_BODY, {"application/json": "PredictResponse"}, _INFER_ERRORS, ""),
+    ("/v1/models/{name}/manifest", "get", "The model's manifest (newest version) and its plots' file names",
+     None, _OBJECT, ("404", "503"), ""),
+    ("/v1/models/{name}/versions/{version}/manifest", "get",
+     "One version's manifest and its plots' file names", None, _OBJECT, ("404", "503"), ""),
+    ("/v1/models/{name}/versions/{version}/files/{file}", "get",
+     "A plot training wrote into the artifact (a PNG: curves.png, confusion.png, mistakes.png...)", None,
+     {"image/png": _BYTES}, ("404", "503"), ""),
+    ("/v1/models/{name}/stats", "get", "Live figures (newest version): requests, latency percentiles, "
+     "batch sizes, from the service's metrics", None, _OBJECT, ("404", "503"), ""),
+    ("/v1/models/{name}/versions/{version}/stats", "get", "Live figures of one version", None, _OBJECT,
+     ("404", "503"), ""),
+    ("/v2", "get", "OIP server metadata", None, {"application/json": "ServerMetadata"}, (), ""),
+    ("/v2/health/live", "get", "OIP liveness", None, {"application/json": "Live"}, (), ""),
+    ("/v2/health/ready", "get", "OIP readiness", None, {"application/json": "Ready"}, ("503",), ""),
+    ("/v2/models/{name}", "get", "OIP model metadata (newest version)", None,
+     {"application/json": "ModelMetadata"}, ("404", "503"), ""),
+    ("/v2/models/{name}/versions/{version}", "get", "OIP model metadata", None,
+     {"application/json": "ModelMetadata"}, ("404", "503"), ""),
+    ("/v2/models/{name}/ready", "get", "OIP model readiness", None, {"application/json": "ModelReady"},
+     ("404", "503"), ""),
+    ("/v2/models/{name}/versions/{version}/ready", "get", "OIP model version readiness", None,
+     {"application/json": "ModelReady"}, ("404", "503"), ""),
+    ("/v2/models/{name}/infer", "post", "OIP inference (newest version)", _INFER_BODY, _INFER_OK,
+     _INFER_ERRORS, _INFER_EXAMPLE),
+    ("/v2/models/{name}/versions/{version}/infer", "post", "OIP inference on one version", _INFER_BODY,
+     _INFER_OK, _INFER_ERRORS, ""),
+    ("/openapi.json", "get", "This document (for the models served now)", None, _OBJECT, ("503",), ""),
+    ("/docs", "get", "Human-readable API documentation (works offline)", None, _HTML, ("503",), ""),
+    ("/", "get", "The web page: draw or upload a digit, see every served model's answer", None, _HTML, (),
+     ""),
+    ("/ui/", "get", "The same web page", None, _HTML, (), ""),
+    ("/ui/models/{name}", "get", "A model's page (newest version)", None, _HTML, ("404", "503"), ""),
+    ("/ui/models/{name}/{version}", "get", "A model's page: its manifest, plots and live figures", None,
+     _HTML, ("404", "503"), ""),
+]
+_COMPONENTS = ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "ModelList", "Status",
+               "Readiness", "ServerMetadata", "Live", "Ready", "ModelMetadata", "ModelReady", "Error")
 
 
-def build_spec(version: str = "0.1.0") -> dict[str, Any]:
-    """The OpenAPI document as a dict."""
+def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str, Any]:
+    """The OpenAPI document as a dict, for the models in ``catalog``."""
     spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Classification (multi-class, binary, multi-label; images or "
                                         "named features) with dynamic batching: the Open Inference "
                                         "Protocol v2, a simple JSON API and image uploads."})
-    for name in ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "Error"):
+    for name in _COMPONENTS:
         spec.components.schema(name, schema=getattr(schemas, name))
-    for path, method, summary, body, response, errors, example in _ROUTES:
-        spec.path(path=path, operations={method: _operation(path, summary, body, response, errors, example)})
-    return spec.to_dict()
+    versions = sorted({v for served in catalog.models.values() for v in served}, key=int)
+    params = [_path_param("name", sorted(catalog.models)), _path_param("version", versions), _FILE]
+    for path, method, summary, body, ok, errors, example in ROUTES:
+        op = _operation(path, summary, body, ok, errors, example)
+        op["parameters"] = [p for p in params if f"{{{p['name']}}}" in path] + op["parameters"]
+        spec.path(path=path, operations={method: op})
+    document = copy.deepcopy(spec.to_dict())  # it shares dicts with the fields' metadata: narrowed below
+    manifests = [model.manifest for model in catalog]
+    _narrow(document["components"]["schemas"], [m.input for m in manifests])
+    _narrow_tasks(document["components"]["schemas"], manifests)
+    return document
 
 
-def _operation(path: str, summary: str, body: dict[str, Any] | None, response: Any, errors: tuple[str, ...],
-               example: str) -> dict[str, Any]:
-    params = [p for p in (_NAME, _VERSION) if "{" + p["name"] + "}" in path]
-    ok: dict[str, Any] = {"description": "OK"}
-    if response is not None:
-        ok["content"] = {"application/json": {"schema": response}}
-    op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {"200": ok}}
+def _operation(path: str, summary: str, body: dict[str, Any] | None, ok: dict[str, Any] | None,
+               errors: tuple[str, ...], example: str) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": [],
+                          "responses": {"200": {"description": "OK", "content": {
+                              ctype: {"schema": schema} for ctype, schema in (ok or {}).items()}}}}
     for status in errors:
-        op["responses"][status] = {"description": _ERRORS[status],
-                                   "content": {"application/json": {"schema": "Error"}}}
+        response = {"description": _ERRORS[status], "content": {"application/json": {"schema": "Error"}}}
+        if status in ("429", "503"):
+            response["headers"] = _RETRY_AFTER
+        op["responses"][status] = response
     if body:
-        content = {ctype: _body(kind) for ctype, kind in body.items()}
-        op["requestBody"] = {"required": True, "content": content}
-        if example:
-            op["description"] = f"Example body: `{example}`"
+        op["requestBody"] = {"required": True, "content": copy.deepcopy(body)}
+    if example:
+        op["description"] = f"Example body: `{example}`"
     if path.endswith(":classify"):
-        op["parameters"].append({"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}})
+        op["parameters"] += copy.deepcopy(_CLASSIFY_QUERY)
+    if path.endswith("/infer"):
+        op["parameters"].append({"name": binary.HEADER, "in": "header", "schema": {"type": "integer",
+                                 "minimum": 1}, "description": "binary tensor data extension: the length "
+                                 "of the JSON header at the start of the body"})
     return op
 
 
-def _body(kind: str) -> dict[str, Any]:
-    if kind == "binary":
-        return {"schema": {"type": "string", "format": "binary"}}
-    if kind == "files":
-        return {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"}}}
-    return {"schema": kind}
+def _path_param(name: str, values: list[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "enum": values} if values else {"type": "string"}
+    param = {"name": name, "in": "path", "required": True, "schema": schema}
+    return param | ({"example": values[0]} if values else {})
+
+
+def _narrow_tasks(components: dict[str, Any], manifests: list[Manifest]) -> None:
+    """Without a binary or multilabel model served, no request may carry a threshold or ask for decisions."""
+    if not manifests or any(m.task != "multiclass" for m in manifests):
+        return
+    for variant in components["PredictRequest"].get("oneOf", [components["PredictRequest"]]):
+        del variant["properties"]["threshold"]
+    parameters = components["InferRequest"]["properties"]["parameters"]
+    del parameters["properties"]["threshold"]
+    parameters["not"] = {"required": ["threshold"]}
+    name = components["RequestedOutput"]["properties"]["name"]
+    name["enum"] = [output for output in name["enum"] if output != "decisions"]
+
+
+def _narrow(components: dict[str, Any], specs: Iterable[InputSpec]) -> None:
+    """Give the input fields the shapes and ranges the served models take (one variant per datatype)."""
+    specs = list({json.dumps(dataclasses.asdict(s), sort_keys=True): s for s in specs}.values())
+    if not specs:
+        return
+    datatypes = ["FP32"] + (["UINT8"] if any(s.accepts_uint8 for s in specs) else [])
+    takers = {dt: [s for s in specs if dt == "FP32" or s.accepts_uint8] for dt in datatypes}
+    components["PredictRequest"] = {"oneOf": [_predict_variant(components["PredictRequest"], dt, takers[dt])
+                                              for dt in datatypes]}
+    components["TensorInput"] = {"oneOf": [_tensor_variant(components["TensorInput"], dt, takers[dt])
+                                           for dt in datatypes]}
+
+
+_V1_DTYPE = {oip: v1 for v1, oip in DATATYPE.items()}
+
+
+def _predict_variant(base: dict[str, Any], datatype: str, specs: list[InputSpec]) -> dict[str, Any]:
+    variant = copy.deepcopy(base)
+    props = variant["properties"]
+    props["dtype"] = props["dtype"] | {"enum": [_V1_DTYPE[datatype]]}
+    if datatype != "FP32":  # no dtype means float32
+        del props["dtype"]["default"]
+        variant["required"] = [*variant["required"], "dtype"]
+    batches = [{"type": "array", "minItems": 1, "items": _nested(shape, _leaf(datatype, s))}
+               for s in specs for shape in example_shapes(s)]
+    # A feature model also takes objects of named numbers (inference.parse_features).
+    batches += [{"type": "array", "minItems": 1, "items": _named(s)} for s in specs if s.kind == "features"]
+    props["instances"] = {"description": props["instances"]["description"], "anyOf": _unique(batches)}
+    return variant
+
+
+def _tensor_variant(base: dict[str, Any], datatype: str, specs: list[InputSpec]) -> dict[str, Any]:
+    variant = copy.deepcopy(base)
+    props = variant["properties"]
+    props["datatype"] = props["datatype"] | {"enum": [datatype]}
+    longest = max(len(shape) for s in specs for shape in example_shapes(s))
+    props["shape"] = props["shape"] | {"minItems": 2, "maxItems": longest + 1}
+    # Any even nesting whose element count is the shape's (not expressible: the description says it):
+    # flat, with at least one image's values, or nested up to the shape's depth.
+    forms = [{"type": "array", "minItems": math.prod(s.shape), "items": _leaf(datatype, s)} for s in specs]
+    for depth in range(2, longest + 2):
+        forms += [_nested((1,) * depth, _leaf(datatype, s), exact=False) for s in specs]
+    props["data"] = {"description": props["data"]["description"], "anyOf": _unique(forms)}
+    # The JSON form: data inline; binary_data_size only in the binary form (application/octet-stream).
+    variant["required"] = sorted({*variant["required"], "data"})
+    props["parameters"] = {"type": "object", "not": {"required": ["binary_data_size"]},
+                           "description": "binary_data_size is for the binary form only"}
+    return variant
+
+
+def _leaf(datatype: str, spec: InputSpec) -> dict[str, Any]:
+    if datatype == "UINT8":
+        return {"type": "integer", "minimum": 0, "maximum": 255}
+    low, high = spec.range or (-FLOAT32_MAX, FLOAT32_MAX)  # features: any finite float32
+    return {"type": "number", "minimum": low, "maximum": high}
+
+
+def _named(spec: InputSpec) -> dict[str, Any]:
+    """One example of a feature model as an object: every feature, by name, and nothing else."""
+    leaf = _leaf("FP32", spec)
+    return {"type": "object", "required": list(spec.features), "additionalProperties": False,
+            "properties": {name: leaf for name in spec.features}}
+
+
+def _nested(shape: tuple[int, ...], leaf: dict[str, Any], exact: bool = True) -> dict[str, Any]:
+    """Arrays nested as ``shape`` (of exactly those sizes, or else of at least those sizes)."""
+    schema = leaf
+    for size in reversed(shape):
+        schema = {"type": "array", "minItems": size, "items": schema} | ({"maxItems": size} if exact else {})
+    return schema
+
+
+def _unique(schemas_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({json.dumps(s, sort_keys=True): s for s in schemas_}.values())

@@ -18,11 +18,16 @@ def _list_only(value: Any) -> None:
         raise ValidationError("must be a non-empty list")
 
 
+def _whole(value: Any) -> bool:
+    """Whether a JSON value is an integer as JSON Schema counts them: 3 and 3.0, not 3.5, "3" or true."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
 def _shape(value: Any) -> None:
     # One check for the whole list: a List(Integer) field costs a field call per dimension, per request.
     if (not isinstance(value, list) or not 1 <= len(value) <= 8
-            or not all(type(d) is int and d >= 0 for d in value)):
-        raise ValidationError("must be a list of 1 to 8 integers >= 0")
+            or not all(_whole(d) and d >= 1 for d in value)):
+        raise ValidationError("must be a list of 1 to 8 integers >= 1")
 
 
 def _object(value: Any) -> None:
@@ -30,13 +35,52 @@ def _object(value: Any) -> None:
         raise ValidationError("must be an object")
 
 
+def _number(value: Any) -> bool:
+    """Whether a JSON value is a number: 0.5 and 1, not "0.5", true or null."""
+    return type(value) in (int, float)
+
+
+def _infer_parameters(value: Any) -> None:
+    _object(value)
+    if not isinstance(value.get("binary_data_output", False), bool):
+        raise ValidationError("binary_data_output must be true or false")
+    if "threshold" in value and not (_number(value["threshold"]) and 0 <= value["threshold"] <= 1):
+        raise ValidationError("threshold must be a number in [0, 1]")
+
+
 def _output_parameters(value: Any) -> None:
     _object(value)
     k = value.get("classification")
-    if k is not None and (type(k) is not int or not 0 <= k <= 1000):
+    if k is not None and (not _whole(k) or not 0 <= k <= 1000):
         raise ValidationError("classification must be an integer 0..1000 (0: plain tensors)")
     if not isinstance(value.get("binary_data", False), bool):
         raise ValidationError("binary_data must be true or false")
+
+
+class WholeNumber(fields.Integer):
+    """An integer field that takes 3 and 3.0 but refuses 3.5 (which fields.Integer cuts to 3) and "3"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not _whole(value):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+class Number(fields.Float):
+    """A float field that takes JSON numbers only: fields.Float would also take "0.5" and turn it into 0.5."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if not _number(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class Shape(fields.Raw):
+    """A tensor shape: 1 to 8 integers >= 1, loaded as ints (3.0 is 3)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[int]:
+        _shape(value)
+        return [int(d) for d in value]
 
 
 class _Strict(Schema):
@@ -48,14 +92,14 @@ class TensorInput(_Strict):
     """One OIP input tensor."""
 
     name = fields.String(required=True, metadata={"example": "input"})
-    shape = fields.Raw(required=True, validate=_shape,
-                       metadata={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
-                                 "maxItems": 8, "example": [1, 1, 28, 28]})
+    shape = Shape(required=True, metadata={"type": "array", "items": {"type": "integer", "minimum": 1},
+                                           "minItems": 1, "maxItems": 8, "example": [1, 1, 28, 28]})
     datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "UINT8"]),
                              metadata={"example": "UINT8"})
     parameters = fields.Raw(load_default=dict, validate=_object,
                             metadata={"type": "object", "description": "binary_data_size: the tensor's bytes "
-                                      "follow the JSON header (binary tensor data extension)"})
+                                      "follow the JSON header (binary tensor data extension)",
+                                      "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}})
     # Exactly one of data and parameters.binary_data_size (the binary tensor data extension).
     data = fields.Raw(validate=_list_only,
                       metadata={"description": "flat (row-major) or nested numbers; absent when "
@@ -72,40 +116,54 @@ class RequestedOutput(_Strict):
                                    "binary and multilabel models only"})
     parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
-                                      "binary_data: true (raw bytes after the JSON header)"})
+                                      "binary_data: true (raw bytes after the JSON header)",
+                                      "properties": {"classification": {"type": "integer", "minimum": 0,
+                                                                        "maximum": 1000, "nullable": True},
+                                                     "binary_data": {"type": "boolean"}}})
 
 
 class InferRequest(_Strict):
     """OIP v2 inference request."""
 
     id = fields.String(metadata={"description": "echoed in the response"})
-    parameters = fields.Raw(load_default=dict, validate=_object,
+    parameters = fields.Raw(load_default=dict, validate=_infer_parameters,
                             metadata={"type": "object",
                                       "description": "binary_data_output: true (every output as raw bytes); "
                                       "threshold: a probability in [0, 1] that overrides the manifest's "
-                                      "decision threshold (binary and multilabel models)"})
+                                      "decision threshold (binary and multilabel models only)",
+                                      "properties": {"binary_data_output": {"type": "boolean"},
+                                                     "threshold": {"type": "number", "minimum": 0,
+                                                                   "maximum": 1}}})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 
 
 class TensorOutput(Schema):
-    """One OIP output tensor."""
+    """One OIP output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` raw bytes after it."""
 
-    name = fields.String()
-    datatype = fields.String(metadata={"example": "FP32"})
-    shape = fields.List(fields.Integer())
-    data = fields.List(fields.Raw())
+    name = fields.String(required=True,
+                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]))
+    datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "BYTES", "BOOL"]),
+                             metadata={"example": "FP32"})
+    shape = fields.List(fields.Integer(), required=True)
+    data = fields.List(fields.Raw(metadata={"anyOf": [{"type": "number"}, {"type": "string"},
+                                                      {"type": "boolean"}]}))
+    parameters = fields.Raw(metadata={"type": "object", "required": ["binary_data_size"],
+                                      "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}})
 
 
 class InferResponse(Schema):
     """OIP v2 inference response."""
 
-    model_name = fields.String()
-    model_version = fields.String()
-    id = fields.String()
-    parameters = fields.Dict(metadata={"description": "binary and multilabel: the task and the threshold "
-                                       "applied"})
-    outputs = fields.List(fields.Nested(TensorOutput))
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    id = fields.String(metadata={"description": "the request's id, when it had one"})
+    parameters = fields.Raw(metadata={
+        "type": "object", "description": "binary and multilabel models: the task and the threshold applied",
+        "required": ["task", "threshold"],
+        "properties": {"task": {"type": "string", "enum": ["binary", "multilabel"]},
+                       "threshold": {"type": "number", "minimum": 0, "maximum": 1}}})
+    outputs = fields.List(fields.Nested(TensorOutput), required=True)
 
 
 class PredictRequest(_Strict):
@@ -113,15 +171,17 @@ class PredictRequest(_Strict):
 
     instances = fields.Raw(required=True, validate=_list_only,
                            metadata={"type": "array", "items": {},
-                                     "description": "images as [28][28], [1][28][28] or [784] pixel lists; "
-                                     "for feature models objects of named numbers, {\"age\": 61, ...}, "
-                                     "or lists in the order the model's metadata gives"})
+                                     "description": "one entry per example: an image's pixels nested as the "
+                                     "model's input shape, or without its channel axis, or flat; for feature "
+                                     "models an object of named numbers, {\"age\": 61, ...}, or a list in "
+                                     "the order of the model's features (its metadata lists them)"})
     dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]),
-                          metadata={"description": "float32: pixels in [0, 1]; uint8: pixels 0..255"})
-    top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
-    threshold = fields.Float(load_default=None, validate=validate.Range(min=0.0, max=1.0),
-                             metadata={"description": "binary and multilabel models: the probability at "
-                                       "which a label is predicted (default: the manifest's)"})
+                          metadata={"description": "float32: pixels in [0, 1] (feature values: any finite "
+                                    "float32); uint8: pixels 0..255"})
+    top_k = WholeNumber(load_default=None, validate=validate.Range(min=1))
+    threshold = Number(load_default=None, validate=validate.Range(min=0.0, max=1.0),
+                       metadata={"description": "binary and multilabel models only: the probability at "
+                                 "which a label is predicted (default: the manifest's)"})
 
 
 class Prediction(Schema):
@@ -130,31 +190,120 @@ class Prediction(Schema):
     label = fields.String(metadata={"description": "multiclass and binary: the predicted label"})
     labels = fields.List(fields.String(), metadata={"description": "binary and multilabel: the predicted "
                                                     "label set (probability >= threshold)"})
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(),
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(), required=True,
                                 metadata={"description": "softmax for multiclass; one sigmoid per label for "
                                           "multilabel; binary: the positive label's sigmoid and 1 minus it"})
+    input = fields.List(fields.Raw(), metadata={
+        "description": "with include_input=true: the example exactly as the model received it after "
+                       "decoding and preprocessing, uint8 pixels nested [C][H][W] (e.g. [1][28][28])"})
 
 
 class PredictResponse(Schema):
     """v1 predict (and classify) response."""
 
-    model = fields.String()
-    version = fields.String()
-    task = fields.String(metadata={"example": "multiclass"})
+    model = fields.String(required=True)
+    version = fields.String(required=True)
+    task = fields.String(required=True, validate=validate.OneOf(["multiclass", "binary", "multilabel"]))
     threshold = fields.Float(metadata={"description": "binary and multilabel: the threshold applied"})
-    predictions = fields.List(fields.Nested(Prediction))
+    predictions = fields.List(fields.Nested(Prediction), required=True)
+
+
+class ModelSummary(Schema):
+    """One served model version in the v1 listing."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    architecture = fields.String(required=True)
+    labels = fields.List(fields.String(), required=True)
+    task = fields.String(required=True, validate=validate.OneOf(["multiclass", "binary", "multilabel"]))
+    input_shape = fields.List(fields.Integer(), required=True)
+    input_kind = fields.String(required=True, validate=validate.OneOf(["image", "features"]))
+    features = fields.List(fields.String(), metadata={"description": "feature models: the names, in order"})
+    threshold = fields.Float(metadata={"description": "binary and multilabel: the decision threshold"})
+    test_accuracy = fields.Float(required=True, allow_none=True)
+    ready = fields.Boolean(required=True)
+    default = fields.Boolean(required=True, metadata={"description": "the version a bare name addresses"})
+
+
+class ModelList(Schema):
+    """The v1 listing."""
+
+    models = fields.List(fields.Nested(ModelSummary), required=True)
+
+
+class Status(Schema):
+    """Liveness."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class Readiness(Schema):
+    """Readiness, with the served models."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    models = fields.List(fields.String(), required=True)
+
+
+class ServerMetadata(Schema):
+    """OIP server metadata."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    extensions = fields.List(fields.String(), required=True)
+
+
+class Live(Schema):
+    """OIP liveness."""
+
+    live = fields.Boolean(required=True)
+
+
+class Ready(Schema):
+    """OIP readiness."""
+
+    ready = fields.Boolean(required=True)
+
+
+class TensorMetadata(Schema):
+    """One input or output tensor in OIP model metadata (-1: any size)."""
+
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True)
+    parameters = fields.Dict()
+
+
+class ModelMetadata(Schema):
+    """OIP model metadata."""
+
+    name = fields.String(required=True)
+    versions = fields.List(fields.String(), required=True)
+    platform = fields.String(required=True)
+    inputs = fields.List(fields.Nested(TensorMetadata), required=True)
+    outputs = fields.List(fields.Nested(TensorMetadata), required=True)
+    parameters = fields.Dict(required=True)
+
+
+class ModelReady(Schema):
+    """OIP model readiness."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    ready = fields.Boolean(required=True)
 
 
 class ClassifyArgs(_Strict):
     """Query string of the image upload endpoint."""
 
     top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    include_input = fields.Boolean(load_default=False, metadata={
+        "description": "true: each prediction also carries the preprocessed input the model received"})
 
 
 class Error(Schema):
     """Every error response."""
 
-    error = fields.String(metadata={"example": "model 'nope' is not served here"})
+    error = fields.String(required=True, metadata={"example": "model 'nope' is not served here"})
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:

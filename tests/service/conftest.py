@@ -4,8 +4,10 @@ process behaviour. No torch mocking anywhere."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +24,9 @@ from torch import nn
 from service.config import ServiceConfig
 from service.runtime.client import RuntimeClient
 from service.web.app import create_app
+from training.config import TrainConfig
 from training.export import ArtifactInfo, PixelClassifier, export
+from training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.1307,), (0.3081,)
@@ -140,6 +144,17 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.
 
 
 @pytest.fixture(scope="session")
+def ui_root(tmp_path_factory: pytest.TempPathFactory, artifact_root: Path) -> Path:
+    """models/ for the web pages: the shipped mnist-cnn (with the plots its training wrote) beside
+    mnist-tiny 1 and 2, whose version 1 has a curves.png that is a symbolic link (never handed out)."""
+    root = tmp_path_factory.mktemp("ui-models")
+    shutil.copytree(REPO / "models" / "mnist-cnn", root / "mnist-cnn")
+    shutil.copytree(artifact_root / "mnist-tiny", root / "mnist-tiny")
+    (root / "mnist-tiny" / "1" / "curves.png").symlink_to(REPO / "models" / "mnist-cnn" / "1" / "curves.png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/ with "slow" (requests stay in flight a while) and "poison" (some inputs make it raise)."""
     root = tmp_path_factory.mktemp("special-models")
@@ -149,6 +164,42 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export(slow, _info("slow", "slow", "1", 0.1), root, probe)
     export(PixelClassifier(PoisonNet(), MEAN, STD).eval(), _info("poison", "poison", "1", 0.1), root, probe)
     return root
+
+
+LABEL_SETS = ("even=0,2,4,6,8", "ge5=5,6,7,8,9", "prime=2,3,5,7")
+
+
+def _write_cancer_csv(path: Path) -> list[dict[str, float]]:
+    """scikit-learn's breast-cancer table as a CSV (as scripts/breast_cancer_csv.py writes it)."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in bunch.feature_names]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*names, "malignant"])
+        for row, target in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True):
+            writer.writerow([*row, 1 - target])
+    return [dict(zip([*names, "malignant"], [*row, 1 - t], strict=True))
+            for row, t in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True)]
+
+
+@pytest.fixture(scope="session")
+def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> dict[str, object]:
+    """models/ with a tabular binary model (breast cancer), an image multilabel model (MNIST digit
+    properties) and a tabular multiclass model (the spiral), each trained briefly by the training code."""
+    tmp = tmp_path_factory.mktemp("tasks")
+    out, runs = tmp / "models", tmp / "runs"
+    rows = _write_cancer_csv(tmp / "cancer.csv")
+    common = {"out": out, "run_dir": runs, "optimizer": "adam", "lr": 3e-3, "threads": 1}
+    run(TrainConfig(dataset=f"csv:{tmp / 'cancer.csv'}", target=("malignant",), task="binary", arch="mlp",
+                    hidden=(16,), epochs=5, batch_size=32, threshold=0.4, name="cancer", **common))
+    run(TrainConfig(dataset="mnist", data_dir=mnist_slice, download=False, task="multilabel",
+                    label_set=LABEL_SETS, epochs=2, batch_size=50, augment=False, name="digit-props",
+                    **common))
+    run(TrainConfig(dataset="spiral", arch="mlp", hidden=(32, 32), epochs=2, batch_size=32, name="spiral",
+                    **common))
+    return {"root": out, "rows": rows}
 
 
 # Settings the model runtime reads (the rest are the HTTP side's).
@@ -248,6 +299,17 @@ def client(app: object) -> object:
     return app.test_client()
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -281,6 +343,29 @@ class Service:
             time.sleep(0.1)
         raise AssertionError(f"the service was not ready after {timeout}s:\n{self.log.read_text()}")
 
+    def runtime_pids(self) -> list[int]:
+        """The model runtimes' processes."""
+        return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p)]
+
+    def worker_pids(self) -> list[int]:
+        """The HTTP workers' processes (children of the front end)."""
+        front = [p for p in _children(self.proc.pid) if b"service.runtime" not in _cmdline(p)]
+        return [w for f in front for w in _children(f) if b"resource_tracker" not in _cmdline(w)]
+
+    def in_flight(self) -> float:
+        """Requests the HTTP workers hold now, this scrape included."""
+        text = requests.get(f"{self.url}/metrics", timeout=30).text
+        return float(next(x for x in text.splitlines()
+                          if x.startswith("trainserve_requests_in_flight ")).split()[1])
+
+    def wait_in_flight(self, count: int, timeout: float = 60.0) -> None:
+        """Until the workers hold ``count`` requests besides the scrape that asks."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() < count + 1:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} requests never reached the workers")
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -312,4 +397,16 @@ def serve(tmp_path: Path, server_name: str) -> Iterator[Callable[[dict[str, str]
 
     yield start
     for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, ui_root: Path) -> Iterator[Service]:
+    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian."""
+    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1"},
+                      tmp_path_factory.mktemp("site"), "granian")
+    try:
+        service.wait_ready()
+        yield service
+    finally:
         service.stop()

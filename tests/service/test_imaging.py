@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.manifest import InputSpec
 from service.web import imaging
 
@@ -74,11 +74,14 @@ def test_blank_image_gives_an_empty_field():
     assert not imaging.to_input(imaging.decode(png(np.full((50, 40), 255, np.uint8))), SPEC).any()
 
 
-def test_undecodable_and_oversized_images_are_invalid(monkeypatch):
+def test_undecodable_images_are_invalid_and_oversized_ones_too_large(monkeypatch):
     with pytest.raises(InvalidInput, match="cannot decode"):
         imaging.decode(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(InvalidInput, match="not a PNG, JPEG or other image format") as refused:
+        imaging.decode(b"no image at all")
+    assert "BytesIO" not in refused.value.message  # no repr of internals
     monkeypatch.setattr(imaging, "MAX_PIXELS", 100)
-    with pytest.raises(InvalidInput, match="at most 100 pixels"):
+    with pytest.raises(PayloadTooLarge, match="the limit is 100 pixels"):
         imaging.decode(png(np.zeros((20, 20), np.uint8)))
 
 
@@ -115,7 +118,7 @@ def test_fast_decoders_give_the_pixels_pillow_gives(kind, channels):
 def test_size_is_checked_from_the_header_before_decoding(monkeypatch):
     monkeypatch.setattr(imaging, "MAX_PIXELS", 100)
     jpeg = _encode(Image.fromarray(np.zeros((20, 20), np.uint8)), "JPEG")
-    with pytest.raises(InvalidInput, match="20x20; at most 100 pixels"):
+    with pytest.raises(PayloadTooLarge, match="20x20; the limit is 100 pixels"):
         imaging.decode(jpeg)
     with pytest.raises(InvalidInput, match="cannot decode"):
         imaging.decode(jpeg[:30])
@@ -145,10 +148,50 @@ def test_a_large_transparent_image_costs_about_its_own_size_not_a_float_copy():
     rgba[1000:3000, 1800:2200] = 255
     tracemalloc.start()
     try:
-        grey = imaging._grey(imaging._flatten_alpha(rgba))
+        grey = imaging._flatten_alpha(rgba, channels=1)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert grey.shape == (4000, 4000) and grey[2000, 2000] == 255 and grey[0, 0] == 0
-    # the 48 MB RGB result and the 16 MB grey one, plus blocks of a megapixel: not 16 MP of float32 x 4
-    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
+    # the 16 MB grey result plus blocks of a quarter megapixel: not 16 MP of float32 x 4
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MiB"
+    np.testing.assert_array_equal(grey, imaging._grey(imaging._flatten_alpha(rgba)))
+
+
+def _peak_of(fn, *args):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_an_image_over_the_decoded_budget_is_refused_before_decoding(mode):
+    side = int((imaging.MAX_DECODED_BYTES / 4) ** 0.5) + 64  # over budget in every mode, even grey
+    pixels = np.zeros((side, side, len(mode)), np.uint8).squeeze()
+    data = png(pixels, mode)
+    with pytest.raises(PayloadTooLarge, match="MiB decoded"):
+        imaging.decode(data)
+
+
+def test_a_large_photo_is_decoded_at_a_reduced_scale_within_the_budget():
+    photo = np.full((6000, 4000, 3), 255, np.uint8)  # 24 megapixels, 72 MB as decoded RGB
+    photo[2000:4000, 1500:2500] = 0  # a dark stroke on white
+    data = _encode(Image.fromarray(photo), "JPEG", quality=80)
+    (prepared, peak) = _peak_of(lambda d: imaging.to_input(imaging.decode(d), SPEC), data)
+    assert peak <= imaging.MAX_DECODED_BYTES, f"{peak / 2**20:.0f} MiB"
+    assert prepared.shape == (1, 28, 28) and prepared.max() == 255 and prepared[0, 0, 0] == 0
+
+
+def test_a_full_size_grey_image_is_prepared_within_the_budget():
+    side = int((imaging.MAX_DECODED_BYTES / 4) ** 0.5) - 64  # just within the grey budget
+    grey = np.full((side, side), 255, np.uint8)
+    grey[side // 4: side // 2, side // 3: side // 2] = 0
+    data = png(grey)
+    prepared, peak = _peak_of(lambda d: imaging.to_input(imaging.decode(d), SPEC), data)
+    assert peak <= imaging.MAX_DECODED_BYTES, f"{peak / 2**20:.0f} MiB"
+    assert prepared.max() == 255

@@ -34,27 +34,22 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _wait_until_one_is_queued(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        depth = sample(requests.get(f"{url}/metrics", timeout=5).text, "trainserve_queue_depth_requests",
-                       model="slow", version="1")
-        if depth and depth >= 1:
-            return
-        time.sleep(0.01)
-    pytest.fail("requests never queued up")
-
-
 def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
-                       "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
-                       "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30"})
+                    "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
+                    "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30"})
     url = f"{server.url}/v1/models/slow:predict"
-    with ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
-        _wait_until_one_is_queued(server.url)  # one request runs, another waits in the runtime
-        server.proc.send_signal(signal.SIGTERM)  # with one request running and another queued, at least
-        responses = [f.result(60) for f in pending]
+    (runtime,) = server.runtime_pids()
+    os.kill(runtime, signal.SIGSTOP)  # the requests wait for it: in flight for certain when SIGTERM comes
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
+            server.wait_in_flight(4)
+            server.proc.send_signal(signal.SIGTERM)
+            os.kill(runtime, signal.SIGCONT)  # one runs, three wait in its queue: all during the drain
+            responses = [f.result(60) for f in pending]
+    finally:
+        os.kill(runtime, signal.SIGCONT)
     assert [r.status_code for r in responses] == [200] * 4
     assert server.proc.wait(timeout=60) == 0
     with pytest.raises(requests.ConnectionError):
@@ -147,28 +142,27 @@ def test_a_chunked_body_over_the_limit_is_413_and_one_within_it_is_served(serve,
     assert small.json()["predictions"][0]["label"] == str(mnist["test_y"][0])
 
 
-def _children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
 def test_a_request_whose_http_worker_dies_gets_its_connection_closed_not_an_answer(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_MAX_BATCH_SIZE": "1"})
     url = f"{server.url}/v1/models/slow:predict"
-    with ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
-        _wait_until_one_is_queued(server.url)  # one runs, another waits: two are in the worker
-        front = next(p for p in _children(server.proc.pid)
-                     if b"service.runtime" not in Path(f"/proc/{p}/cmdline").read_bytes())
-        for worker in _children(front):
-            os.kill(worker, signal.SIGKILL)
-        closed = answered = 0
-        for future in pending:
-            try:
-                answered += future.result(60).status_code == 200  # finished before the kill
-            except requests.ConnectionError:
-                closed += 1
-    assert closed >= 2 and closed + answered == 4
+    (runtime,) = server.runtime_pids()
+    os.kill(runtime, signal.SIGSTOP)  # the requests stay in the worker until it dies
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(4)]
+            server.wait_in_flight(4)
+            for worker in server.worker_pids():
+                os.kill(worker, signal.SIGKILL)
+            closed = 0
+            for future in pending:
+                try:
+                    future.result(60)
+                except requests.ConnectionError:
+                    closed += 1
+    finally:
+        os.kill(runtime, signal.SIGCONT)
+    assert closed == 4
     server.wait_ready()  # the front end starts a new worker; the runtime dropped the dead one's slots
     assert requests.post(url, json=ZERO, timeout=60).status_code == 200
 

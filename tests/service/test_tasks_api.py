@@ -3,7 +3,6 @@ runtime and answering through v1 and the Open Inference Protocol."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,44 +12,7 @@ import torch
 
 from service.manifest import read_manifest
 from service.web.schemas import InferResponse, PredictResponse
-from training.config import TrainConfig
 from training.export import load_scripted
-from training.run import run
-
-LABEL_SETS = ("even=0,2,4,6,8", "ge5=5,6,7,8,9", "prime=2,3,5,7")
-
-
-def _write_cancer_csv(path: Path) -> list[dict[str, float]]:
-    """scikit-learn's breast-cancer table as a CSV (as scripts/breast_cancer_csv.py writes it)."""
-    from sklearn.datasets import load_breast_cancer
-
-    bunch = load_breast_cancer()
-    names = [n.replace(" ", "_") for n in bunch.feature_names]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*names, "malignant"])
-        for row, target in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True):
-            writer.writerow([*row, 1 - target])
-    return [dict(zip([*names, "malignant"], [*row, 1 - t], strict=True))
-            for row, t in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True)]
-
-
-@pytest.fixture(scope="module")
-def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> dict[str, object]:
-    """models/ with a tabular binary model (breast cancer), an image multilabel model (MNIST digit
-    properties) and a tabular multiclass model (the spiral), each trained briefly."""
-    tmp = tmp_path_factory.mktemp("tasks")
-    out, runs = tmp / "models", tmp / "runs"
-    rows = _write_cancer_csv(tmp / "cancer.csv")
-    common = {"out": out, "run_dir": runs, "optimizer": "adam", "lr": 3e-3, "threads": 1}
-    run(TrainConfig(dataset=f"csv:{tmp / 'cancer.csv'}", target=("malignant",), task="binary", arch="mlp",
-                    hidden=(16,), epochs=5, batch_size=32, threshold=0.4, name="cancer", **common))
-    run(TrainConfig(dataset="mnist", data_dir=mnist_slice, download=False, task="multilabel",
-                    label_set=LABEL_SETS, epochs=2, batch_size=50, augment=False, name="digit-props",
-                    **common))
-    run(TrainConfig(dataset="spiral", arch="mlp", hidden=(32, 32), epochs=2, batch_size=32, name="spiral",
-                    **common))
-    return {"root": out, "rows": rows}
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +210,12 @@ def test_decisions_travel_as_binary_bool_tensors(task_client, task_root):
     first = struct.unpack("<I", raw[decisions_size:decisions_size + 4])[0]
     label = raw[decisions_size + 4:decisions_size + 4 + first].decode()
     assert label == ("malignant" if decided[0] else "not malignant")
+
+
+@pytest.mark.parametrize(("name", "shown"), [("cancer", ["mean_radius", "Decision threshold", "0.4"]),
+                                             ("spiral", ["2: x, y", "multi-class"])])
+def test_a_feature_models_page_shows_its_features_and_task(task_client, name, shown):
+    response = task_client.get(f"/ui/models/{name}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert all(text in html for text in shown), shown

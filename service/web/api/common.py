@@ -9,7 +9,7 @@ import orjson
 from flask import Response, current_app, g, request
 from marshmallow import Schema
 
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.runtime.client import ServedModel
 from service.web import binary, imaging
 from service.web.dataplane import DataPlane
@@ -57,6 +57,11 @@ def infer_body(schema: Schema) -> dict[str, Any]:
 
 
 def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:
+    limit = current_app.config["TRAINSERVE"].max_json_bytes
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the JSON is {len(raw)} bytes; the limit is {limit} bytes "
+                              "(TRAINSERVE_MAX_JSON_BYTES): send large tensors with the binary tensor "
+                              "extension, or images")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

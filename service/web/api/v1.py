@@ -1,15 +1,18 @@
-"""A simple JSON API: list models, predict from pixel lists, classify uploaded images."""
+"""A simple JSON API: list models, predict from pixel lists, classify uploaded images; each model's
+manifest, the plots training wrote, and its live figures."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+import numpy as np
+from flask import Blueprint, Response, request, send_file
 
 from service.runtime.client import ServedModel
 from service.web.api.common import image_batch, json_body, logits, model, plane, respond
 from service.web.inference import parse_features, parse_tensor, predictions, threshold_for
 from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
+from service.web.stats import summarize
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -58,15 +61,46 @@ def classify(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for uploaded PNG/JPEG images (raw body or multipart files)."""
     found = model(name, version)
     # No query string (the usual case) needs no validation: a schema load costs more than the decode.
-    top_k = load(CLASSIFY_ARGS, request.args.to_dict())["top_k"] if request.args else None
-    return _answer(found, image_batch(found), top_k)
+    args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else CLASSIFY_DEFAULTS
+    inputs = image_batch(found)
+    return _answer(found, inputs, args["top_k"], shown=inputs if args["include_input"] else None)
 
 
-def _answer(found: ServedModel, inputs: Any, top_k: int | None, threshold: float | None = None) -> Response:
+CLASSIFY_DEFAULTS = {"top_k": None, "include_input": False}
+
+
+def _answer(found: ServedModel, inputs: Any, top_k: int | None, threshold: float | None = None,
+            shown: np.ndarray | None = None) -> Response:
     m = found.manifest
     threshold = threshold_for(m, threshold)
     answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
     if m.task != "multiclass":
         answer["threshold"] = threshold
     answer["predictions"] = predictions(logits(found, inputs), m.labels, top_k, m.task, threshold)
+    if shown is not None:  # what preprocessing made of each image, as the model got it
+        for prediction, example in zip(answer["predictions"], shown, strict=True):
+            prediction["input"] = example
     return respond(answer)
+
+
+@bp.get("/models/<name>/manifest")
+@bp.get("/models/<name>/versions/<version>/manifest")
+def manifest(name: str, version: str | None = None) -> Response:
+    """The model's manifest, as training wrote it (models/README.md describes every field)."""
+    found = model(name, version)
+    return respond(found.manifest.to_dict() | {"reports": plane().report_files(found)})
+
+
+@bp.get("/models/<name>/versions/<version>/files/<file>")
+def report_file(name: str, version: str, file: str) -> Response:
+    """A plot training wrote into the artifact (a PNG beside the model: curves.png, confusion.png...)."""
+    path = plane().report_file(model(name, version), file)
+    return send_file(path, mimetype="image/png", max_age=3600)  # an artifact version never changes
+
+
+@bp.get("/models/<name>/stats")
+@bp.get("/models/<name>/versions/<version>/stats")
+def stats(name: str, version: str | None = None) -> Response:
+    """Live figures from the service's metrics: requests, latency percentiles, batch sizes."""
+    found = model(name, version)
+    return respond(summarize(plane().metrics.families(), found.manifest.name, found.manifest.version))

@@ -1,0 +1,219 @@
+"use strict";
+// The digit page: a client of the service's public API like any other. It lists the models
+// (GET /v1/models) and sends the drawing or the uploaded file to
+// POST /v1/models/{name}/versions/{version}:classify?include_input=true, which answers with every label's
+// probability and the input exactly as the model received it after preprocessing.
+(() => {
+  const byId = (id) => document.getElementById(id);
+  const pad = byId("pad"), ink = pad.getContext("2d");
+  const select = byId("model"), upload = byId("upload"), drop = byId("drop"), cardLink = byId("card-link");
+  const result = byId("result"), bars = byId("probabilities"), preview = byId("preview");
+  const predictionBox = byId("prediction"), confidenceBox = byId("confidence"), latencyBox = byId("latency");
+  const errorBox = byId("error"), thresholdNote = byId("threshold-note"), fileName = byId("file-name");
+  let models = [];     // the /v1/models listing
+  let last = null;     // the last image sent, sent again when another model is chosen
+  let drawing = false, sequence = 0, answered = 0;
+
+  const key = (m) => `${m.name}/${m.version}`;
+  const chosen = () => models[select.selectedIndex];
+  const percent = (p) => (p > 0 && p < 0.001 ? "<0.1 %" : `${(p * 100).toFixed(1)} %`);
+
+  function clearPad() {
+    ink.fillStyle = "#fff";
+    ink.fillRect(0, 0, pad.width, pad.height);
+  }
+
+  function point(event) {
+    const box = pad.getBoundingClientRect();
+    return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
+  }
+
+  pad.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId);
+    drawing = true;
+    Object.assign(ink, {lineWidth: pad.width / 13, lineCap: "round", lineJoin: "round", strokeStyle: "#000"});
+    const [x, y] = point(event);
+    ink.beginPath();
+    ink.moveTo(x, y);
+    ink.lineTo(x, y);
+    ink.stroke();
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    const coalesced = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    for (const e of coalesced.length ? coalesced : [event]) ink.lineTo(...point(e));
+    ink.stroke();
+  });
+  const endStroke = () => {
+    if (!drawing) return;
+    drawing = false;
+    pad.toBlob((blob) => send(blob), "image/png");
+  };
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+
+  byId("clear").addEventListener("click", () => {
+    clearPad();
+    last = null;
+    upload.value = "";
+    fileName.textContent = "";
+  });
+  upload.addEventListener("change", () => upload.files[0] && useFile(upload.files[0]));
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) useFile(file);
+  });
+
+  async function useFile(file) {
+    fileName.textContent = file.name;
+    send(file);  // the file itself, as it is: the service decodes and preprocesses it
+    try {        // and on the pad, fitted, so that strokes drawn next go on top of it
+      const image = await createImageBitmap(file);
+      const scale = Math.min(pad.width / image.width, pad.height / image.height);
+      const w = image.width * scale, h = image.height * scale;
+      clearPad();
+      ink.drawImage(image, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    } catch {
+      // The browser cannot show it; the service's answer says whether it can read it.
+    }
+  }
+
+  async function send(blob) {
+    last = blob;
+    const model = chosen();
+    if (!model) return;
+    const id = ++sequence;
+    result.dataset.state = "busy";
+    const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}` +
+                ":classify?include_input=true";
+    const started = performance.now();
+    try {
+      // A file the browser does not type as an image goes as bytes: the service says whether it can read it.
+      const type = blob.type.startsWith("image/") ? blob.type : "application/octet-stream";
+      const response = await fetch(url, {method: "POST", body: blob, headers: {"Content-Type": type}});
+      const body = await response.json();
+      const elapsed = performance.now() - started;
+      if (id !== sequence) return;  // a newer request is on its way: show that one
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      render(model, body.predictions[0], elapsed);
+      result.dataset.state = "done";
+    } catch (error) {
+      if (id !== sequence) return;
+      errorBox.textContent = `Could not classify this image: ${error.message}`;
+      errorBox.hidden = false;
+      result.dataset.state = "error";
+    } finally {
+      if (id === sequence) result.dataset.answered = String(++answered);
+    }
+  }
+
+  // Binary and multi-label models decide per label against a threshold; a multi-class model takes the best.
+  function threshold(model, prediction) {
+    for (const value of [prediction.threshold, model.threshold]) if (typeof value === "number") return value;
+    return null;
+  }
+
+  function render(model, prediction, elapsed) {
+    errorBox.hidden = true;
+    const probabilities = prediction.probabilities;
+    const labels = model.labels.filter((label) => label in probabilities);
+    const cut = threshold(model, prediction);
+    const picked = cut === null ? [prediction.label]
+      : (Array.isArray(prediction.labels) ? prediction.labels : labels.filter((l) => probabilities[l] >= cut));
+    predictionBox.textContent = picked.length ? picked.join(", ") : "none";
+    confidenceBox.textContent = cut === null ? percent(probabilities[prediction.label])
+      : `labels at or over the threshold, ${cut}`;
+    thresholdNote.hidden = cut === null;
+    thresholdNote.textContent = cut === null ? "" : `The red mark is the decision threshold, ${cut}.`;
+    latencyBox.textContent = `${Math.round(elapsed)} ms round trip (${model.name} v${model.version})`;
+    drawPreview(prediction.input);
+    drawBars(labels, probabilities, cut, new Set(picked));
+  }
+
+  function drawBars(labels, probabilities, cut, picked) {
+    bars.replaceChildren(...labels.map((label) => {
+      const p = probabilities[label];
+      const row = element("li", picked.has(label) ? "bar top" : "bar");
+      row.dataset.label = label;
+      row.dataset.probability = String(p);
+      const track = element("span", "bar-track");
+      track.setAttribute("aria-hidden", "true");
+      const fill = element("span", "bar-fill");
+      fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
+      track.append(fill);
+      if (cut !== null) {
+        const mark = element("span", "bar-threshold");
+        mark.style.left = `${cut * 100}%`;
+        track.append(mark);
+      }
+      row.append(element("span", "bar-label", label), track, element("span", "bar-value", percent(p)));
+      return row;
+    }));
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // input: uint8 pixels nested [channels][height][width], exactly what the model received.
+  function drawPreview(input) {
+    if (!Array.isArray(input) || !input.length) return;
+    const channels = input.length, height = input[0].length, width = input[0][0].length;
+    const image = new ImageData(width, height);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const at = (y * width + x) * 4;
+        for (let c = 0; c < 3; c++) image.data[at + c] = input[channels === 3 ? c : 0][y][x];
+        image.data[at + 3] = 255;
+      }
+    }
+    preview.width = width;
+    preview.height = height;
+    preview.getContext("2d").putImageData(image, 0, 0);
+  }
+
+  function modelChosen() {
+    const model = chosen();
+    if (!model) return;
+    cardLink.href = `/ui/models/${encodeURIComponent(model.name)}/${encodeURIComponent(model.version)}`;
+    cardLink.textContent = `About ${model.name} v${model.version}`;
+    if (last) send(last);
+  }
+  select.addEventListener("change", modelChosen);
+
+  async function loadModels() {
+    try {
+      const response = await fetch("/v1/models");
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      // The pad sends images: a model of named features (tabular data) cannot take one.
+      models = body.models.filter((m) => m.input_kind !== "features");
+    } catch (error) {
+      errorBox.textContent = `Could not list the models: ${error.message}`;
+      errorBox.hidden = false;
+      return;
+    }
+    select.replaceChildren(...models.map((m) => new Option(
+      `${m.name} v${m.version}${m.default ? " (newest)" : ""} · ${m.architecture}` +
+      (typeof m.test_accuracy === "number" ? ` · ${percent(m.test_accuracy)} test accuracy` : ""), key(m))));
+    const wanted = models.findIndex((m) => key(m) === new URLSearchParams(location.search).get("model"));
+    select.selectedIndex = wanted >= 0 ? wanted : Math.max(0, models.findIndex((m) => m.default));
+    modelChosen();
+    result.dataset.models = String(models.length);
+  }
+
+  clearPad();
+  loadModels();
+})();

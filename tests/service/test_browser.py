@@ -1,0 +1,288 @@
+"""The web pages in a real browser: Debian's Chromium driven by Playwright, over the whole service
+(``python -m service``) on 127.0.0.1. Draws digits with mouse moves, uploads and drops files, switches
+models, reads the model page, and takes screenshots at desktop and phone width. Every request the browser
+makes must go to the service: anything else is blocked and fails the test."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from service.manifest import read_manifest
+from service.web import imaging
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 20_000  # every wait in the browser is bounded by this
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+# A seven and a one as strokes, in fractions of the pad: (x, y) points of one stroke each.
+SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
+ONE = [(0.5, 0.15), (0.5, 0.85)]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium from Debian's package (never a browser Playwright downloads)."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Chromium: apt-get install chromium (never `playwright install`)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                              args=["--no-sandbox", "--disable-gpu"], timeout=WAIT_MS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Tab:
+    """One browser page on the site, with every request it made and every script error it saw."""
+
+    def __init__(self, browser: object, site: object, viewport: dict[str, int]) -> None:
+        self.site = site
+        self.context = browser.new_context(viewport=viewport)
+        self.context.set_default_timeout(WAIT_MS)
+        self.requests: list[str] = []
+        self.problems: list[str] = []
+        self.context.route("**/*", self._only_the_site)
+        self.page = self.context.new_page()
+        self.page.on("pageerror", lambda error: self.problems.append(str(error)))
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
+
+    def _only_the_site(self, route: object) -> None:
+        url = route.request.url
+        self.requests.append(url)
+        if url.startswith(self.site.url + "/"):
+            route.continue_()
+        else:
+            route.abort()
+
+    def open(self, path: str) -> object:
+        """Load ``path`` and, on the digit page, wait until the model list has arrived."""
+        self.page.goto(self.site.url + path)
+        if path in ("/", "/ui/") or path.startswith("/?"):
+            self.page.wait_for_selector("#result[data-models]")
+        return self.page
+
+    def answered(self) -> int:
+        return int(self.page.get_attribute("#result", "data-answered"))
+
+    def wait_answered(self, before: int) -> str:
+        """Wait for the answer after ``before`` answers; return the page's state: done or error."""
+        self.page.wait_for_function("n => Number(document.querySelector('#result').dataset.answered) > n",
+                                    arg=before, timeout=WAIT_MS)
+        return self.page.get_attribute("#result", "data-state")
+
+    def wait_answer(self, before: int) -> str:
+        """Wait for a good answer after ``before`` answers; return the predicted class shown."""
+        assert self.wait_answered(before) == "done", self.page.inner_text("#error")
+        return self.page.get_by_test_id("prediction").inner_text()
+
+    def draw(self, stroke: list[tuple[float, float]]) -> dict:
+        """Draw one stroke with mouse moves; return the :classify answer the page got for it."""
+        box = self.page.get_by_test_id("pad").bounding_box()
+        at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
+        with self.page.expect_response(lambda r: ":classify" in r.url, timeout=WAIT_MS) as answer:
+            self.page.mouse.move(*at[0])
+            self.page.mouse.down()
+            for x, y in at[1:]:
+                self.page.mouse.move(x, y, steps=12)
+            self.page.mouse.up()
+        return answer.value
+
+    def preview(self) -> np.ndarray:
+        """The preview canvas's pixels (grey), as the page drew them."""
+        data = self.page.evaluate("""() => { const c = document.querySelector('[data-testid=preview]');
+            return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+        return np.asarray(data, np.uint8).reshape(28, 28, 4)[..., 0]
+
+    def close(self) -> None:
+        self.context.close()
+        strays = [u for u in self.requests if not u.startswith(self.site.url + "/")]
+        assert not strays, f"requests that left {self.site.url}: {strays}"
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def tab(browser: object, site: object) -> Iterator[Tab]:
+    """A fresh browser context on the site at desktop size; checked for stray requests and errors after."""
+    opened = Tab(browser, site, DESKTOP)
+    yield opened
+    opened.close()
+
+
+def image_file(digit: np.ndarray, kind: str) -> bytes:
+    """A real MNIST test digit as a scan would give it: dark on white, larger, off-centre, PNG or JPEG."""
+    paper = np.full((160, 200), 250, np.uint8)
+    paper[10:122, 70:182] = np.asarray(Image.fromarray(255 - digit).resize((112, 112)))
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format=kind, **({"quality": 90} if kind == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def test_drawing_a_digit_shows_its_class_the_input_and_every_probability(tab, ui_root):
+    tab.open("/")
+    spec = read_manifest(ui_root / "mnist-cnn" / "1").input
+    for stroke, digit in ((SEVEN, "7"), (ONE, "1")):
+        tab.page.get_by_role("button", name="Clear").click()
+        before = tab.answered()
+        response = tab.draw(stroke)
+        assert tab.wait_answer(before) == digit
+        body = response.json()["predictions"][0]
+        # What the page sent, preprocessed here, is what the service says the model got, and what it shows.
+        sent = response.request.post_data_buffer
+        assert np.array_equal(imaging.to_input(imaging.decode(sent), spec)[0], np.asarray(body["input"][0]))
+        assert np.array_equal(tab.preview(), np.asarray(body["input"][0], np.uint8))
+        bars = tab.page.get_by_test_id("probabilities").locator("li")
+        assert bars.count() == 10
+        shown = {row.get_attribute("data-label"): float(row.get_attribute("data-probability"))
+                 for row in bars.all()}
+        assert shown == pytest.approx(body["probabilities"])
+        assert "ms round trip" in tab.page.inner_text("#latency")
+    assert ":classify?include_input=true" in " ".join(tab.requests)
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG"])
+def test_uploading_an_image_classifies_it(tab, mnist, tmp_path, kind):
+    tab.open("/")
+    index = {"PNG": 0, "JPEG": 1}[kind]
+    path = tmp_path / f"digit.{kind.lower()}"
+    path.write_bytes(image_file(mnist["test_x"][index], kind))
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(path))
+    assert tab.wait_answer(before) == str(mnist["test_y"][index])
+    assert tab.preview().max() == 255  # the digit, stretched to full contrast as the model got it
+
+
+def test_a_file_that_is_no_image_gets_the_services_reason_and_the_page_goes_on(tab, mnist, tmp_path):
+    tab.open("/")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(text))
+    assert tab.wait_answered(before) == "error"
+    assert "cannot decode the image" in tab.page.get_by_role("alert").inner_text()
+    tab.problems = [p for p in tab.problems if "status of 400" not in p]  # the browser logs the 400 itself
+    good = tmp_path / "digit.png"
+    good.write_bytes(image_file(mnist["test_x"][0], "PNG"))
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(good))
+    assert tab.wait_answer(before) == str(mnist["test_y"][0])
+    assert tab.page.get_by_role("alert").is_hidden()
+
+
+def test_dropping_an_image_on_the_pad_classifies_it(tab, mnist):
+    tab.open("/")
+    png = list(image_file(mnist["test_x"][2], "PNG"))
+    before = tab.answered()
+    tab.page.evaluate("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "digit.png", {type: "image/png"}));
+        const drop = new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true});
+        document.querySelector('#drop').dispatchEvent(drop);
+    }""", png)
+    assert tab.wait_answer(before) == str(mnist["test_y"][2])
+
+
+def test_the_selector_lists_every_model_and_switching_asks_the_chosen_one(tab, site):
+    listed = requests.get(f"{site.url}/v1/models", timeout=10).json()["models"]
+    tab.open("/")
+    select = tab.page.get_by_label("Model", exact=True)
+    values = select.locator("option").evaluate_all("options => options.map(o => o.value)")
+    assert values == [f"{m['name']}/{m['version']}" for m in listed]
+    assert select.input_value() == "mnist-cnn/1"  # the first name's newest version
+    before = tab.answered()
+    tab.draw(SEVEN)
+    tab.wait_answer(before)
+    before = tab.answered()
+    with tab.page.expect_request(lambda r: "/v1/models/mnist-tiny/versions/1:classify" in r.url):
+        select.select_option("mnist-tiny/1")  # the drawing is sent again, to the chosen model
+    tab.wait_answer(before)
+    assert "mnist-tiny v1" in tab.page.inner_text("#latency")
+    assert tab.page.get_attribute("#card-link", "href") == "/ui/models/mnist-tiny/1"
+
+
+def test_controls_are_labelled_and_reachable_from_the_keyboard(tab):
+    page = tab.open("/")
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("() => document.activeElement.id || document.activeElement.tagName"))
+    assert {"model", "clear", "upload"} <= set(focused), focused
+    page.get_by_label("Model", exact=True).focus()
+    page.keyboard.press("ArrowDown")
+    assert page.get_by_label("Model", exact=True).input_value() != "mnist-cnn/1"
+    assert page.get_by_role("img", name="Drawing pad").count() == 1
+
+
+def test_axe_finds_no_accessibility_violations_on_any_page(tab):
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright",
+                              reason="pip install axe-playwright-python (the dev extra)")
+    tab.open("/")
+    before = tab.answered()
+    tab.draw(SEVEN)
+    tab.wait_answer(before)  # with the answer, its chart and preview on the page
+    pages = {"/": axe.Axe().run(tab.page)}
+    tab.open("/ui/models/mnist-cnn/1").wait_for_selector('#live[data-refreshes="1"]')
+    pages["/ui/models/mnist-cnn/1"] = axe.Axe().run(tab.page)
+    tab.open("/docs")
+    pages["/docs"] = axe.Axe().run(tab.page)
+    found = {path: [(v["id"], v["nodes"][0]["failureSummary"]) for v in result.response["violations"]]
+             for path, result in pages.items()}
+    assert found == {path: [] for path in pages}, found
+
+
+def test_the_model_page_shows_its_plots_and_live_figures(tab, site, mnist):
+    page = tab.open("/ui/models/mnist-cnn/1")
+    page.wait_for_selector('#live[data-refreshes="1"]')
+    first = int(page.inner_text('[data-stat="requests"]'))
+    images = page.locator(".plots img")
+    assert images.count() == 3
+    assert all(img.evaluate("i => i.complete && i.naturalWidth > 100") for img in images.all())
+    for digit in mnist["test_x"][:2]:
+        requests.post(f"{site.url}/v1/models/mnist-cnn:classify", data=image_file(digit, "PNG"),
+                      headers={"Content-Type": "image/png"}, timeout=10)
+    page.wait_for_function("n => Number(document.querySelector('[data-stat=requests]').textContent) >= n",
+                           arg=first + 2, timeout=WAIT_MS)
+    assert page.inner_text('[data-stat="p50"]').endswith(" ms")
+    assert "17,758" in page.inner_text("main")
+
+
+def _not_blank(path: Path) -> None:
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, path
+
+
+def test_screenshots_at_desktop_and_phone_width_are_not_blank_and_fit(tab, tmp_path):
+    keep = os.environ.get("TRAINSERVE_SCREENSHOTS")  # a folder: to look at them, or refresh the README's
+    for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        tab.page.set_viewport_size(viewport)
+        tab.open("/")
+        before = tab.answered()
+        tab.draw(SEVEN)
+        tab.wait_answer(before)
+        shots = [_shot(tab, tmp_path / f"ui-{width}.png")]
+        tab.open("/ui/models/mnist-cnn/1").wait_for_selector('#live[data-refreshes="1"]')
+        shots.append(_shot(tab, tmp_path / f"model-{width}.png"))
+        for shot in shots:
+            _not_blank(shot)
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, Path(keep) / shot.name)
+
+
+def _shot(tab: Tab, path: Path) -> Path:
+    # Nothing wider than the screen: no sideways scrolling, at phone width either.
+    assert tab.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), path.name
+    tab.page.screenshot(path=str(path), full_page=True)
+    return path
