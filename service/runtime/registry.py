@@ -92,7 +92,7 @@ class LoadedModel:
         return f"{self.manifest.name}/{self.manifest.version}"
 
     def forward(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits for the concatenated parts, as a float32 array [N, num_classes]."""
+        """Logits for the concatenated parts, as a float32 array [N, num_outputs]."""
         batch = merge_inputs(parts, self.manifest.input.shape)
         with torch.inference_mode():
             x = self._to_device(torch.from_numpy(batch))
@@ -181,9 +181,9 @@ def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: to
     for dtype in dtypes:
         for rows in (warmup_batch, 1, warmup_batch):
             logits = model.forward([np.zeros((rows, *manifest.input.shape), dtype=dtype)])
-            if logits.shape != (rows, manifest.num_classes):
+            if logits.shape != (rows, manifest.num_outputs):
                 raise ManifestError(f"{entry.file}: warm-up returned shape {logits.shape}, "
-                                    f"expected {(rows, manifest.num_classes)}")
+                                    f"expected {(rows, manifest.num_outputs)}")
     return model
 
 

@@ -28,7 +28,7 @@ from service.errors import InvalidInput
 HEADER = "Inference-Header-Content-Length"
 
 # OIP datatype -> little-endian numpy dtype, for the tensors this service reads or writes as raw bytes.
-_DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+_DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4"), "BOOL": np.dtype("?")}
 
 
 def split(body: bytes | bytearray | memoryview, header_length: str) -> tuple[memoryview, memoryview]:

@@ -95,10 +95,9 @@ def test_missing_data_is_one_clear_paragraph(repo_root: Path, tmp_path: Path) ->
 def test_the_data_folder_defaults_to_a_shared_copy_beside_the_checkout_as_make_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkout = tmp_path / "trainserve"
-    checkout.mkdir()
+    (checkout / "data").mkdir(parents=True)  # e.g. a CSV of one's own: not where MNIST is
     monkeypatch.chdir(checkout)
-    assert build_parser().parse_args([]).data_dir == Path("data")  # nothing anywhere: data/ (and download)
-    (tmp_path / "shared" / "datasets").mkdir(parents=True)
+    assert build_parser().parse_args([]).data_dir == Path("data")  # no shared copy: data/ (and download)
+    (tmp_path / "shared" / "datasets" / "mnist").mkdir(parents=True)
     assert build_parser().parse_args([]).data_dir == Path("../shared/datasets")
-    (checkout / "data").mkdir()  # a checkout's own data/ wins
-    assert build_parser().parse_args([]).data_dir == Path("data")
+    assert build_parser().parse_args(["--data-dir", "data"]).data_dir == Path("data")
