@@ -161,6 +161,8 @@ def test_tabular_multiclass_spiral_in_v1_and_oip(task_client):
     ("/v1/models/spiral:predict", {"instances": [{"x": 1e39, "y": 2}]}, "finite"),
     ("/v1/models/spiral:predict", {"instances": [[1, 2]], "threshold": 0.3}, "spiral is multiclass"),
     ("/v1/models/cancer:predict", {"instances": [[0] * 30], "threshold": 2}, "threshold"),
+    # finite but absurd features the net overflows on (found by the fuzzer): no NaN probabilities
+    ("/v1/models/cancer:predict", {"instances": [[3.4e38, -3.4e38] * 15]}, "not finite for example(s) [0]"),
     ("/v1/models/spiral:predict", {"instances": [[0, 0]], "dtype": "uint8"}, "use FP32"),
     ("/v2/models/spiral/infer", {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
                                              "data": [1, 2, 3]}]}, "not accepted"),
