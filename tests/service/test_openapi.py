@@ -160,20 +160,23 @@ def _valid(schema: dict[str, Any], body: Any) -> bool:
     return jsonschema.Draft7Validator(schema).is_valid(body)
 
 
+def _agree(client, document: dict[str, Any], path: str, schema: str, body: Any, accepted: bool) -> None:
+    """The service takes ``body`` at ``path`` exactly when the document's ``schema`` accepts it."""
+    response = client.post(path, json=body)
+    assert (response.status_code == 200) == accepted, response.json
+    assert _valid(json_schema(document, schema), body) == accepted
+
+
 @pytest.mark.parametrize(("body", "accepted"), PREDICT_BODIES)
 def test_a_predict_body_passes_the_document_exactly_when_the_service_takes_it(client, document, body,
                                                                               accepted):
-    response = client.post("/v1/models/mnist-tiny:predict", json=body)
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(document, "PredictRequest"), body) == accepted
+    _agree(client, document, "/v1/models/mnist-tiny:predict", "PredictRequest", body, accepted)
 
 
 @pytest.mark.parametrize(("body", "accepted"), INFER_BODIES)
 def test_an_infer_body_passes_the_document_exactly_when_the_service_takes_it(client, document, body,
                                                                             accepted):
-    response = client.post("/v2/models/mnist-tiny/infer", json=body)
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(document, "InferRequest"), body) == accepted
+    _agree(client, document, "/v2/models/mnist-tiny/infer", "InferRequest", body, accepted)
 
 
 def test_answers_match_the_documented_response_schemas(client, document):
@@ -208,17 +211,15 @@ def task_document(task_client) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "body", "accepted"), TASK_PREDICT_BODIES)
 def test_a_predict_body_for_each_task_passes_the_document_exactly_when_the_service_takes_it(
         task_client, task_document, features, name, body, accepted):
-    response = task_client.post(f"/v1/models/{name}:predict", json=body(features))
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(task_document, "PredictRequest"), body(features)) == accepted
+    _agree(task_client, task_document, f"/v1/models/{name}:predict", "PredictRequest", body(features),
+           accepted)
 
 
 @pytest.mark.parametrize(("name", "body", "accepted"), TASK_INFER_BODIES)
 def test_an_infer_body_for_each_task_passes_the_document_exactly_when_the_service_takes_it(
         task_client, task_document, features, name, body, accepted):
-    response = task_client.post(f"/v2/models/{name}/infer", json=body(features))
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(task_document, "InferRequest"), body(features)) == accepted
+    _agree(task_client, task_document, f"/v2/models/{name}/infer", "InferRequest", body(features),
+           accepted)
 
 
 def test_answers_for_each_task_match_the_documented_response_schemas(task_client, task_document, features):
