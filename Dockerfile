@@ -6,7 +6,7 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   docker build -t trainserve-train:cpu --target train .             python -m training, writes to /models
 #
-# The README's "Deploy" section lists every build argument and run-time setting.
+# deploy/README.md lists every build argument and run-time setting.
 
 # Pinned to the patch release; pin the digest too where your registry policy asks for it, e.g.
 # --build-arg PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:<digest>.

@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # A checkout with ../shared/datasets beside it (the team's machines and CI) uses that copy.
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/mnist),../shared/datasets,data)
 ARGS ?=
+# Where torch comes from. Empty: PyPI, whose Linux torch is a CUDA build (several GB of NVIDIA libraries).
+# `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` installs the CPU-only build instead.
+TORCH_INDEX_URL ?=
 
 .PHONY: setup train test lint serve soak bench bench-classic bench-torchserve bench-peers clean
 
@@ -14,6 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
+	$(if $(TORCH_INDEX_URL),$(PY) -m pip install --quiet torch torchvision --index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -1,6 +1,6 @@
 """Service settings: one frozen dataclass, read from the environment once, at the edge.
 
-Every setting is a ``TRAINSERVE_*`` variable (documented in the README's settings table). A bad value stops
+Every setting is a ``TRAINSERVE_*`` variable (docs/settings.md lists them all). A bad value stops
 start-up with a message that names the variable and says what it accepts; nothing falls back silently.
 """
 

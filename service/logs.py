@@ -38,6 +38,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class DeliberateThreads(logging.Filter):
+    """Drops granian's start-up notice that many threads per worker "seem quite high": they are the point
+    (a thread per request held while the runtime computes; docs/operations.md), and a warning on every
+    start would teach operators to ignore warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Configuration allows spawning up to")
+
+
 def logging_config(log_format: str, level: str) -> dict[str, Any]:
     """A logging.config.dictConfig for the service's and the front end's loggers, to stderr."""
     formatter = {"()": "service.logs.JsonFormatter"} if log_format == "json" else {"format": _TEXT}
@@ -46,7 +55,8 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.logs.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "service.logs.RequestIdFilter"},
+                    "deliberate_threads": {"()": "service.logs.DeliberateThreads"}},
         "formatters": {"default": formatter},
         "handlers": {"stderr": handler},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
@@ -56,7 +66,8 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             # on the app's, which carry the request id and read the same on both front ends.
             "gunicorn.access": {"level": "INFO" if level == "debug" else "WARNING", "handlers": ["stderr"],
                                 "propagate": False},
-            "_granian": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
+            "_granian": {"level": level.upper(), "handlers": ["stderr"], "propagate": False,
+                         "filters": ["deliberate_threads"]},
             "granian.access": {"level": "INFO" if level == "debug" else "WARNING", "handlers": ["stderr"],
                                "propagate": False},
         },

@@ -31,6 +31,12 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # no separators: the model file stays in its folder
 
+# multiclass: one logit per label, softmax, exactly one label per example. binary: one logit, sigmoid, the
+# second label when its probability reaches the threshold, else the first. multilabel: one logit per label,
+# a sigmoid each, every label whose probability reaches the threshold (possibly none).
+TASKS = ("multiclass", "binary", "multilabel")
+INPUT_KINDS = ("image", "features")
+
 
 class ManifestError(ValueError):
     """A manifest or artifact folder that breaks the contract."""
@@ -40,11 +46,12 @@ class ManifestError(ValueError):
 class InputSpec:
     """What one example looks like to the scripted module (the batch dimension is not included)."""
 
-    shape: tuple[int, ...]  # channels first: (C, H, W)
+    shape: tuple[int, ...]  # channels first: (C, H, W); (F,) for a feature vector
     name: str = "input"
     dtype: str = "float32"
-    # Float pixels are expected in this range; the module applies its own mean/std normalisation.
-    range: tuple[float, float] = (0.0, 1.0)
+    # Float pixels are expected in this range; the module applies its own mean/std normalisation. None for
+    # feature vectors: any finite value.
+    range: tuple[float, float] | None = (0.0, 1.0)
     # The module also takes uint8 pixels 0..255 and scales them itself, so clients can send raw bytes.
     accepts_uint8: bool = True
     # "light": light strokes on a dark ground, as MNIST. Uploaded images are converted to match.
@@ -52,6 +59,32 @@ class InputSpec:
     # How uploaded images become inputs: "mnist" (crop to the ink, fit into 20x20, centre by mass in
     # 28x28, as the MNIST set was made) or "resize" (plain resize to H x W).
     image_preprocessing: str = "mnist"
+    # "image": pixels [C, H, W]; "features": a vector of named numbers [F] (tabular data, the spiral).
+    kind: str = "image"
+    features: tuple[str, ...] = ()  # kind "features": the names, in the module's input order
+    # kind "features": the standardisation learned on the training split, which the module applies itself
+    # (so clients send raw values): {"method": "standardize", "mean": {name: m}, "std": {name: s}}.
+    scaling: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ManifestError when the fields contradict each other."""
+        _check(len(self.shape) >= 1 and all(d > 0 for d in self.shape),
+               f"input.shape {self.shape} must be positive dimensions")
+        _check(self.dtype == "float32", f"input.dtype {self.dtype!r} must be 'float32'")
+        _check(self.kind in INPUT_KINDS, f"input.kind {self.kind!r} must be one of {', '.join(INPUT_KINDS)}")
+        _check(self.ink in ("light", "dark"), f"input.ink {self.ink!r} must be light or dark")
+        _check(self.image_preprocessing in ("mnist", "resize"),
+               f"input.image_preprocessing {self.image_preprocessing!r} must be mnist or resize")
+        if self.kind == "image":
+            _check(self.range is not None and len(self.range) == 2, "input.range must be [low, high]")
+            _check(not self.features, "input.features is for kind 'features' only")
+            return
+        _check(len(self.shape) == 1 and len(self.features) == self.shape[0],
+               f"input.shape {self.shape} must be ({len(self.features)},), one entry per feature")
+        _check(len(set(self.features)) == len(self.features) and all(self.features),
+               "input.features must be unique, non-empty names")
+        _check(not self.accepts_uint8 and self.range is None,
+               "a feature input takes float32 values only: accepts_uint8 false and range null")
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,8 @@ class Manifest:
     dataset: dict[str, Any]  # name, source, train_examples, test_examples
     torch_version: str
     sha256: str  # of model.pt
+    task: str = "multiclass"  # see TASKS; manifests written before tasks existed are multiclass
+    threshold: float = 0.5  # binary and multilabel: the probability at which a label is predicted
     file: str = MODEL_FILE
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, never required by the service
@@ -119,14 +154,8 @@ class Manifest:
                f"name {self.name!r} must match {_NAME_RE.pattern}")
         _check(bool(_VERSION_RE.match(self.version)),
                f"version {self.version!r} must be a positive integer")
-        _check(len(self.input.shape) >= 1 and all(d > 0 for d in self.input.shape),
-               f"input.shape {self.input.shape} must be positive dimensions")
-        _check(self.input.dtype == "float32", f"input.dtype {self.input.dtype!r} must be 'float32'")
-        _check(self.input.ink in ("light", "dark"), f"input.ink {self.input.ink!r} must be light or dark")
-        _check(self.input.image_preprocessing in ("mnist", "resize"),
-               f"input.image_preprocessing {self.input.image_preprocessing!r} must be mnist or resize")
-        _check(len(self.output.shape) == 1 and self.output.shape[0] == len(self.labels),
-               f"output.shape {self.output.shape} must be ({len(self.labels)},), one score per label")
+        self.input.check()
+        self._check_task()
         _check(len(set(self.labels)) == len(self.labels), "labels must be unique")
         _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256 must be 64 hex digits")
         _check(bool(_FILE_RE.match(self.file)) and self.file not in (".", ".."),
@@ -143,10 +172,29 @@ class Manifest:
         return self.formats or (
             ModelFormat("torchscript", self.file, self.sha256, self.torch_version, "any"),)
 
+    def _check_task(self) -> None:
+        _check(self.task in TASKS, f"task {self.task!r} must be one of {', '.join(TASKS)}")
+        width = 1 if self.task == "binary" else len(self.labels)
+        _check(self.task != "binary" or len(self.labels) == 2,
+               f"a binary model has two labels (negative, positive), not {len(self.labels)}")
+        _check(len(self.output.shape) == 1 and self.output.shape[0] == width,
+               f"output.shape {self.output.shape} must be ({width},) for a {self.task} model with "
+               f"{len(self.labels)} labels")
+        _check(isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0,
+               f"threshold {self.threshold!r} must be a probability strictly between 0 and 1")
+        # The OIP "label" output joins a multi-label prediction's names with commas.
+        _check(self.task != "multilabel" or not any("," in label for label in self.labels),
+               "multilabel labels must not contain ','")
+
     @property
     def num_classes(self) -> int:
         """How many labels the model scores."""
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """How many numbers the module returns per example (1 for binary, else one per label)."""
+        return self.output.shape[0]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, keys in a stable order."""

@@ -19,28 +19,42 @@ from training.config import (
     ARCHITECTURES,
     DEFAULT_LR,
     EXTRA_FORMATS,
+    FREEZE,
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
     TrainConfig,
     default_name,
 )
+from training.tasks import LOSSES, TASKS
 
 _D = TrainConfig()  # the defaults the help text shows
+# A team's shared copy of the datasets beside the checkout, which `make train` uses too.
+_SHARED_DATA = Path("../shared/datasets")
+
+
+def default_data_dir() -> Path:
+    """The shared copy beside the checkout when it holds MNIST (the rule `make train` follows), else data/."""
+    return _SHARED_DATA if (_SHARED_DATA / "mnist").is_dir() else _D.data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every default stated in the help."""
     p = argparse.ArgumentParser(
         prog="trainserve-train",
-        description="Train an image classifier and export it as a TorchScript artifact with a manifest.",
+        description="Train a classifier (multi-class, binary or multi-label; images or tabular data) and "
+                    "export it as a TorchScript artifact with a manifest.",
         epilog="Multi-process: torchrun --nproc_per_node=N -m training [flags] (gloo on CPU, nccl on CUDA).",
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_D.dataset, metavar="NAME",
-                      help=f"mnist, fashion-mnist, digits or folder:PATH (default: {_D.dataset})")
-    data.add_argument("--data-dir", type=Path, default=_D.data_dir, metavar="DIR",
-                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_D.data_dir})")
+                      help="mnist, fashion-mnist, digits, spiral, folder:PATH or csv:PATH "
+                           f"(default: {_D.dataset})")
+    data.add_argument("--target", action="append", default=[], metavar="COLUMN",
+                      help="csv:PATH only: the label column; repeat it (or COL,COL) for a multilabel task")
+    data.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
+                      help=f"where datasets live, e.g. DIR/mnist/*.gz (default: {_SHARED_DATA} when it "
+                           f"holds mnist/, else {_D.data_dir}; here: {default_data_dir()})")
     data.add_argument("--no-download", dest="download", action="store_false",
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",
@@ -48,15 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=_D.image_size, metavar="N",
                       help=f"folder:PATH only: resize images to NxN (default: {_D.image_size})")
     model = p.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHITECTURES, default=_D.arch,
-                       help=f"the net (default: {_D.arch})")
+    model.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                       help=f"the net (default: {_D.arch}); csv:PATH and spiral train an mlp")
     model.add_argument("--hidden", type=_widths, default=_D.hidden, metavar="W,W",
                        help="mlp only: hidden layer widths (default: 256,128)")
     model.add_argument("--activation", choices=ACTIVATIONS, default=_D.activation,
                        help=f"mlp only (default: {_D.activation})")
+    _task_flags(p.add_argument_group("task"))
     _optimisation_flags(p.add_argument_group("optimisation"))
     _run_flags(p.add_argument_group("run"))
     return p
+
+
+def _task_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--task", choices=TASKS, default=_D.task,
+                   help="multiclass (softmax), binary (one sigmoid) or multilabel (a sigmoid per label) "
+                        f"(default: {_D.task})")
+    g.add_argument("--loss", choices=LOSSES, default=None,
+                   help="cross-entropy, nll or mse (on softmax vs one-hot) for multiclass; bce or mse for "
+                        "binary and multilabel (default: cross-entropy, bce)")
+    g.add_argument("--positive", type=_names, default=(), metavar="CLASS[,CLASS]",
+                   help="binary: the classes that count as positive, e.g. 7 (default: the second of two)")
+    g.add_argument("--label-set", action="append", default=[], metavar="NAME=CLASS,CLASS",
+                   help="multilabel from a class dataset: one per label, e.g. even=0,2,4,6,8 (repeat it)")
+    g.add_argument("--threshold", type=float, default=_D.threshold, metavar="T",
+                   help=f"binary and multilabel: the decision probability, kept in the manifest "
+                        f"(default: {_D.threshold})")
+    g.add_argument("--init-from", type=Path, default=None, metavar="models/NAME/VERSION",
+                   help="start from this artifact's weights, with a new head (default: random weights)")
+    g.add_argument("--freeze", choices=FREEZE, default=_D.freeze,
+                   help="with --init-from: features trains only the new head; none fine-tunes every layer "
+                        f"(give it a lower --lr, e.g. 0.02 with sgd) (default: {_D.freeze})")
 
 
 def _optimisation_flags(g: argparse._ArgumentGroup) -> None:
@@ -94,7 +130,8 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="a few batches end to end, exported under --run-dir instead of --out")
     g.add_argument("--name", default=None, metavar="NAME",
-                   help="artifact name (default: DATASET-ARCH, e.g. mnist-cnn)")
+                   help="artifact name (default: DATASET-ARCH, e.g. mnist-cnn; DATASET-TASK-ARCH for "
+                        "binary and multilabel)")
     g.add_argument("--version", default=None, metavar="V",
                    help="artifact version (default: the next free one)")
     g.add_argument("--out", type=Path, default=_D.out, metavar="DIR",
@@ -115,13 +152,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the parsed flags describe (per-optimiser lr and DATASET-ARCH name filled in)."""
     values = vars(args).copy()
     values["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    values["name"] = args.name or default_name(args.dataset, args.arch)
+    tabular = args.dataset.startswith("csv:") or args.dataset == "spiral"
+    values["arch"] = args.arch or ("mlp" if tabular else _D.arch)
+    values["name"] = args.name or default_name(args.dataset, values["arch"], args.task)
+    values["target"] = tuple(name for text in args.target for name in _names(text))
+    values["label_set"] = tuple(args.label_set)
+    values["loss"] = args.loss or ""
     values["formats"] = tuple(args.formats)
     return TrainConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, train, export; exit 0 on success, 1 on missing data or a failed export, 2 on bad flags."""
+    """Parse flags, train, export; exit 0 on success, 1 on missing data, divergence or a failed export, 2 on
+    bad flags."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -132,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.server.allocator import keep_freed_memory
     from training.datasets import DataError
     from training.distributed import world_from_env
+    from training.engine import Diverged
     from training.export import ExportError
     from training.run import run
 
@@ -142,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(cfg, world)
     except ConfigError as exc:  # settings only the run can judge, such as --device cuda without a GPU
         parser.error(str(exc))
-    except (DataError, ExportError) as exc:
+    except (DataError, ExportError, Diverged) as exc:
         print(_paragraph(f"error: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -159,6 +203,13 @@ def _widths(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: widths must be positive")
     return widths
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+    return names
 
 
 def _configure_logging(rank: int) -> None:

@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("mnist", "fashion-mnist", "digits")  # plus "folder:PATH"
+from training.tasks import DEFAULT_LOSS, LOSSES, TASKS, loss_error
+
+DATASETS = ("mnist", "fashion-mnist", "digits", "spiral")  # plus "folder:PATH" and "csv:PATH"
+FREEZE = ("none", "features")
 ARCHITECTURES = ("mlp", "cnn", "classic", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -30,19 +33,29 @@ class TrainConfig:
     """Everything one training run needs; the manifest records it whole."""
 
     # data
-    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder:PATH
+    dataset: str = "mnist"  # mnist | fashion-mnist | digits | spiral | folder:PATH | csv:PATH
     data_dir: Path = Path("data")
     download: bool = True  # fetch a missing public dataset into data_dir when the network allows
     # Held out of the training split to report validation metrics every epoch; the test split is only
     # touched once, at the end, so the manifest's test accuracy is not tuned on.
     val_fraction: float = 0.05
     image_size: int = 28  # folder:PATH only: images are resized to image_size x image_size
+    target: tuple[str, ...] = ()  # csv:PATH only: the label column(s); several make a multilabel task
+    # task
+    task: str = "multiclass"  # multiclass | binary | multilabel (training/tasks.py)
+    loss: str = ""  # cross-entropy | nll | mse | bce; "" is the task's usual one (cross-entropy, bce)
+    positive: tuple[str, ...] = ()  # binary: the classes that count as positive (e.g. ("7",))
+    label_set: tuple[str, ...] = ()  # multilabel from classes: "NAME=CLASS,CLASS,..." per label
+    threshold: float = 0.5  # binary and multilabel: the probability at which a label is predicted
+    # transfer
+    init_from: Path | None = None  # an artifact folder models/NAME/VERSION to start from (a new head)
+    freeze: str = "none"  # none | features: with init_from, train only the new head
     # model
     arch: str = "cnn"
     hidden: tuple[int, ...] = (256, 128)  # mlp only: hidden layer widths
     activation: str = "relu"  # mlp only
     # optimisation
-    epochs: int = 8  # the default cnn on MNIST: ~99.45 % in 8 epochs; 10 or 12 gained nothing measurable
+    epochs: int = 8  # the default cnn on MNIST: more gained nothing measurable (docs/training.md)
     batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N
     eval_batch_size: int = 1000
     optimizer: str = "sgd"
@@ -52,7 +65,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True  # small random affine jitter, batched on tensors
     # The last epochs train on clean images, so the low-lr end of the schedule and the batch-norm statistics
-    # match what the model will be shown: +0.05 % MNIST test accuracy over jittering to the end.
+    # match what the model will be shown (it lifts MNIST test accuracy a little: docs/training.md).
     clean_epochs: int = 1  # never all of them: a one-epoch run is jittered throughout
     seed: int = 1
     # run
@@ -70,10 +83,12 @@ class TrainConfig:
     formats: tuple[str, ...] = EXTRA_FORMATS
 
     def __post_init__(self) -> None:
-        if self.dataset.startswith("folder:"):
-            _check(self.dataset != "folder:", "dataset folder:PATH needs a PATH")
+        if self.dataset.startswith(("folder:", "csv:")):
+            kind = self.dataset.split(":")[0]
+            _check(self.dataset != f"{kind}:", f"dataset {kind}:PATH needs a PATH")
         else:
-            _choice("dataset", self.dataset, (*DATASETS, "folder:PATH"))
+            _choice("dataset", self.dataset, (*DATASETS, "folder:PATH", "csv:PATH"))
+        self._check_task()
         _choice("arch", self.arch, ARCHITECTURES)
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -95,17 +110,46 @@ class TrainConfig:
         _check(self.version is None or bool(re.fullmatch(r"[1-9][0-9]{0,8}", self.version)),
                f"version {self.version!r} must be a positive integer")
 
+    @property
+    def feature_data(self) -> bool:
+        """Whether the dataset is feature vectors (a CSV table, the spiral) rather than images."""
+        return self.dataset.startswith("csv:") or self.dataset == "spiral"
+
+    def _check_task(self) -> None:
+        _choice("task", self.task, TASKS)
+        if not self.loss:  # the task's usual loss; a frozen record settles it once, here
+            object.__setattr__(self, "loss", DEFAULT_LOSS[self.task])
+        _choice("loss", self.loss, LOSSES)
+        problem = loss_error(self.task, self.loss)
+        _check(problem is None, problem or "")
+        _check(0.0 < self.threshold < 1.0,
+               f"threshold must be strictly between 0 and 1, got {self.threshold}")
+        _check(self.dataset.startswith("csv:") == bool(self.target),
+               "--target COLUMN names the label column(s) of a csv:PATH dataset (and only there)")
+        _check(not self.positive or self.task == "binary", "--positive is for --task binary")
+        _check(not self.label_set or self.task == "multilabel", "--label-set is for --task multilabel")
+        _check(len(self.target) < 2 or self.task == "multilabel",
+               f"{len(self.target)} --target columns make a multilabel task: add --task multilabel")
+        _check(not self.feature_data or self.arch == "mlp",
+               f"{self.dataset} holds feature vectors: it trains an mlp (--arch mlp), not {self.arch}")
+        _choice("freeze", self.freeze, FREEZE)
+        _check(self.freeze == "none" or self.init_from is not None,
+               "--freeze features needs --init-from models/NAME/VERSION (the features to keep)")
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, as the manifest records it."""
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
 
-def default_name(dataset: str, arch: str) -> str:
-    """The artifact name a run gets unless --name says otherwise: ``<dataset>-<arch>``."""
+def default_name(dataset: str, arch: str, task: str = "multiclass") -> str:
+    """The artifact name a run gets unless --name says otherwise: ``<dataset>-<arch>``, or
+    ``<dataset>-<task>-<arch>`` for binary and multilabel (never a new version of a multiclass model)."""
     if dataset.startswith("folder:"):
         dataset = Path(dataset.removeprefix("folder:")).resolve().name
+    elif dataset.startswith("csv:"):
+        dataset = Path(dataset.removeprefix("csv:")).stem
     slug = re.sub(r"[^a-z0-9._-]+", "-", dataset.lower()).strip("-._") or "folder"
-    return f"{slug[:50]}-{arch}"
+    return f"{slug[:50]}-{arch}" if task == "multiclass" else f"{slug[:40]}-{task}-{arch}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -20,19 +20,28 @@ from training.datasets import (
     load_idx_dataset,
 )
 from training.folders import load_folder
+from training.tabular import feature_stats, load_csv, make_spiral
+from training.targets import TargetSpec, derive
 
 __all__ = ["DataError", "DataSplits", "ImageSet", "load_data", "make_loader"]
+
+MULTICLASS = TargetSpec()  # the dataset's own classes
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    """The three splits of a run, their class names, and the pixel statistics the model normalises with."""
+    """The three splits of a run, their class names, and the statistics the model normalises with."""
 
     source: Source
     train: ImageSet
     val: ImageSet  # empty when --val-fraction is 0
-    mean: tuple[float, ...]  # per channel, of train pixels scaled to [0, 1]
+    mean: tuple[float, ...]  # per channel, of train pixels scaled to [0, 1]; per feature for feature sets
     std: tuple[float, ...]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Feature names of a feature-vector set (CSV, spiral); empty for images."""
+        return self.source.features
 
     @property
     def test(self) -> ImageSet:
@@ -45,8 +54,8 @@ class DataSplits:
         return self.source.classes
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One example, channels first."""
+    def input_shape(self) -> tuple[int, ...]:
+        """One example, channels first (C, H, W); (F,) for feature vectors."""
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def identity(self) -> dict[str, Any]:
@@ -57,16 +66,25 @@ class DataSplits:
 
 
 def load_data(dataset: str, data_dir: Path, *, download: bool = True, val_fraction: float = 0.0,
-              image_size: int = 28, workers: int = 0) -> DataSplits:
-    """Read ``dataset`` (mnist | fashion-mnist | digits | folder:PATH) and split off validation examples."""
-    source = read_source(dataset, data_dir, download=download, image_size=image_size, workers=workers)
+              image_size: int = 28, workers: int = 0, targets: TargetSpec = MULTICLASS) -> DataSplits:
+    """Read ``dataset`` (mnist | fashion-mnist | digits | folder:PATH | csv:PATH | spiral), shape its targets
+    for the task, and split off validation examples."""
+    source = read_source(dataset, data_dir, download=download, image_size=image_size, workers=workers,
+                         targets=targets)
+    source = derive(source, targets)
     train, val = holdout(source.train, val_fraction) if val_fraction > 0 else (source.train, _empty(source))
-    mean, std = channel_stats(train.images)
+    mean, std = feature_stats(train.images) if source.features else channel_stats(train.images)
     return DataSplits(source=source, train=train, val=val, mean=mean, std=std)
 
 
-def read_source(dataset: str, data_dir: Path, *, download: bool, image_size: int, workers: int) -> Source:
+def read_source(dataset: str, data_dir: Path, *, download: bool, image_size: int, workers: int,
+                targets: TargetSpec = MULTICLASS) -> Source:
     """Dispatch on the dataset's name."""
+    if dataset.startswith("csv:"):
+        path = Path(dataset.removeprefix("csv:")).expanduser()
+        return load_csv(path, targets.columns, multilabel=targets.task == "multilabel")
+    if dataset == "spiral":
+        return make_spiral()
     if dataset in IDX_DATASETS:
         return load_idx_dataset(IDX_DATASETS[dataset], data_dir, download)
     if dataset == "digits":
@@ -118,5 +136,5 @@ def make_loader(data: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0
 
 
 def _empty(source: Source) -> ImageSet:
-    images = source.train.images
-    return ImageSet(images.new_empty((0, *images.shape[1:])), source.train.labels.new_empty(0))
+    images, labels = source.train.images, source.train.labels
+    return ImageSet(images.new_empty((0, *images.shape[1:])), labels.new_empty((0, *labels.shape[1:])))

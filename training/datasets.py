@@ -53,6 +53,7 @@ class Source:
     test: ImageSet
     ink: str = "light"  # light strokes on a dark ground (MNIST) or "dark"
     image_preprocessing: str = "resize"  # how the service turns an uploaded image into an input
+    features: tuple[str, ...] = ()  # feature-vector sets (CSV, spiral): the names; empty for images
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,17 @@ def load_digits() -> Source:
 
 
 def holdout(data: ImageSet, fraction: float, seed: int = SPLIT_SEED) -> tuple[ImageSet, ImageSet]:
-    """Split off ``fraction`` of every class (at least one example each), the same way every time."""
+    """Split off ``fraction`` of every class (at least one example each), the same way every time.
+
+    Multi-label targets ``[N, K]`` are stratified by their rows: each distinct label set is a class here.
+    """
     generator = torch.Generator().manual_seed(seed)
+    groups = data.labels
+    if groups.dim() > 1:
+        groups = torch.unique(groups, dim=0, return_inverse=True)[1]
     kept, held = [], []
-    for label in torch.unique(data.labels):
-        index = torch.nonzero(data.labels == label).flatten()
+    for label in torch.unique(groups):
+        index = torch.nonzero(groups == label).flatten()
         index = index[torch.randperm(len(index), generator=generator)]
         n_held = max(1, round(len(index) * fraction)) if fraction > 0 else 0
         held.append(index[:n_held])

@@ -85,6 +85,11 @@ class ArtifactInfo:
     ink: str = "light"
     image_preprocessing: str = "mnist"
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "multiclass"  # multiclass | binary | multilabel (service/manifest.py TASKS)
+    threshold: float = 0.5
+    # Feature-vector models: the names in input order, and the standardisation the module applies inside.
+    features: tuple[str, ...] = ()
+    scaling: dict[str, Any] = field(default_factory=dict)
 
 
 def export(
@@ -142,8 +147,8 @@ def export(
 def inference_form(model: nn.Module) -> nn.Module:
     """A copy of ``model`` made for serving: batch norm folded into the convolutions, channels-last weights.
 
-    Same outputs (the parity check compares the scripted form with the unchanged eager model). On a 2-core
-    CPU the compact MNIST CNN runs about 1.4x faster at batch 1 and 1.9x at batch 64 this way.
+    Same outputs (the parity check compares the scripted form with the unchanged eager model), fewer
+    passes over memory per image on a CPU (docs/benchmarks.md, "Model").
     """
     return fold_batchnorm(model).to(memory_format=torch.channels_last)
 
@@ -173,9 +178,8 @@ def _manifest(model: nn.Module, info: ArtifactInfo, version: str, entries: Seque
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         architecture=info.architecture,
         parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        input=InputSpec(shape=tuple(info.input_shape), ink=info.ink,
-                        image_preprocessing=info.image_preprocessing),
-        output=OutputSpec(shape=(len(info.labels),)),
+        input=_input_spec(info),
+        output=OutputSpec(shape=(1 if info.task == "binary" else len(info.labels),)),
         labels=tuple(info.labels),
         metrics=info.metrics,
         training=info.training,
@@ -184,4 +188,14 @@ def _manifest(model: nn.Module, info: ArtifactInfo, version: str, entries: Seque
         sha256=entries[0].sha256,
         extra=info.extra | ({"formats_skipped": skipped} if skipped else {}),
         formats=tuple(entries),
+        task=info.task,
+        threshold=info.threshold,
     )
+
+
+def _input_spec(info: ArtifactInfo) -> InputSpec:
+    if info.features:  # raw feature values, any finite float32; the module standardises them
+        return InputSpec(shape=tuple(info.input_shape), range=None, accepts_uint8=False, kind="features",
+                         features=tuple(info.features), scaling=info.scaling, image_preprocessing="resize")
+    return InputSpec(shape=tuple(info.input_shape), ink=info.ink,
+                     image_preprocessing=info.image_preprocessing)

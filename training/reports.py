@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 CURVES_FILE, CONFUSION_FILE, MISTAKES_FILE = "curves.png", "confusion.png", "mistakes.png"
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_curves(history: Sequence[dict[str, Any]], path: Path, loss_name: str = "cross-entropy") -> Path:
     """Loss and accuracy per epoch, train and validation side by side."""
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -27,7 +27,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
         if all(f"{split}_loss" in row for row in history):
             loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], style, label=split, ms=3)
             acc_ax.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], style, label=split, ms=3)
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    loss_ax.set(xlabel="epoch", ylabel=loss_name, title="loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

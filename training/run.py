@@ -6,8 +6,10 @@ process trains its share of each batch; only rank 0 evaluates, writes reports an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -22,17 +24,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from service.manifest import next_version
-from training import reports
+from training import outcome
 from training.augment import AffineJitter
 from training.config import ConfigError, TrainConfig
 from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
-from training.engine import EpochStats, Evaluation, StepCallback, evaluate, train_one_epoch
+from training.engine import Diverged, EpochStats, StepCallback, evaluate, train_one_epoch
 from training.export import ArtifactInfo, PixelClassifier, export
-from training.nets import build_net, count_macs
+from training.nets import build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
 from training.publish import publish_root
 from training.runlog import RunLog
+from training.tabular import FeatureClassifier
+from training.targets import TargetSpec
+from training.tasks import Objective
+from training.transfer import start_from
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +67,36 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
     with process_group(world, device):
         data = _load_data(cfg, world)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-        net = build_net(cfg.arch, data.input_shape, len(data.classes), hidden=cfg.hidden,
-                        activation=cfg.activation)
-        model = PixelClassifier(net, data.mean, data.std).to(device, memory_format=_layout(cfg.arch))
+        model, cfg, origin = _initial_model(cfg, data)
+        model = model.to(device, memory_format=_layout(cfg.arch))
         dest = _destination(cfg) if world.is_main else None
         with RunLog(dest.run_folder) if dest else nullcontext() as runlog:
             if dest:
-                log.info("%s: %s on %s (%d train, %d val, %d test examples), %s, run folder %s",
-                         cfg.name, cfg.arch, data.source.name, len(data.train), len(data.val),
-                         len(data.test), device, dest.run_folder)
+                log.info("%s: %s %s on %s (%d train, %d val, %d test examples), %s loss, %d trainable "
+                         "parameters, %s, run folder %s", cfg.name, cfg.task, cfg.arch, data.source.name,
+                         len(data.train), len(data.val), len(data.test), cfg.loss, count_parameters(model),
+                         device, dest.run_folder)
             epochs = fit(cfg, world, device, data, model, runlog)
             if not world.is_main:
                 return None
-            return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started)
+            return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started,
+                           origin)
+
+
+def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """A fresh net in its input wrapper, or (--init-from) an artifact's with a new head; the config's
+    architecture becomes the artifact's."""
+    outputs = 1 if cfg.task == "binary" else len(data.classes)
+    if cfg.init_from is not None:
+        start = start_from(cfg.init_from, data.input_shape, outputs, freeze=cfg.freeze == "features")
+        return start.model, dataclasses.replace(cfg, arch=start.architecture), start.origin
+    net = build_net(cfg.arch, data.input_shape, outputs, hidden=cfg.hidden, activation=cfg.activation)
+    wrapper = FeatureClassifier if data.features else PixelClassifier
+    return wrapper(net, data.mean, data.std), cfg, {}
+
+
+def _objective(cfg: TrainConfig) -> Objective:
+    return Objective(task=cfg.task, loss=cfg.loss, threshold=cfg.threshold)
 
 
 def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, model: nn.Module,
@@ -94,8 +117,13 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         jitter = augment if epoch <= epochs - min(cfg.clean_epochs, epochs - 1) else None
         with _progress(f"epoch {epoch}/{epochs}", steps, enabled=runlog is not None) as on_step:
             stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
-                                    augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch))
+                                    augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch),
+                                    objective=_objective(cfg))
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
+        if not math.isfinite(stats.loss):
+            raise Diverged(f"epoch {epoch}: the training loss is {stats.loss}, the run diverged; lower --lr "
+                           f"(now {cfg.lr:g}; fine-tuning a whole --init-from net needs about a tenth of "
+                           "the usual rate)")
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                       "train_examples": int(stats.examples),
@@ -106,24 +134,30 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
     return epochs
 
 
-def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: PixelClassifier,
-            runlog: RunLog, dest: Destination, epochs: int, seconds: float) -> Path:
+def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module, runlog: RunLog,
+            dest: Destination, epochs: int, seconds: float, origin: dict[str, Any]) -> Path:
     """Rank 0 after training: test once, draw the reports, export the artifact."""
+    objective = _objective(cfg)
     test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
     test = evaluate(model, make_loader(test_set, cfg.eval_batch_size, shuffle=False), device,
-                    len(data.classes), _layout(cfg.arch))
+                    len(data.classes), _layout(cfg.arch), objective)
     runlog.write({"split": "test", "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "train_seconds": round(seconds, 1)})
     log.info("test accuracy %.2f %% (loss %.4f) after %d epoch(s), %.0f s", 100 * test.accuracy,
              test.loss, epochs, seconds)
-    files = _draw_reports(runlog, test, test_set, data.classes, dest.run_folder)
+    metrics = _metrics(outcome.task_metrics(test, data.classes, objective), runlog.history)
+    if "roc_auc" in metrics:
+        log.info("test ROC AUC %.4f, F1 %.4f at threshold %g", metrics["roc_auc"] or float("nan"),
+                 metrics["f1"], cfg.threshold)
+    files = outcome.draw(runlog, test, test_set, data, objective, model, metrics)
     info = ArtifactInfo(
         name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
-        input_shape=data.input_shape, metrics=_metrics(test, runlog.history, data.classes),
-        training=cfg.to_dict(), dataset=data.identity(), ink=data.source.ink,
-        image_preprocessing=data.source.image_preprocessing,
+        input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(), dataset=data.identity(),
+        ink=data.source.ink, image_preprocessing=data.source.image_preprocessing,
         extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
-               "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device)},
+               "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device),
+               **({"init_from": origin} if origin else {})},
+        task=cfg.task, threshold=cfg.threshold, features=data.features, scaling=_scaling(data),
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
@@ -131,11 +165,21 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: Pix
     return export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
 
 
+def _scaling(data: DataSplits) -> dict[str, Any]:
+    """The manifest's description of the standardisation the module applies to feature inputs."""
+    if not data.features:
+        return {}
+    return {"method": "standardize", "applied_by": "model", "fitted_on": "train split",
+            "mean": dict(zip(data.features, data.mean, strict=True)),
+            "std": dict(zip(data.features, data.std, strict=True))}
+
+
 def _load_data(cfg: TrainConfig, world: World) -> DataSplits:
     """Rank 0 reads first (it may download); the others read once it is done."""
     def load() -> DataSplits:
         return load_data(cfg.dataset, cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
-                         image_size=cfg.image_size, workers=cfg.workers)
+                         image_size=cfg.image_size, workers=cfg.workers,
+                         targets=TargetSpec(cfg.task, cfg.target, cfg.positive, cfg.label_set))
 
     data = load() if world.is_main else None
     barrier(world)
@@ -162,7 +206,7 @@ def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module
 
 
 def _augmentation(cfg: TrainConfig, world: World) -> Any:
-    if not cfg.augment:
+    if not cfg.augment or cfg.feature_data:  # the jitter is an image transform
         return None
     # Each rank draws its own jitter; the seed keeps runs repeatable.
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + world.rank)
@@ -174,7 +218,7 @@ def _validate(cfg: TrainConfig, device: torch.device, data: DataSplits, model: n
         return {}
     val = _limit(data.val, cfg.eval_batch_size, cfg.dry_run)
     result = evaluate(model, make_loader(val, cfg.eval_batch_size, shuffle=False), device, len(data.classes),
-                      _layout(cfg.arch))
+                      _layout(cfg.arch), _objective(cfg))
     return {"val_loss": result.loss, "val_accuracy": result.accuracy}
 
 
@@ -183,23 +227,7 @@ def _limit(data: ImageSet, batch_size: int, dry_run: bool) -> ImageSet:
     return ImageSet(data.images[:n], data.labels[:n])
 
 
-def _draw_reports(runlog: RunLog, test: Evaluation, test_set: ImageSet, classes: tuple[str, ...],
-                  folder: Path) -> list[Path]:
-    epochs = [row for row in runlog.history if "epoch" in row]
-    return [
-        runlog.path,
-        reports.plot_curves(epochs, folder / reports.CURVES_FILE),
-        reports.plot_confusion(test.confusion, classes, folder / reports.CONFUSION_FILE),
-        reports.plot_mistakes(test_set.images, test_set.labels, test.predictions, test.losses,
-                              test.confidence, classes, folder / reports.MISTAKES_FILE),
-    ]
-
-
-def _metrics(test: Evaluation, history: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "test_accuracy": round(test.accuracy, 6), "test_loss": round(test.loss, 6),
-        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, test.per_class_accuracy, strict=True)},
-    }
+def _metrics(metrics: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     last = [row for row in history if "val_accuracy" in row][-1:]
     if last:
         metrics.update(val_accuracy=round(last[0]["val_accuracy"], 6), val_loss=round(last[0]["val_loss"], 6))

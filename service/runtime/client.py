@@ -195,7 +195,7 @@ class RuntimeClient:
             raise NotReady(f"model {model.key} is no longer loaded by the model runtime")
         dtype = protocol.DTYPES.index(inputs.dtype)
         step = conn.catalog.max_batch_size
-        classes = model.manifest.num_classes
+        classes = model.manifest.num_outputs
         out = np.empty((len(inputs), classes), dtype=np.float32)
         for start in range(0, len(inputs), step):
             chunk = inputs[start:start + step]

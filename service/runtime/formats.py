@@ -10,6 +10,7 @@ TorchScript file itself is loaded by ``registry.py``, which with ``training/expo
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import sys
 import zipfile
@@ -142,6 +143,10 @@ def load(entry: ModelFormat, path: Path, device: torch.device) -> Forward:
         return FloatPixels(program.module())
     if entry.format == "aoti":
         index = device.index if device.type == "cuda" and device.index is not None else -1
+        if device.type == "cpu":
+            # A CUDA build of torch on a machine without CUDA says it found no CUDA runtime when inductor
+            # loads its C++ tooling; a CPU package needs none.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         return FloatPixels(torch._inductor.aoti_load_package(str(path), device_index=index))
     raise ValueError(f"{entry.format} files are not loaded here")
 

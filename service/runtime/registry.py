@@ -56,7 +56,7 @@ def resolve_device(device: str, half: bool) -> torch.device:
             raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees "
                                 f"{torch.cuda.device_count()} CUDA devices")
     elif half:
-        raise RegistryError("TRAINSERVE_HALF=1 needs a CUDA device (half precision is slow on CPU)")
+        raise RegistryError(f"TRAINSERVE_HALF=1 needs a CUDA device, not {device}: unset TRAINSERVE_HALF")
     return resolved
 
 
@@ -92,7 +92,7 @@ class LoadedModel:
         return f"{self.manifest.name}/{self.manifest.version}"
 
     def forward(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits for the concatenated parts, as a float32 array [N, num_classes]."""
+        """Logits for the concatenated parts, as a float32 array [N, num_outputs]."""
         batch = merge_inputs(parts, self.manifest.input.shape)
         with torch.inference_mode():
             x = self._to_device(torch.from_numpy(batch))
@@ -127,10 +127,12 @@ def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batc
             registry.add(load_model(folder, device, half, warmup_batch, model_format))
         except (ManifestError, RuntimeError, ValueError, OSError) as exc:
             registry.refused[str(folder)] = str(exc)
-            log.error("refused artifact %s: %s", folder, exc)
-    if not len(registry):
-        why = registry.refused or "no artifact folders"
-        raise RegistryError(f"no loadable model under {model_dir} ({why})")
+    if not len(registry):  # one error that says everything, rather than a line per artifact before it
+        why = ("; ".join(f"refused {folder}: {reason}" for folder, reason in registry.refused.items())
+               or "it holds no <name>/<version>/manifest.json")
+        raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={model_dir}: {why}")
+    for folder, reason in registry.refused.items():
+        log.error("refused artifact %s: %s", folder, reason)
     return registry
 
 
@@ -179,9 +181,9 @@ def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: to
     for dtype in dtypes:
         for rows in (warmup_batch, 1, warmup_batch):
             logits = model.forward([np.zeros((rows, *manifest.input.shape), dtype=dtype)])
-            if logits.shape != (rows, manifest.num_classes):
+            if logits.shape != (rows, manifest.num_outputs):
                 raise ManifestError(f"{entry.file}: warm-up returned shape {logits.shape}, "
-                                    f"expected {(rows, manifest.num_classes)}")
+                                    f"expected {(rows, manifest.num_outputs)}")
     return model
 
 
@@ -191,7 +193,7 @@ def _load_torchscript(path: Path, device: torch.device, half: bool) -> torch.jit
         module.eval()
         if half:
             module.half()
-        # Freezing inlines the weights as constants and folds what depends only on them: 4-11 % more
-        # images/s at batch 64 on the shipped CNN, same outputs. (optimize_for_inference, which also
-        # converts to oneDNN layouts, measured 40 % slower at batch 1 on CPU, so it is not used.)
+        # Freezing inlines the weights as constants and folds what depends only on them: more images/s,
+        # same outputs. optimize_for_inference (oneDNN layouts) is not used: it is slower at batch 1 on
+        # CPU (docs/benchmarks.md, "Model").
         return torch.jit.freeze(module)

@@ -57,7 +57,7 @@ class _Request:
 def slot_layout(models: list[LoadedModel], max_batch_size: int) -> protocol.SlotLayout:
     """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits."""
     example = max(int(np.prod(m.manifest.input.shape)) for m in models)
-    classes = max(m.manifest.num_classes for m in models)
+    classes = max(m.manifest.num_outputs for m in models)
     return protocol.SlotLayout(input_bytes=max_batch_size * example * 4,
                                output_bytes=max_batch_size * classes * 4)
 
@@ -232,7 +232,7 @@ class RuntimeServer:
         total = sum(r.rows for r in batch)
         try:
             out = model.forward([r.item.rows for r in batch])
-            if out.shape != (total, model.manifest.num_classes):
+            if out.shape != (total, model.manifest.num_outputs):
                 raise ValueError(f"the model returned shape {out.shape} for {total} inputs")
         except Exception as exc:
             log.exception("batch of %d rows for %s failed", total, model.key)

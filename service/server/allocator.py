@@ -1,19 +1,14 @@
 """How the C allocator treats the memory torch frees between forward passes (glibc only; stdlib only).
 
-glibc's malloc hands blocks above its mmap threshold (128 KiB at first) straight back to the kernel when
-they are freed, and trims the heap's free top once it passes 128 KiB. A forward pass frees its
-activations and the next one allocates them again, so under those defaults the kernel maps and zeroes
-fresh pages every pass: 85-480 page faults per batch-64 pass of the shipped model in a loop of 10,000
-passes, 20,000-78,000 per second in each freshly started worker under load. glibc raises the mmap
-threshold by itself only when it frees a mapped block larger than the threshold, which in a worker took
-from 30 s to over a minute of load, or never in the loop (README, Benchmarks). ``keep_freed_memory``
-raises both thresholds at start-up, as the PyTorch CPU performance guides do with jemalloc or tcmalloc,
-so that freed blocks stay in the process and the next pass reuses them from the first request on.
+glibc's malloc hands blocks above its mmap threshold straight back to the kernel when they are freed. A
+forward pass frees its activations and the next one allocates them again, so under glibc's defaults the
+kernel maps and zeroes fresh pages on every pass, until glibc raises the threshold by itself, late or
+never. ``keep_freed_memory`` raises both thresholds at start-up, as the PyTorch CPU performance guides do
+with jemalloc or tcmalloc, so that the next pass reuses the freed blocks from the first request on.
 
 The cost is memory a process has used once and keeps: its peak heap, which for a server is the next
-batch's working set anyway. Every model runtime calls it once, at start-up, and so does
-the training CLI: an epoch of the pytorch/examples net took 32.4-33.8 s against 35.8-37.1 s without it;
-the default net's training, where glibc adapts early, the same time either way.
+batch's working set anyway. Every model runtime calls it once, at start-up, and so does the training
+CLI. What it saves, measured: docs/benchmarks.md, "The C allocator".
 
 Any malloc setting in the environment (``GLIBC_TUNABLES=glibc.malloc.perturb=0`` is glibc's defaults)
 leaves the thresholds alone, which is also how to measure without this.

@@ -23,6 +23,7 @@ from pathlib import Path
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
 from service.runtime.client import RuntimeClient
+from service.server.preflight import preflight
 
 log = logging.getLogger("service.launch")
 
@@ -35,11 +36,17 @@ _FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
 def runtime_devices(config: ServiceConfig) -> list[str]:
     """One runtime per CUDA device (or the one named), or ``runtimes`` on the CPU."""
     device = config.device
-    if device.startswith("cuda:") or device == "cpu":
-        return [device] * (config.runtimes if device == "cpu" else 1)
+    if device == "cpu":
+        return [device] * config.runtimes
     count = cuda_device_count()
-    if device == "cuda" and not count:
-        raise ConfigError("TRAINSERVE_DEVICE=cuda but torch sees no CUDA device")
+    if device.startswith("cuda") and not count:
+        raise ConfigError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device here: "
+                          "set TRAINSERVE_DEVICE=cpu (or auto)")
+    if device.startswith("cuda:"):
+        if int(device[5:]) >= count:
+            raise ConfigError(f"TRAINSERVE_DEVICE={device} but torch sees {count} CUDA device(s): "
+                              f"choose cuda:0 to cuda:{count - 1}, or cuda for all of them")
+        return [device]
     return [f"cuda:{i}" for i in range(count)] if count else ["cpu"] * config.runtimes
 
 
@@ -180,9 +187,10 @@ class Launcher:
     def __init__(self, config: ServiceConfig, run_dir: Path) -> None:
         self.config = config
         self.run_dir = run_dir
+        devices = runtime_devices(config)
+        preflight(config, devices)
         self.env = dict(os.environ)
         self.metrics_dir = prepare_metrics_dir(self.env, run_dir)
-        devices = runtime_devices(config)
         self.runtimes = [Runtime(i, device, run_dir / f"runtime-{i}.sock", self.env)
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
@@ -198,9 +206,9 @@ class Launcher:
         for runtime in self.runtimes:
             code = runtime.wait_ready(timeout_s=600)
             if code is not None:
-                why = _FATAL.get(code, f"exit code {code}")
-                print(f"trainserve: the model runtime on {runtime.device} did not start ({why}; "
-                      "its error is above)", file=sys.stderr)
+                if code not in _FATAL:  # a fatal exit has already said why, in one line
+                    print(f"trainserve: the model runtime on {runtime.device} exited with {code} while "
+                          "loading its models (its output is above)", file=sys.stderr)
                 self._stop_all()
                 return 1
             if self.stopping:

@@ -29,7 +29,8 @@ from service.web.inference import DATATYPES
 HEADER = "Inference-Header-Content-Length"
 
 # OIP datatype -> little-endian numpy dtype, for the tensors this service reads or writes as raw bytes.
-_DTYPES = {name: np.dtype(dtype).newbyteorder("<") for name, dtype in DATATYPES.items()}
+_DTYPES = {name: np.dtype(dtype).newbyteorder("<") for name, dtype in DATATYPES.items()} | {
+    "BOOL": np.dtype("?")}
 
 
 def split(body: bytes | bytearray | memoryview, header_length: str) -> tuple[memoryview, memoryview]:

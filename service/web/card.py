@@ -13,7 +13,11 @@ _PREPROCESSING = {"mnist": "crop to the ink, fit into 20x20, centre by mass in t
                   "resize": "plain resize to the input size"}
 # Manifest keys the sections below show; any other (a newer schema's) goes under "Other" as it is.
 _SHOWN = {"name", "version", "created", "architecture", "parameters", "input", "output", "labels", "metrics",
-          "training", "dataset", "torch_version", "sha256", "file", "schema_version", "extra"}
+          "training", "dataset", "torch_version", "sha256", "file", "schema_version", "extra", "task",
+          "threshold"}
+_TASK = {"multiclass": "multi-class (softmax: one label per example)",
+         "binary": "binary (sigmoid: the second label when its probability reaches the threshold)",
+         "multilabel": "multi-label (one sigmoid per label: every label that reaches the threshold)"}
 _EXTRA_SHOWN = {"train_seconds", "epochs_run", "device"}
 
 
@@ -35,14 +39,23 @@ def sections(manifest: Manifest) -> list[Section]:
 
 
 def _model(data: dict[str, Any]) -> Section:
+    task = [("Task", _TASK.get(data["task"], data["task"]))]
+    if data["task"] != "multiclass":
+        task.append(("Decision threshold", _value(data["threshold"])))
     return Section("Model", [
-        ("Architecture", data["architecture"]), ("Parameters", f"{data['parameters']:,}"),
+        ("Architecture", data["architecture"]), ("Parameters", f"{data['parameters']:,}"), *task,
         ("Labels", ", ".join(data["labels"])), ("Created", data["created"]),
         ("Torch version", data["torch_version"]), ("File", data["file"]), ("SHA-256", data["sha256"])])
 
 
 def _input(data: dict[str, Any]) -> Section:
     spec = data["input"]
+    output = ("Output", f"{data['output']['name']}: {data['output']['shape'][0]} scores")
+    if spec["kind"] == "features":
+        scaling = spec["scaling"].get("method", "none") if isinstance(spec["scaling"], dict) else "none"
+        return Section("Input", [
+            ("Features", f"{len(spec['features'])}: " + ", ".join(spec["features"])),
+            ("Values", f"{spec['dtype']}, raw (the model applies its own scaling: {scaling})"), output])
     low, high = spec["range"]
     pixels = f"{spec['dtype']} in [{low:g}, {high:g}]"
     if spec["accepts_uint8"]:
@@ -51,7 +64,7 @@ def _input(data: dict[str, Any]) -> Section:
         ("Shape", " x ".join(str(d) for d in spec["shape"]) + " (channels, height, width)"),
         ("Pixels", pixels), ("Ink", _INK.get(spec["ink"], spec["ink"])),
         ("Image preprocessing", _PREPROCESSING.get(spec["image_preprocessing"], spec["image_preprocessing"])),
-        ("Output", f"{data['output']['name']}: {data['output']['shape'][0]} scores")])
+        output])
 
 
 def _results(data: dict[str, Any]) -> Section:

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 
 from service.config import ServiceConfig
-from service.errors import ArtifactFileNotFound
-from service.manifest import REPORT_FILES
+from service.errors import ArtifactFileNotFound, InvalidInput
+from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.client import Catalog, RuntimeClient, ServedModel
-from service.web.inference import OUTPUTS
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -51,7 +50,14 @@ class DataPlane:
 
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
-        return self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
+        out = self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
+        if not np.isfinite(out).all():
+            # Finite inputs the net overflows on (feature values far outside what it was trained on):
+            # the input's doing, and no probability can be given for it.
+            rows = np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist()
+            raise InvalidInput(f"the model's output is not finite for example(s) {rows[:10]}: their values "
+                               "are far outside what the model was trained on")
+        return out
 
     def report_files(self, model: ServedModel) -> list[str]:
         """The plots (PNG files) training wrote into this model's artifact folder: REPORT_FILES first."""
@@ -75,25 +81,56 @@ class DataPlane:
         self.client.close()
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
-        """OIP model metadata: the real input and output tensors (-1: any batch size)."""
+        """OIP model metadata: the real input and output tensors (-1: any batch size), task and labels."""
         m = model.manifest
-        datatypes = ["FP32", "UINT8"] if m.input.accepts_uint8 else ["FP32"]
         versions = sorted(self.registry.models[m.name], key=int)
-        return {
-            "name": m.name,
-            "versions": versions,
-            "platform": PLATFORMS[model.format],
-            "inputs": [{"name": m.input.name, "datatype": "FP32", "shape": [-1, *m.input.shape],
-                        "parameters": {"datatypes": datatypes, "range": list(m.input.range)}}],
-            "outputs": [
-                {"name": OUTPUTS[0], "datatype": "FP32", "shape": [-1, m.num_classes]},
-                {"name": OUTPUTS[1], "datatype": "FP32", "shape": [-1, m.num_classes]},
-                {"name": OUTPUTS[2], "datatype": "BYTES", "shape": [-1]},
-            ],
-            "parameters": {"version": m.version, "architecture": m.architecture, "labels": list(m.labels),
-                           "device": model.device, "test_accuracy": m.metrics.get("test_accuracy")},
-        }
+        parameters = {"version": m.version, "architecture": m.architecture, "task": m.task,
+                      "labels": list(m.labels), "device": model.device,
+                      "test_accuracy": m.metrics.get("test_accuracy")}
+        if m.task != "multiclass":
+            parameters["threshold"] = m.threshold
+        return {"name": m.name, "versions": versions, "platform": PLATFORMS[model.format],
+                "inputs": [input_metadata(m.input)], "outputs": output_metadata(m), "parameters": parameters}
 
+
+def input_metadata(spec: InputSpec) -> dict[str, Any]:
+    """The one input tensor: pixels (FP32 in range, or UINT8) or a row of named features (FP32)."""
+    if spec.kind == "features":
+        return {"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape],
+                "parameters": {"datatypes": ["FP32"], "kind": "features", "features": list(spec.features),
+                               "scaling": spec.scaling}}
+    datatypes = ["FP32", "UINT8"] if spec.accepts_uint8 else ["FP32"]
+    return {"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape],
+            "parameters": {"datatypes": datatypes, "range": list(spec.range or ())}}
+
+
+def output_metadata(m: Manifest) -> list[dict[str, Any]]:
+    """The output tensors of a model of ``m.task``, each saying what its numbers mean."""
+    width = m.num_outputs
+    activation = "softmax" if m.task == "multiclass" else "sigmoid"
+    outputs = [
+        {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, width],
+         "parameters": {"activation": activation, "labels": _scored_labels(m)}},
+        {"name": "label", "datatype": "BYTES", "shape": [-1],
+         "parameters": {"meaning": _LABEL_MEANING[m.task]}},
+    ]
+    if m.task != "multiclass":
+        outputs.append({"name": "decisions", "datatype": "BOOL", "shape": [-1, width],
+                        "parameters": {"meaning": "probability >= threshold", "labels": _scored_labels(m)}})
+    return outputs
+
+
+_LABEL_MEANING = {
+    "multiclass": "the label with the highest probability",
+    "binary": "the second label when its probability reaches the threshold, else the first",
+    "multilabel": "every label whose probability reaches the threshold, joined by commas ('' for none)",
+}
+
+
+def _scored_labels(m: Manifest) -> list[str]:
+    """The label each output column scores: for binary, only the positive (second) label."""
+    return [m.labels[1]] if m.task == "binary" else list(m.labels)
 
 
 _PLOT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\.png$")

@@ -38,9 +38,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 def decode(data: bytes, channels: int = 1) -> np.ndarray:
     """Decode PNG/JPEG/... bytes into uint8 [H, W] (grey) or [H, W, 3]; raise InvalidInput if undecodable.
 
-    PNG goes through libspng (pyspng) and JPEG through libjpeg-turbo (simplejpeg), about 10x faster than
-    Pillow on small images; every other format, and any file those two decline, goes through Pillow, which
-    also gives the error message for bytes that are no image at all.
+    PNG goes through libspng (pyspng) and JPEG through libjpeg-turbo (simplejpeg), much faster than Pillow
+    on small images (docs/benchmarks.md, "Image decoding"); every other format, and any file those two
+    decline, goes through Pillow, which also gives the error message for bytes that are no image at all.
     """
     if data[:8] == _PNG_MAGIC and len(data) > 33:
         pixels = _decode_png(data, channels)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
-from service.manifest import InputSpec
+from service.manifest import InputSpec, Manifest
 
 # Open Inference Protocol datatype -> numpy dtype, for the numeric inputs a request may send. The model
 # takes FP32 (or UINT8 pixels): other types are converted when every value fits, refused otherwise.
@@ -22,9 +22,17 @@ DATATYPES: dict[str, type[np.generic]] = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
-_FP32_MAX = float(np.finfo(np.float32).max)
+# The largest magnitude a float value may have: beyond it the float32 cast would overflow.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 OUTPUTS = ("logits", "probabilities", "label")
+# Sigmoid tasks also give their yes/no decision per output, at the threshold.
+SIGMOID_OUTPUTS = (*OUTPUTS, "decisions")
+
+
+def outputs_for(task: str) -> tuple[str, ...]:
+    """The OIP outputs a model of ``task`` gives."""
+    return OUTPUTS if task == "multiclass" else SIGMOID_OUTPUTS
 
 
 def example_shapes(spec: InputSpec) -> list[tuple[int, ...]]:
@@ -72,13 +80,18 @@ def _checked_values(arr: np.ndarray, datatype: str, spec: InputSpec) -> np.ndarr
         return _checked_pixels(arr, datatype)
     # The range is checked on the values as sent, before the cast: a value past float32's range would
     # overflow in it (and a value just over the range would round into it).
+    if spec.range is None:  # a feature vector: any finite float32 value (the module standardises it)
+        if not (np.isfinite(arr).all() and np.abs(arr).max() <= FLOAT32_MAX):
+            raise InvalidInput(f"{datatype} data must be finite numbers within float32's range "
+                               "(no NaN or infinity)")
+        return arr.astype(np.float32, copy=False)
     low, high = spec.range
     least, most = float(arr.min()), float(arr.max())  # NaN in the data makes both NaN
-    if max(low, -_FP32_MAX) <= least and most <= min(high, _FP32_MAX):
+    if max(low, -FLOAT32_MAX) <= least and most <= min(high, FLOAT32_MAX):
         return arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise InvalidInput(f"{datatype} data must not contain NaN or infinity")
-    if least < -_FP32_MAX or most > _FP32_MAX:
+    if least < -FLOAT32_MAX or most > FLOAT32_MAX:
         raise InvalidInput(f"{datatype} data holds values beyond FP32's range: [{least:.4g}, {most:.4g}]")
     hint = " (for 0..255 pixels send UINT8 data)" if most > high and high <= 1 else ""
     raise InvalidInput(f"{datatype} values must be in [{low}, {high}], got [{least:.4g}, {most:.4g}]{hint}")
@@ -106,36 +119,120 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[dict[str, Any]]:
-    """The v1 answer: per example the best label and the probabilities of the ``top_k`` best (all if None)."""
-    probs = softmax(logits)
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise probabilities from logits, without overflow for large negative logits."""
+    return np.exp(-np.logaddexp(0.0, -logits)).astype(np.float32, copy=False)
+
+
+def probabilities(logits: np.ndarray, task: str = "multiclass") -> np.ndarray:
+    """Softmax over the row for multiclass, one sigmoid per output for binary and multilabel."""
+    return softmax(logits) if task == "multiclass" else sigmoid(logits)
+
+
+def threshold_for(manifest: Manifest, requested: Any) -> float:
+    """The decision threshold of a request: its own (binary and multilabel only) or the manifest's."""
+    if requested is None:
+        return manifest.threshold
+    if manifest.task == "multiclass":
+        raise InvalidInput(f"threshold applies to binary and multilabel models; {manifest.name} is "
+                           "multiclass")
+    if type(requested) not in (int, float) or not 0.0 <= requested <= 1.0:
+        raise InvalidInput(f"threshold must be a number in [0, 1], got {requested!r}")
+    return float(requested)
+
+
+def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = None, task: str = "multiclass",
+                threshold: float = 0.5) -> list[dict[str, Any]]:
+    """The v1 answer per example: the predicted label (set) and the probabilities of the ``top_k`` best."""
+    if task == "binary":
+        positive = sigmoid(logits[:, 0])
+        probs = np.stack([1.0 - positive, positive], axis=1)
+    else:
+        probs = probabilities(logits, task)
     k = len(labels) if top_k is None else min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
+    rows = probs.tolist()
     # Plain Python over the (few) labels of each row: cheaper than more numpy calls for one image.
-    return [{"label": labels[best[0]], "probabilities": {labels[i]: row[i] for i in best}}
-            for best, row in zip(order, probs.tolist(), strict=True)]
+    if task == "multiclass":
+        return [{"label": labels[best[0]], "probabilities": {labels[i]: row[i] for i in best}}
+                for best, row in zip(order, rows, strict=True)]
+    if task == "binary":
+        chosen = [[labels[1] if row[1] >= threshold else labels[0]] for row in rows]
+    else:
+        chosen = [[label for label, p in zip(labels, row, strict=True) if p >= threshold] for row in rows]
+    single = task == "binary"  # one label per example, as for multiclass; multilabel has only the set
+    return [({"label": names[0]} if single else {}) | {"labels": names,
+                                                      "probabilities": {labels[i]: row[i] for i in best}}
+            for names, best, row in zip(chosen, order, rows, strict=True)]
 
 
-def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None,
-                labels: Sequence[str]) -> list[dict[str, Any]]:
+def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None, labels: Sequence[str],
+                task: str = "multiclass", threshold: float = 0.5) -> list[dict[str, Any]]:
     """OIP output tensors: every output when none is requested; ``classification: k`` gives top-k strings."""
-    wanted = requested or [{"name": name} for name in OUTPUTS]
-    tensors = {"logits": logits, "probabilities": None}
+    names = outputs_for(task)
+    wanted = requested or [{"name": name} for name in names]
+    tensors: dict[str, np.ndarray | None] = {"logits": logits, "probabilities": None}
     out = []
     for item in wanted:
         name = item["name"]
-        if name not in OUTPUTS:
-            raise InvalidInput(f"unknown output {name!r}: the model gives {', '.join(OUTPUTS)}")
-        if name == "probabilities" and tensors["probabilities"] is None:
-            tensors["probabilities"] = softmax(logits)
+        if name not in names:
+            raise InvalidInput(f"unknown output {name!r}: the model gives {', '.join(names)}")
+        if name != "logits" and tensors["probabilities"] is None:
+            tensors["probabilities"] = probabilities(logits, task)
         k = int((item.get("parameters") or {}).get("classification") or 0)
         if name == "label":
-            out.append(_tensor(name, "BYTES", np.asarray(labels, dtype=object)[logits.argmax(axis=1)]))
+            out.append(_tensor(name, "BYTES", _label_strings(logits, tensors["probabilities"], labels, task,
+                                                            threshold)))
+        elif name == "decisions":
+            out.append(_tensor(name, "BOOL", tensors["probabilities"] >= threshold))
         elif k > 0:
             out.append(_tensor(name, "BYTES", classification(tensors[name], labels, k)))
         else:
             out.append(_tensor(name, "FP32", tensors[name]))
     return out
+
+
+def _label_strings(logits: np.ndarray, probs: np.ndarray, labels: Sequence[str], task: str,
+                   threshold: float) -> np.ndarray:
+    """Per example the predicted label; for multilabel the predicted labels joined by commas ("" for none)."""
+    names = np.asarray(labels, dtype=object)
+    if task == "multiclass":
+        return names[logits.argmax(axis=1)]
+    if task == "binary":
+        return names[(probs[:, 0] >= threshold).astype(np.int64)]
+    return np.array([",".join(names[row]) for row in probs >= threshold], dtype=object)
+
+
+def parse_features(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
+    """v1 tabular instances: JSON objects of named numbers (or plain lists in ``spec.features`` order)."""
+    objects = [isinstance(item, dict) for item in instances]
+    if not any(objects):
+        return parse_tensor(instances, "FP32", None, spec)
+    if not all(objects):
+        raise InvalidInput("instances must all be objects of named features, or all lists of numbers")
+    names = spec.features
+    known = set(names)
+    rows = []
+    for n, item in enumerate(instances):
+        missing = [f for f in names if f not in item]
+        unknown = sorted(k for k in item if k not in known)
+        if missing or unknown:
+            raise InvalidInput(f"instance {n}: " + "; ".join(
+                part for part in (missing and f"missing features {missing}",
+                                  unknown and f"unknown features {unknown}") if part)
+                + f" (the model takes {list(names)})")
+        row = [item[f] for f in names]
+        for feature, value in zip(names, row, strict=True):
+            if type(value) not in (int, float):
+                raise InvalidInput(f"instance {n}: feature {feature!r} must be a number, got {value!r}")
+        rows.append(row)
+    try:
+        values = np.asarray(rows, dtype=np.float64)
+    except OverflowError:  # an integer past float64's range
+        values = np.array([np.inf])
+    if not np.isfinite(values).all() or np.abs(values).max() > FLOAT32_MAX:
+        raise InvalidInput("feature values must be finite numbers within float32's range")
+    return values.astype(np.float32)
 
 
 def classification(scores: np.ndarray, labels: Sequence[str], k: int) -> np.ndarray:

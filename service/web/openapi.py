@@ -21,11 +21,11 @@ import numpy as np
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from service.manifest import InputSpec
+from service.manifest import InputSpec, Manifest
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
 from service.web.api.v1 import DATATYPE
-from service.web.inference import DATATYPES, example_shapes
+from service.web.inference import DATATYPES, FLOAT32_MAX, example_shapes
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image, "
@@ -86,9 +86,11 @@ _CLASSIFY_QUERY = [
     {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
      "description": "true: each prediction carries `input`, the preprocessed image as the model received it"},
 ]
-_PREDICT_EXAMPLE = '{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}'
+_PREDICT_EXAMPLE = ('{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
+                    '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}')
 _INFER_EXAMPLE = ('{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", '
-                  '"data": [0, ...]}]}')
+                  '"data": [0, ...]}]}; a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} '
+                  'for binary and multilabel models')
 
 # (path, method, summary, request body {content type: schema}, 200 body {content type: schema},
 #  error statuses, example)
@@ -177,7 +179,8 @@ def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str,
     """The OpenAPI document as a dict, for the models in ``catalog``."""
     spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
-                   info={"description": "Image classification with dynamic batching: the Open Inference "
+                   info={"description": "Classification (multi-class, binary, multi-label; images or "
+                                        "named features) with dynamic batching: the Open Inference "
                                         "Protocol v2, a simple JSON API and image uploads. Request "
                                         "bodies may be gzip or deflate coded (Content-Encoding); answers "
                                         "of 1 KiB or more are gzipped for a client whose Accept-Encoding "
@@ -197,9 +200,11 @@ def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str,
         found = [_REPOSITORY_NAME] if path.startswith(_REPOSITORY) else params
         op["parameters"] = [p for p in found if f"{{{p['name']}}}" in path] + op["parameters"]
         spec.path(path=path, operations={method: op})
-    document = spec.to_dict()
+    document = copy.deepcopy(spec.to_dict())  # it shares dicts with the fields' metadata: narrowed below
     components = document["components"]["schemas"]
-    _narrow(components, [model.manifest.input for model in catalog])
+    manifests = [model.manifest for model in catalog]
+    _narrow(components, [m.input for m in manifests])
+    _narrow_tasks(components, manifests)
     # A body that names its model must name the one in the path (not expressible: the description says so).
     named = components["InferRequest"]["properties"]
     named["model_name"] |= {"enum": names} if names else {}
@@ -242,8 +247,21 @@ def _path_param(name: str, values: list[str]) -> dict[str, Any]:
     return param | ({"example": values[0]} if values else {})
 
 
+def _narrow_tasks(components: dict[str, Any], manifests: list[Manifest]) -> None:
+    """Without a binary or multilabel model served, no request may carry a threshold or ask for decisions."""
+    if not manifests or any(m.task != "multiclass" for m in manifests):
+        return
+    for variant in components["PredictRequest"].get("oneOf", [components["PredictRequest"]]):
+        del variant["properties"]["threshold"]
+    parameters = components["InferRequest"]["properties"]["parameters"]
+    del parameters["properties"]["threshold"]
+    parameters["not"] = {"required": ["threshold"]}
+    name = components["RequestedOutput"]["properties"]["name"]
+    name["enum"] = [output for output in name["enum"] if output != "decisions"]
+
+
 def _narrow(components: dict[str, Any], specs: Iterable[InputSpec]) -> None:
-    """Give the pixel fields the shapes and ranges the served models take (one variant per datatype)."""
+    """Give the input fields the shapes and ranges the served models take (one variant per datatype)."""
     specs = list({json.dumps(dataclasses.asdict(s), sort_keys=True): s for s in specs}.values())
     if not specs:
         return
@@ -275,6 +293,8 @@ def _predict_variant(base: dict[str, Any], datatype: str, specs: list[InputSpec]
         variant["required"] = [*variant["required"], "dtype"]
     batches = [{"type": "array", "minItems": 1, "items": _nested(shape, _leaf(datatype, s))}
                for s in specs for shape in example_shapes(s)]
+    # A feature model also takes objects of named numbers (inference.parse_features).
+    batches += [{"type": "array", "minItems": 1, "items": _named(s)} for s in specs if s.kind == "features"]
     props["instances"] = {"description": props["instances"]["description"], "anyOf": _unique(batches)}
     return variant
 
@@ -309,8 +329,15 @@ def _highest_pixel(datatype: str) -> int:
 def _leaf(datatype: str, spec: InputSpec) -> dict[str, Any]:
     if datatype not in _FLOAT_TYPES:
         return {"type": "integer", "minimum": 0, "maximum": _highest_pixel(datatype)}
-    low, high = spec.range
+    low, high = spec.range or (-FLOAT32_MAX, FLOAT32_MAX)  # features: any finite float32
     return {"type": "number", "minimum": low, "maximum": high}
+
+
+def _named(spec: InputSpec) -> dict[str, Any]:
+    """One example of a feature model as an object: every feature, by name, and nothing else."""
+    leaf = _leaf("FP32", spec)
+    return {"type": "object", "required": list(spec.features), "additionalProperties": False,
+            "properties": {name: leaf for name in spec.features}}
 
 
 def _nested(shape: tuple[int, ...], leaf: dict[str, Any], exact: bool = True) -> dict[str, Any]:

@@ -37,10 +37,17 @@ def _object(value: Any) -> None:
         raise ValidationError("must be an object")
 
 
+def _number(value: Any) -> bool:
+    """Whether a JSON value is a number: 0.5 and 1, not "0.5", true or null."""
+    return type(value) in (int, float)
+
+
 def _infer_parameters(value: Any) -> None:
     _object(value)
     if not isinstance(value.get("binary_data_output", False), bool):
         raise ValidationError("binary_data_output must be true or false")
+    if "threshold" in value and not (_number(value["threshold"]) and 0 <= value["threshold"] <= 1):
+        raise ValidationError("threshold must be a number in [0, 1]")
 
 
 def _output_parameters(value: Any) -> None:
@@ -59,6 +66,15 @@ class WholeNumber(fields.Integer):
         if not _whole(value):
             raise self.make_error("invalid")
         return int(value)
+
+
+class Number(fields.Float):
+    """A float field that takes JSON numbers only: fields.Float would also take "0.5" and turn it into 0.5."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if not _number(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class Shape(fields.Raw):
@@ -97,7 +113,10 @@ class TensorInput(_Strict):
 class RequestedOutput(_Strict):
     """One OIP output a client asks for; ``parameters.classification: k`` gives top-k strings."""
 
-    name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
+    name = fields.String(required=True,
+                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]),
+                         metadata={"description": "decisions (BOOL, probability >= threshold per output): "
+                                   "binary and multilabel models only"})
     parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
                                       "binary_data: true (raw bytes after the JSON header)",
@@ -115,8 +134,12 @@ class InferRequest(_Strict):
     model_version = fields.String(metadata={"description": "optional; the version in the path, if any"})
     parameters = fields.Raw(load_default=dict, validate=_infer_parameters,
                             metadata={"type": "object",
-                                      "description": "binary_data_output: true (every output as raw bytes)",
-                                      "properties": {"binary_data_output": {"type": "boolean"}}})
+                                      "description": "binary_data_output: true (every output as raw bytes); "
+                                      "threshold: a probability in [0, 1] that overrides the manifest's "
+                                      "decision threshold (binary and multilabel models only)",
+                                      "properties": {"binary_data_output": {"type": "boolean"},
+                                                     "threshold": {"type": "number", "minimum": 0,
+                                                                   "maximum": 1}}})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 
@@ -124,11 +147,13 @@ class InferRequest(_Strict):
 class TensorOutput(Schema):
     """One OIP output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` raw bytes after it."""
 
-    name = fields.String(required=True, validate=validate.OneOf(["logits", "probabilities", "label"]))
-    datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "BYTES"]),
+    name = fields.String(required=True,
+                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]))
+    datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "BYTES", "BOOL"]),
                              metadata={"example": "FP32"})
     shape = fields.List(fields.Integer(), required=True)
-    data = fields.List(fields.Raw(metadata={"anyOf": [{"type": "number"}, {"type": "string"}]}))
+    data = fields.List(fields.Raw(metadata={"anyOf": [{"type": "number"}, {"type": "string"},
+                                                      {"type": "boolean"}]}))
     parameters = fields.Raw(metadata={"type": "object", "required": ["binary_data_size"],
                                       "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}})
 
@@ -139,26 +164,41 @@ class InferResponse(Schema):
     model_name = fields.String(required=True)
     model_version = fields.String(required=True)
     id = fields.String(metadata={"description": "the request's id, when it had one"})
+    parameters = fields.Raw(metadata={
+        "type": "object", "description": "binary and multilabel models: the task and the threshold applied",
+        "required": ["task", "threshold"],
+        "properties": {"task": {"type": "string", "enum": ["binary", "multilabel"]},
+                       "threshold": {"type": "number", "minimum": 0, "maximum": 1}}})
     outputs = fields.List(fields.Nested(TensorOutput), required=True)
 
 
 class PredictRequest(_Strict):
-    """v1 predict request: pixels as nested lists, one entry per image."""
+    """v1 predict request: one entry per example (an image's pixels, or a tabular row's named features)."""
 
     instances = fields.Raw(required=True, validate=_list_only,
                            metadata={"type": "array", "items": {},
-                                     "description": "one pixel list per image, nested as the model's input "
-                                     "shape, or without its channel axis, or flat"})
+                                     "description": "one entry per example: an image's pixels nested as the "
+                                     "model's input shape, or without its channel axis, or flat; for feature "
+                                     "models an object of named numbers, {\"age\": 61, ...}, or a list in "
+                                     "the order of the model's features (its metadata lists them)"})
     dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]),
-                          metadata={"description": "float32: pixels in [0, 1]; uint8: pixels 0..255"})
+                          metadata={"description": "float32: pixels in [0, 1] (feature values: any finite "
+                                    "float32); uint8: pixels 0..255"})
     top_k = WholeNumber(load_default=None, validate=validate.Range(min=1))
+    threshold = Number(load_default=None, validate=validate.Range(min=0.0, max=1.0),
+                       metadata={"description": "binary and multilabel models only: the probability at "
+                                 "which a label is predicted (default: the manifest's)"})
 
 
 class Prediction(Schema):
-    """One image's answer."""
+    """One example's answer."""
 
-    label = fields.String(required=True)
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    label = fields.String(metadata={"description": "multiclass and binary: the predicted label"})
+    labels = fields.List(fields.String(), metadata={"description": "binary and multilabel: the predicted "
+                                                    "label set (probability >= threshold)"})
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(), required=True,
+                                metadata={"description": "softmax for multiclass; one sigmoid per label for "
+                                          "multilabel; binary: the positive label's sigmoid and 1 minus it"})
     input = fields.List(fields.Raw(), metadata={
         "description": "with include_input=true: the example exactly as the model received it after "
                        "decoding and preprocessing, uint8 pixels nested [C][H][W] (e.g. [1][28][28])"})
@@ -169,6 +209,8 @@ class PredictResponse(Schema):
 
     model = fields.String(required=True)
     version = fields.String(required=True)
+    task = fields.String(required=True, validate=validate.OneOf(["multiclass", "binary", "multilabel"]))
+    threshold = fields.Float(metadata={"description": "binary and multilabel: the threshold applied"})
     predictions = fields.List(fields.Nested(Prediction), required=True)
 
 
@@ -179,7 +221,11 @@ class ModelSummary(Schema):
     version = fields.String(required=True)
     architecture = fields.String(required=True)
     labels = fields.List(fields.String(), required=True)
+    task = fields.String(required=True, validate=validate.OneOf(["multiclass", "binary", "multilabel"]))
     input_shape = fields.List(fields.Integer(), required=True)
+    input_kind = fields.String(required=True, validate=validate.OneOf(["image", "features"]))
+    features = fields.List(fields.String(), metadata={"description": "feature models: the names, in order"})
+    threshold = fields.Float(metadata={"description": "binary and multilabel: the decision threshold"})
     test_accuracy = fields.Float(required=True, allow_none=True)
     format = fields.String(required=True, validate=validate.OneOf(FORMATS),
                            metadata={"description": "the model file served (TRAINSERVE_MODEL_FORMAT)"})

@@ -4,6 +4,7 @@ process behaviour. No torch mocking anywhere."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import shutil
@@ -23,7 +24,9 @@ from torch import nn
 from service.config import ServiceConfig
 from service.runtime.client import RuntimeClient
 from service.web.app import create_app
+from training.config import TrainConfig
 from training.export import ArtifactInfo, PixelClassifier, export
+from training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.1307,), (0.3081,)
@@ -161,6 +164,42 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export(slow, _info("slow", "slow", "1", 0.1), root, probe)
     export(PixelClassifier(PoisonNet(), MEAN, STD).eval(), _info("poison", "poison", "1", 0.1), root, probe)
     return root
+
+
+LABEL_SETS = ("even=0,2,4,6,8", "ge5=5,6,7,8,9", "prime=2,3,5,7")
+
+
+def _write_cancer_csv(path: Path) -> list[dict[str, float]]:
+    """scikit-learn's breast-cancer table as a CSV (as scripts/breast_cancer_csv.py writes it)."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in bunch.feature_names]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*names, "malignant"])
+        for row, target in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True):
+            writer.writerow([*row, 1 - target])
+    return [dict(zip([*names, "malignant"], [*row, 1 - t], strict=True))
+            for row, t in zip(bunch.data.tolist(), bunch.target.tolist(), strict=True)]
+
+
+@pytest.fixture(scope="session")
+def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> dict[str, object]:
+    """models/ with a tabular binary model (breast cancer), an image multilabel model (MNIST digit
+    properties) and a tabular multiclass model (the spiral), each trained briefly by the training code."""
+    tmp = tmp_path_factory.mktemp("tasks")
+    out, runs = tmp / "models", tmp / "runs"
+    rows = _write_cancer_csv(tmp / "cancer.csv")
+    common = {"out": out, "run_dir": runs, "optimizer": "adam", "lr": 3e-3, "threads": 1}
+    run(TrainConfig(dataset=f"csv:{tmp / 'cancer.csv'}", target=("malignant",), task="binary", arch="mlp",
+                    hidden=(16,), epochs=5, batch_size=32, threshold=0.4, name="cancer", **common))
+    run(TrainConfig(dataset="mnist", data_dir=mnist_slice, download=False, task="multilabel",
+                    label_set=LABEL_SETS, epochs=2, batch_size=50, augment=False, name="digit-props",
+                    **common))
+    run(TrainConfig(dataset="spiral", arch="mlp", hidden=(32, 32), epochs=2, batch_size=32, name="spiral",
+                    **common))
+    return {"root": out, "rows": rows}
 
 
 # Settings the model runtime reads (the rest are the HTTP side's).

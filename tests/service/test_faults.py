@@ -277,7 +277,7 @@ def test_malformed_http_gets_its_4xx_from_the_front_end_and_the_service_serves_o
 def test_a_stalled_upload_is_answered_408_at_the_deadline(serve, server_name, artifact_root):
     if server_name == "granian":
         pytest.skip("granian reads bodies in Rust with no read timeout: a stalled upload holds its thread "
-                    "until the client leaves (docs/operations.md#slow-clients)")
+                    "until the client leaves (docs/operations.md#slow-and-stalled-clients)")
     server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_REQUEST_TIMEOUT_S": "2"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:

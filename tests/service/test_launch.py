@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from service.config import ServiceConfig
+from service.config import ConfigError, ServiceConfig
 from service.server.launch import (
     GUNICORN_CONF,
     front_end_command,
@@ -24,10 +25,20 @@ from service.server.launch import (
 def test_runtimes_per_device():
     assert runtime_devices(ServiceConfig(device="cpu")) == ["cpu"]
     assert runtime_devices(ServiceConfig(device="cpu", runtimes=2)) == ["cpu", "cpu"]
-    assert runtime_devices(ServiceConfig(device="cuda:1", runtimes=3)) == ["cuda:1"]
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     expected = [f"cuda:{i}" for i in range(gpus)] if gpus else ["cpu"]
     assert runtime_devices(ServiceConfig(device="auto")) == expected
+    if gpus:
+        assert runtime_devices(ServiceConfig(device=f"cuda:{gpus - 1}", runtimes=3)) == [f"cuda:{gpus - 1}"]
+
+
+def test_a_gpu_that_is_not_there_is_a_setting_to_fix():
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=rf"TRAINSERVE_DEVICE=cuda:{gpus} but torch sees .*: (set|choose)"):
+        runtime_devices(ServiceConfig(device=f"cuda:{gpus}"))
+    if not gpus:
+        with pytest.raises(ConfigError, match="set TRAINSERVE_DEVICE=cpu"):
+            runtime_devices(ServiceConfig(device="cuda"))
 
 
 def test_granian_serves_the_factory_with_bounded_header_reads(tmp_path):

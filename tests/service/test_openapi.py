@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.manifest import read_manifest
+
 DIGIT = np.zeros((28, 28), int)
 DIGIT[8:20, 12:16] = 255
 FLOAT_IMAGE = (DIGIT / 255 * 0.8).tolist()  # strokes at 0.8: fractions
@@ -39,6 +41,7 @@ PREDICT_BODIES = [
     ({"instances": [DIGIT.ravel().tolist(), DIGIT.tolist()], "dtype": "uint8"}, False),  # mixed shapes
     ({"dtype": "uint8"}, False),
     ([FLOAT_IMAGE], False),
+    ({"instances": [FLOAT_IMAGE], "threshold": 0.5}, False),  # only binary and multilabel models take one
 ]
 
 
@@ -82,6 +85,61 @@ INFER_BODIES = [
     ({"inputs": [_input()], "outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}, False),
     ({"inputs": [_input()], "parameters": {"binary_data_output": "yes"}}, False),
     ({"inputs": [_input()], "unknown": True}, False),
+    ({"inputs": [_input()], "parameters": {"threshold": 0.5}}, False),  # a multiclass model
+    ({"inputs": [_input()], "outputs": [{"name": "decisions"}]}, False),
+]
+
+SPIRAL = {"x": 0.5, "y": -0.2}
+
+
+def _features(names: list[str], x: float = 1.0) -> dict[str, float]:
+    """One row for the breast-cancer model, every feature ``x`` (the values are not the point here)."""
+    return {name: x for name in names}
+
+
+# Bodies for the binary (tabular), multi-label (images) and multi-class (tabular) models served together:
+# (model, v1 predict body given the cancer model's feature names, whether the service takes it)
+TASK_PREDICT_BODIES = [
+    ("spiral", lambda f: {"instances": [SPIRAL, {"x": -3, "y": 2}]}, True),
+    ("spiral", lambda f: {"instances": [[0.5, -0.2]]}, True),
+    ("spiral", lambda f: {"instances": [{"x": 0.5}]}, False),  # a feature missing
+    ("spiral", lambda f: {"instances": [SPIRAL | {"z": 1}]}, False),
+    ("spiral", lambda f: {"instances": [{"x": "0.5", "y": 1}]}, False),
+    ("spiral", lambda f: {"instances": [{"x": True, "y": 1}]}, False),
+    ("spiral", lambda f: {"instances": [{"x": 1e39, "y": 1}]}, False),  # past float32's range
+    ("spiral", lambda f: {"instances": [SPIRAL, [0.5, -0.2]]}, False),  # objects and lists mixed
+    ("spiral", lambda f: {"instances": [[0.5, -0.2, 1.0]]}, False),
+    ("spiral", lambda f: {"instances": [[1, 2]], "dtype": "uint8"}, False),
+    ("cancer", lambda f: {"instances": [_features(f), _features(f, 2.5)], "threshold": 0.3}, True),
+    ("cancer", lambda f: {"instances": [_features(f)], "threshold": 1}, True),
+    ("cancer", lambda f: {"instances": [_features(f)], "threshold": None, "top_k": 1}, True),
+    ("cancer", lambda f: {"instances": [_features(f)], "threshold": 1.5}, False),
+    ("cancer", lambda f: {"instances": [_features(f)], "threshold": "0.3"}, False),
+    ("cancer", lambda f: {"instances": [_features(f)], "threshold": True}, False),
+    ("digit-props", lambda f: {"instances": [DIGIT.tolist()], "dtype": "uint8", "threshold": 0.7}, True),
+    ("digit-props", lambda f: {"instances": [FLOAT_IMAGE]}, True),
+    ("digit-props", lambda f: {"instances": [DIGIT.tolist()]}, False),  # 0..255 as float32
+]
+
+
+def _row(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+TASK_INFER_BODIES = [
+    ("spiral", lambda f: {"inputs": [_row("input", "FP32", [2, 2], [0.5, -0.2, -3, 2])]}, True),
+    ("spiral", lambda f: {"inputs": [_row("input", "FP32", [1, 2], [1e39, 0])]}, False),
+    ("spiral", lambda f: {"inputs": [_row("input", "UINT8", [1, 2], [1, 2])]}, False),
+    ("cancer", lambda f: {"inputs": [_row("input", "FP32", [1, 30], [1.0] * 30)],
+                        "parameters": {"threshold": 0.9}, "outputs": [{"name": "decisions"}]}, True),
+    ("cancer", lambda f: {"inputs": [_row("input", "FP32", [1, 30], [1.0] * 30)],
+                        "parameters": {"threshold": 2}}, False),
+    ("cancer", lambda f: {"inputs": [_row("input", "FP32", [1, 30], [1.0] * 30)],
+                        "parameters": {"threshold": "0.5"}}, False),
+    ("cancer", lambda f: {"inputs": [_row("input", "FP32", [1, 30], [1.0] * 30)],
+                        "parameters": {"threshold": None}}, False),
+    ("digit-props", lambda f: {"inputs": [_input()], "outputs": [{"name": "label"}, {"name": "decisions"}],
+                             "parameters": {"threshold": 0.2}}, True),
 ]
 
 
@@ -112,20 +170,23 @@ def _valid(schema: dict[str, Any], body: Any) -> bool:
     return jsonschema.Draft7Validator(schema).is_valid(body)
 
 
+def _agree(client, document: dict[str, Any], path: str, schema: str, body: Any, accepted: bool) -> None:
+    """The service takes ``body`` at ``path`` exactly when the document's ``schema`` accepts it."""
+    response = client.post(path, json=body)
+    assert (response.status_code == 200) == accepted, response.json
+    assert _valid(json_schema(document, schema), body) == accepted
+
+
 @pytest.mark.parametrize(("body", "accepted"), PREDICT_BODIES)
 def test_a_predict_body_passes_the_document_exactly_when_the_service_takes_it(client, document, body,
                                                                               accepted):
-    response = client.post("/v1/models/mnist-tiny:predict", json=body)
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(document, "PredictRequest"), body) == accepted
+    _agree(client, document, "/v1/models/mnist-tiny:predict", "PredictRequest", body, accepted)
 
 
 @pytest.mark.parametrize(("body", "accepted"), INFER_BODIES)
 def test_an_infer_body_passes_the_document_exactly_when_the_service_takes_it(client, document, body,
                                                                             accepted):
-    response = client.post("/v2/models/mnist-tiny/infer", json=body)
-    assert (response.status_code == 200) == accepted, response.json
-    assert _valid(json_schema(document, "InferRequest"), body) == accepted
+    _agree(client, document, "/v2/models/mnist-tiny/infer", "InferRequest", body, accepted)
 
 
 def test_answers_match_the_documented_response_schemas(client, document):
@@ -162,6 +223,57 @@ def test_the_repository_routes_are_documented_behind_the_bearer_token(make_app, 
     load = client.post("/v2/repository/models/mnist-tiny/load", headers={"Authorization": f"Bearer {TOKEN}"})
     assert load.status_code == 501 and "200" not in document["paths"]["/v2/repository/models/{name}/load"][
         "post"]["responses"]
+
+
+@pytest.fixture
+def task_client(make_app, task_root) -> Any:
+    """A client of the binary (tabular), multi-label (image) and multi-class (tabular) models."""
+    return make_app(model_dir=task_root["root"]).test_client()
+
+
+@pytest.fixture
+def features(task_root) -> list[str]:
+    """The cancer model's feature names, in order, as its manifest gives them."""
+    return list(read_manifest(task_root["root"] / "cancer" / "1").input.features)
+
+
+@pytest.fixture
+def task_document(task_client) -> dict[str, Any]:
+    response = task_client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json
+
+
+@pytest.mark.parametrize(("name", "body", "accepted"), TASK_PREDICT_BODIES)
+def test_a_predict_body_for_each_task_passes_the_document_exactly_when_the_service_takes_it(
+        task_client, task_document, features, name, body, accepted):
+    _agree(task_client, task_document, f"/v1/models/{name}:predict", "PredictRequest", body(features),
+           accepted)
+
+
+@pytest.mark.parametrize(("name", "body", "accepted"), TASK_INFER_BODIES)
+def test_an_infer_body_for_each_task_passes_the_document_exactly_when_the_service_takes_it(
+        task_client, task_document, features, name, body, accepted):
+    _agree(task_client, task_document, f"/v2/models/{name}/infer", "InferRequest", body(features),
+           accepted)
+
+
+def test_answers_for_each_task_match_the_documented_response_schemas(task_client, task_document, features):
+    answers = [("/v1/models/spiral:predict", "PredictResponse", TASK_PREDICT_BODIES[0][1]),
+               ("/v1/models/cancer:predict", "PredictResponse", TASK_PREDICT_BODIES[10][1]),
+               ("/v1/models/digit-props:predict", "PredictResponse", TASK_PREDICT_BODIES[16][1]),
+               ("/v2/models/spiral/infer", "InferResponse", TASK_INFER_BODIES[0][1]),
+               ("/v2/models/cancer/infer", "InferResponse", TASK_INFER_BODIES[3][1]),
+               ("/v2/models/digit-props/infer", "InferResponse", TASK_INFER_BODIES[7][1])]
+    for path, name, body in answers:
+        answer = task_client.post(path, json=body(features)).json
+        jsonschema.validate(answer, json_schema(task_document, name))
+    multilabel = task_client.post("/v1/models/digit-props:predict",
+                                  json=TASK_PREDICT_BODIES[16][1](features)).json
+    assert "label" not in multilabel["predictions"][0] and multilabel["threshold"] == 0.7
+    for path, name in [("/v1/models", "ModelList"), ("/v2/models/cancer", "ModelMetadata"),
+                       ("/v2/models/digit-props", "ModelMetadata"), ("/v2/models/spiral", "ModelMetadata")]:
+        jsonschema.validate(task_client.get(path).json, json_schema(task_document, name))
 
 
 def test_models_and_versions_are_the_served_ones(document):

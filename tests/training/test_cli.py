@@ -57,6 +57,7 @@ def test_dry_run_end_to_end_on_an_mnist_slice(repo_root: Path, mnist_slice: Path
                     "--run-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     assert "epoch  1/1" in result.stderr and "test accuracy" in result.stderr
+    assert "Warning" not in result.stderr and "No CUDA runtime" not in result.stderr, result.stderr
     assert not (tmp_path / "models").exists()  # a dry run never publishes into the model repository
     (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
     names = {p.name for p in artifact.iterdir()}
@@ -89,3 +90,14 @@ def test_missing_data_is_one_clear_paragraph(repo_root: Path, tmp_path: Path) ->
     assert "train-images-idx3-ubyte.gz" in result.stderr and "t10k-labels-idx1-ubyte.gz" in result.stderr
     assert str(tmp_path / "nowhere" / "mnist") in " ".join(result.stderr.split())
     assert result.stderr.strip().startswith("error: The mnist dataset was not found")
+
+
+def test_the_data_folder_defaults_to_a_shared_copy_beside_the_checkout_as_make_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkout = tmp_path / "trainserve"
+    (checkout / "data").mkdir(parents=True)  # e.g. a CSV of one's own: not where MNIST is
+    monkeypatch.chdir(checkout)
+    assert build_parser().parse_args([]).data_dir == Path("data")  # no shared copy: data/ (and download)
+    (tmp_path / "shared" / "datasets" / "mnist").mkdir(parents=True)
+    assert build_parser().parse_args([]).data_dir == Path("../shared/datasets")
+    assert build_parser().parse_args(["--data-dir", "data"]).data_dir == Path("data")

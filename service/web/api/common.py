@@ -101,6 +101,9 @@ def _body_buffer() -> bytearray:
 
 def image_batch(found: ServedModel) -> np.ndarray:
     """Uploaded images (a raw body, or one or many multipart files) as a uint8 batch [N, C, H, W]."""
+    if found.manifest.input.kind != "image":
+        raise InvalidInput(f"model {found.manifest.name} takes named features, not images: POST them as JSON "
+                           f"to /v1/models/{found.manifest.name}:predict")
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         blobs = [f.read() for _, f in request.files.items(multi=True)]

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request, send_file
 
 from service.runtime.client import ServedModel
 from service.web.api.common import image_batch, json_body, logits, model, plane, respond
-from service.web.inference import parse_tensor, predictions
+from service.web.inference import parse_features, parse_tensor, predictions, threshold_for
 from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
 from service.web.stats import summarize
 
@@ -22,9 +22,14 @@ DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
 def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
     """A model's summary for the listing."""
     m = found.manifest
-    return {"name": m.name, "version": m.version, "architecture": m.architecture, "labels": list(m.labels),
-            "input_shape": list(m.input.shape), "test_accuracy": m.metrics.get("test_accuracy"),
-            "format": found.format, "ready": ready}
+    summary = {"name": m.name, "version": m.version, "architecture": m.architecture, "task": m.task,
+               "labels": list(m.labels), "input_shape": list(m.input.shape), "input_kind": m.input.kind,
+               "test_accuracy": m.metrics.get("test_accuracy"), "format": found.format, "ready": ready}
+    if m.input.kind == "features":
+        summary["features"] = list(m.input.features)
+    if m.task != "multiclass":
+        summary["threshold"] = m.threshold
+    return summary
 
 
 @bp.get("/models")
@@ -39,11 +44,15 @@ def list_models() -> Response:
 @bp.post("/models/<name>:predict")
 @bp.post("/models/<name>/versions/<version>:predict")
 def predict(name: str, version: str | None = None) -> Response:
-    """Labels and probabilities for images sent as pixel lists."""
+    """Labels and probabilities for images sent as pixel lists, or for rows of named features."""
     found = model(name, version)
     body = json_body(PREDICT_REQUEST)
-    inputs = parse_tensor(body["instances"], DATATYPE[body["dtype"]], None, found.manifest.input)
-    return _answer(found, inputs, body["top_k"])
+    spec = found.manifest.input
+    if spec.kind == "features" and body["dtype"] == "float32":
+        inputs = parse_features(body["instances"], spec)
+    else:
+        inputs = parse_tensor(body["instances"], DATATYPE[body["dtype"]], None, spec)
+    return _answer(found, inputs, body["top_k"], body["threshold"])
 
 
 @bp.post("/models/<name>:classify")
@@ -54,19 +63,24 @@ def classify(name: str, version: str | None = None) -> Response:
     # No query string (the usual case) needs no validation: a schema load costs more than the decode.
     args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else CLASSIFY_DEFAULTS
     inputs = image_batch(found)
-    return _answer(found, inputs, args["top_k"], inputs if args["include_input"] else None)
+    return _answer(found, inputs, args["top_k"], shown=inputs if args["include_input"] else None)
 
 
 CLASSIFY_DEFAULTS = {"top_k": None, "include_input": False}
 
 
-def _answer(found: ServedModel, inputs: Any, top_k: int | None, shown: np.ndarray | None = None) -> Response:
+def _answer(found: ServedModel, inputs: Any, top_k: int | None, threshold: float | None = None,
+            shown: np.ndarray | None = None) -> Response:
     m = found.manifest
-    answers = predictions(logits(found, inputs), m.labels, top_k)
+    threshold = threshold_for(m, threshold)
+    answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
+    if m.task != "multiclass":
+        answer["threshold"] = threshold
+    answer["predictions"] = predictions(logits(found, inputs), m.labels, top_k, m.task, threshold)
     if shown is not None:  # what preprocessing made of each image, as the model got it
-        for answer, example in zip(answers, shown, strict=True):
-            answer["input"] = example
-    return respond({"model": m.name, "version": m.version, "predictions": answers})
+        for prediction, example in zip(answer["predictions"], shown, strict=True):
+            prediction["input"] = example
+    return respond(answer)
 
 
 @bp.get("/models/<name>/manifest")

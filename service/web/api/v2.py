@@ -7,7 +7,7 @@ from flask import Blueprint, Response
 from service.errors import NotReady
 from service.web.api.common import check_named, infer_body, logits, model, plane, respond, respond_infer
 from service.web.binary import wants_binary
-from service.web.inference import OUTPUTS, oip_outputs, parse_tensor
+from service.web.inference import oip_outputs, outputs_for, parse_tensor, threshold_for
 from service.web.schemas import INFER_REQUEST
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -55,16 +55,20 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    """One input tensor of images (FP32, UINT8, or another numeric type whose values fit; JSON data or
-    binary extension), chosen outputs back."""
+    """One input tensor (images as FP32, UINT8 or another numeric type whose values fit; FP32 feature rows;
+    JSON or binary), chosen outputs back."""
     found = model(name, version)
+    m = found.manifest
     body = infer_body(INFER_REQUEST)
     check_named(body, found, version)
     tensor = body["inputs"][0]
-    inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], found.manifest.input)
-    requested = body["outputs"] or [{"name": output} for output in OUTPUTS]
-    outputs = oip_outputs(logits(found, inputs), requested, found.manifest.labels)
-    answer = {"model_name": found.manifest.name, "model_version": found.manifest.version, "outputs": outputs}
+    threshold = threshold_for(m, body["parameters"].get("threshold"))
+    inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], m.input)
+    requested = body["outputs"] or [{"name": output} for output in outputs_for(m.task)]
+    outputs = oip_outputs(logits(found, inputs), requested, m.labels, m.task, threshold)
+    answer = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
+    if m.task != "multiclass":
+        answer["parameters"] = {"task": m.task, "threshold": threshold}
     if "id" in body:
         answer["id"] = body["id"]
     return respond_infer(answer, [wants_binary(o, body["parameters"]) for o in requested])

@@ -198,7 +198,8 @@
       const response = await fetch("/v1/models");
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
-      models = body.models;
+      // The pad sends images: a model of named features (tabular data) cannot take one.
+      models = body.models.filter((m) => m.input_kind !== "features");
     } catch (error) {
       errorBox.textContent = `Could not list the models: ${error.message}`;
       errorBox.hidden = false;
