@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.runtime.policy import VersionPolicy
+
 T = TypeVar("T")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
@@ -111,6 +113,15 @@ class ServiceConfig:
     access_log: bool = False
     # Origins allowed to call the API from a browser (comma-separated, or *); empty: no CORS headers.
     cors_origins: str = ""
+    # How the served models change while running, as Triton's model control modes: poll (the runtime
+    # watches model_dir and swaps versions in as the policy says), explicit (only the repository API's
+    # load and unload change them), none (what was loaded at start stays).
+    model_control: str = "poll"
+    # poll: how often the runtime looks at model_dir (a few stat calls per artifact).
+    poll_interval_s: float = 2.0
+    # Which versions of each model are served: latest:N, all, specific:V[,V...], with per-model overrides
+    # (latest:1;mnist-cnn=latest:2). latest:1 keeps memory flat as training publishes new versions.
+    version_policy: str = "latest:1"
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -167,6 +178,19 @@ class ServiceConfig:
                 raise ConfigError(f"{name}={shown} is not valid: expected {rule}")
 
 
+def _policy(text: str) -> str:
+    VersionPolicy.parse(text)  # ValueError when it is not one
+    return text
+
+
+def _valid_policy(text: str) -> bool:
+    try:
+        _policy(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -221,6 +245,9 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "management_token": (str, "a token of 16 to 256 visible ASCII characters"),
     "access_log": (_bool, "0 or 1"),
     "cors_origins": (str, "origins such as https://app.example.com, comma-separated, or *"),
+    "model_control": (_choice("poll", "explicit", "none"), "poll, explicit or none"),
+    "poll_interval_s": (float, "seconds >= 0.1"),
+    "version_policy": (_policy, "latest:N, all or specific:V[,V...], and NAME=RULE entries, ';'-separated"),
 }
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -238,6 +265,9 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "request_timeout_s": lambda v: v > 0,
     "max_request_bytes": lambda v: v >= 1024,
     "max_json_bytes": lambda v: v >= 1024,
+    "model_control": lambda v: v in ("poll", "explicit", "none"),
+    "poll_interval_s": lambda v: v >= 0.1,
+    "version_policy": _valid_policy,
     "log_format": lambda v: v in ("text", "json"),
     "log_level": lambda v: v in ("debug", "info", "warning", "error", "critical"),
     "graceful_timeout_s": lambda v: v >= 0,

@@ -108,6 +108,13 @@ class RuntimeUnavailable(NotReady):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class Conflict(ServiceError):
+    """The request cannot be done in the service's configured state (load and unload outside model control
+    "explicit")."""
+
+    status = 409
+
+
 class NotSupported(ServiceError):
     """A protocol route this service knows but does not implement (KServe's explain: no explainer)."""
 

@@ -77,7 +77,11 @@ class Metrics:
         self.load_seconds = Gauge("trainserve_model_load_seconds",
                                   "Time to load, verify and warm up the model, per worker process",
                                   ["model", "version"], multiprocess_mode="liveall", registry=r)
-        self.model_info = Gauge("trainserve_model_info", "Served models (value 1) and what they are",
+        # Hot reload: a version that failed its checks (the versions already serving keep serving).
+        self.load_failures = Counter("trainserve_model_load_failures",
+                                     "Artifact versions refused at load (checksum, format, warm-up)",
+                                     ["model", "version"], registry=r)
+        self.model_info = Gauge("trainserve_model_info", "Models and what they are: 1 served, 0 retired",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
 

@@ -13,14 +13,18 @@ import logging.config
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
 from service.metrics import Metrics
-from service.runtime.registry import RegistryError, load_registry, resolve_device
+from service.runtime.control import ModelControl, loader
+from service.runtime.policy import VersionPolicy
+from service.runtime.registry import LoadedModel, RegistryError, resolve_device
 from service.runtime.server import RuntimeServer, listen
 from service.server.allocator import keep_freed_memory
 
@@ -43,22 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.config.dictConfig(logging_config(config.log_format, config.log_level))
     torch.set_num_threads(config.torch_thread_count)
     keep_freed_memory()  # batches reuse the memory the last one freed (service/server/allocator.py)
+    metrics = Metrics(config.prometheus_multiproc_dir)
     try:
         device = resolve_device(args.device or config.device, config.half)
-        registry = load_registry(config.model_dir, device, config.half, warmup_batch=config.max_batch_size,
-                                 model_format=config.model_format)
+        control = _model_control(config, device, metrics)
+        models, refused = control.start_up()
     except RegistryError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL
-    metrics = Metrics(config.prometheus_multiproc_dir)
-    observers = []
-    for model in registry:
-        m = model.manifest
-        observers.append(metrics.observer(m.name, m.version))
-        metrics.load_seconds.labels(m.name, m.version).set(model.load_seconds)
-        metrics.model_info.labels(m.name, m.version, m.architecture, str(device), m.torch_version).set(1)
-    server = RuntimeServer(registry, listen(args.socket), config.max_batch_size,
-                           config.max_batch_delay_ms / 1000, config.max_queue, observers)
+
+    observe, forget = _hooks(metrics, device)
+    # A retired version still answers what workers addressed to it for a request's whole deadline.
+    server = RuntimeServer(models, refused, listen(args.socket), config.max_batch_size,
+                           config.max_batch_delay_ms / 1000, config.max_queue, observe, forget,
+                           grace_s=config.request_timeout_s + 1)
+    server.commands = control.command
     # Python's cyclic collector would walk torch's hundreds of thousands of long-lived objects on every
     # full collection, pausing the loop; what is alive now lives as long as the process.
     gc.collect()
@@ -69,12 +72,40 @@ def main(argv: list[str] | None = None) -> int:
     signal.set_wakeup_fd(wakeup_w)  # the loop reads signal numbers from the pipe, between batches
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, lambda *_: None)
-    log.info("runtime %d serving %s on %s with %d torch threads", os.getpid(),
-             ", ".join(m.key for m in registry), device, torch.get_num_threads())
+    log.info("runtime %d serving %s on %s with %d torch threads (model control %s, version policy %s)",
+             os.getpid(), ", ".join(m.key for m in models), device, torch.get_num_threads(),
+             config.model_control, config.version_policy)
+    control.start(server.submit)
     server.run(wakeup_fd=wakeup_r)
+    control.stop()
     args.socket.unlink(missing_ok=True)
     log.info("runtime %d stopped", os.getpid())
     return 0
+
+
+def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics) -> ModelControl:
+    return ModelControl(config.model_dir, config.model_control, VersionPolicy.parse(config.version_policy),
+                        loader(device, config.half, config.max_batch_size, config.model_format),
+                        config.poll_interval_s,
+                        on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc())
+
+
+def _hooks(metrics: Metrics, device: torch.device) -> tuple[Callable[[LoadedModel], Any],
+                                                            Callable[[LoadedModel], None]]:
+    """What the model table calls when a model is added (its metrics observer) and dropped."""
+    def observe(model: LoadedModel) -> object:
+        m = model.manifest
+        metrics.load_seconds.labels(m.name, m.version).set(model.load_seconds)
+        metrics.model_info.labels(m.name, m.version, m.architecture, str(device), m.torch_version).set(1)
+        return metrics.observer(m.name, m.version)
+
+    def forget(model: LoadedModel) -> None:
+        m = model.manifest
+        metrics.model_info.labels(m.name, m.version, m.architecture, str(device), m.torch_version).set(0)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the dropped model's memory goes back to the device
+
+    return observe, forget
 
 
 if __name__ == "__main__":

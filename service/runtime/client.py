@@ -9,6 +9,7 @@ through the slot in chunks.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -58,21 +59,47 @@ class ServedModel:
 class Catalog(ModelVersions[ServedModel]):
     """What a runtime serves, as its greeting described it (the lookup is ``ModelVersions``')."""
 
-    position: dict[str, int] = field(default_factory=dict)  # key -> the runtime's index
+    # key -> the runtime's index, for the listed models and those retiring (which a request resolved just
+    # before a swap may still address; the lookup, ModelVersions', finds only the listed ones).
+    position: dict[str, int] = field(default_factory=dict)
     max_batch_size: int = 1
-    generation: tuple[int, float] = (0, 0.0)  # the runtime's pid and start time
+    generation: tuple[Any, ...] = (0, 0.0, 0)  # the runtime's pid, start time and catalog epoch
+
+    @property
+    def epoch(self) -> int:
+        """The catalog's epoch (it grows with every change of what the runtime serves)."""
+        return int(self.generation[-1])
 
     @classmethod
     def from_message(cls, data: dict[str, Any]) -> Catalog:
         """Build from a runtime's catalog message."""
         catalog = cls(refused=dict(data["refused"]), max_batch_size=int(data["max_batch_size"]),
-                      generation=(int(data["pid"]), float(data["started"])))
-        for index, entry in enumerate(data["models"]):
+                      generation=(int(data["pid"]), float(data["started"]), int(data["epoch"])))
+        catalog.position.update({key: int(index) for key, index in data["retiring"].items()})
+        for entry in data["models"]:
             model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"],
                                 entry["format"])
             catalog.add(model)
-            catalog.position[model.key] = index
+            catalog.position[model.key] = int(entry["index"])
         return catalog
+
+    @classmethod
+    def merge(cls, catalogs: list[Catalog]) -> Catalog:
+        """What several runtimes serve together: a request goes to a runtime that serves its model."""
+        merged = cls(max_batch_size=min(c.max_batch_size for c in catalogs),
+                     generation=tuple(c.generation for c in catalogs))
+        for catalog in catalogs:
+            merged.refused.update(catalog.refused)
+            for model in catalog:
+                if model.key not in merged.position:
+                    merged.add(model)
+                    merged.position[model.key] = catalog.position[model.key]
+        return merged
+
+    def serves(self, key: str) -> bool:
+        """Whether ``name/version`` is listed (not merely retiring)."""
+        name, _, version = key.partition("/")
+        return version in self.models.get(name, {})
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
@@ -90,7 +117,7 @@ class _Connection:
         try:
             self.sock.settimeout(timeout_s)
             self.sock.connect(str(path))
-            message, fd = protocol.receive_catalog(self.sock)
+            message, fd, state_fd = protocol.receive_catalog(self.sock)
             # From now on a blocking socket with a kernel receive timeout: one recv() per answer, where a
             # Python-level timeout would poll() first (two system calls, two GIL hand-overs).
             self.sock.settimeout(None)
@@ -99,11 +126,13 @@ class _Connection:
             raise
         self.catalog = Catalog.from_message(message)
         self.slot = protocol.Slot(fd, protocol.SlotLayout(message["input_bytes"], message["output_bytes"]))
+        self.state_fd: int | None = state_fd  # the runtime's state page: the client keeps one per runtime
 
-    def call(self, kind: int, dtype: int, index: int, rows: int, deadline: float) -> tuple[int, int, str]:
+    def call(self, kind: int, dtype: int, index: int, rows: int, deadline: float,
+             payload: bytes = b"") -> tuple[int, int, str]:
         """Send one request and wait for its answer until ``deadline``: (status, rows, message)."""
         try:
-            self.sock.send(protocol.REQUEST.pack(kind, dtype, index, rows, deadline))
+            self.sock.send(protocol.REQUEST.pack(kind, dtype, index, rows, deadline) + payload)
         except OSError as exc:
             raise _Stale(str(exc)) from exc
         wait = max(deadline - time.monotonic(), 0.001)
@@ -125,6 +154,22 @@ class _Connection:
     def close(self) -> None:
         self.sock.close()
         self.slot.close()
+        if self.state_fd is not None:
+            os.close(self.state_fd)
+            self.state_fd = None
+
+
+@dataclass
+class _View:
+    """What this worker knows of one runtime: its newest catalog and its state page (the epoch now)."""
+
+    catalog: Catalog | None = None
+    state: protocol.State | None = None
+
+    @property
+    def current(self) -> bool:
+        """Whether the catalog is the runtime's newest (its state page shows no later epoch)."""
+        return self.catalog is not None and (self.state is None or self.state.epoch == self.catalog.epoch)
 
 
 class RuntimeClient:
@@ -138,14 +183,26 @@ class RuntimeClient:
         self._free: list[list[_Connection]] = [[] for _ in paths]
         self._lock = threading.Lock()
         self._turn = 0
-        self._catalog: Catalog | None = None
+        self._views = [_View() for _ in paths]
+        self._merged: Catalog | None = None
 
     def catalog(self) -> Catalog:
-        """The models served (from the newest runtime greeting; connects if none was seen yet)."""
-        if self._catalog is None:
-            self._release(0, self._acquire(0))
-        assert self._catalog is not None
-        return self._catalog
+        """The models served: each runtime's newest catalog (a runtime whose state page shows a newer epoch
+        is asked for it, by a new connection), merged when there are several."""
+        for runtime, view in enumerate(self._views):
+            if not view.current:
+                try:
+                    self._release(runtime, self._acquire(runtime))
+                except RuntimeUnavailable:
+                    if runtime == len(self._views) - 1 and not any(v.catalog for v in self._views):
+                        raise
+        catalogs = [v.catalog for v in self._views if v.catalog is not None]
+        if len(catalogs) == 1:
+            return catalogs[0]
+        merged = self._merged
+        if merged is None or merged.generation != tuple(c.generation for c in catalogs):
+            merged = self._merged = Catalog.merge(catalogs)
+        return merged
 
     def infer(self, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape] (uint8 or float32), by ``deadline`` (monotonic).
@@ -155,13 +212,18 @@ class RuntimeClient:
         seen it."""
         first = self._next_runtime()
         order = [first, *(r for r in range(len(self.paths)) if r != first)]
-        for attempt, runtime in enumerate(order, 1):
+        # With several runtimes each follows the model folder on its own: one may serve a new version
+        # a moment before another; a request goes only to runtimes whose catalog has its model.
+        serving = [r for r in order if (c := self._views[r].catalog) is None or model.key in c.position]
+        failure: ServiceError = NotReady(f"model {model.key} is no longer loaded by any model runtime")
+        for runtime in serving:
             try:
                 return self._infer_on(runtime, model, inputs, deadline)
-            except RuntimeUnavailable:
-                if attempt == len(order) or time.monotonic() >= deadline:
-                    raise
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            except (RuntimeUnavailable, NotReady) as exc:
+                failure = exc
+                if time.monotonic() >= deadline:
+                    break
+        raise failure
 
     def _infer_on(self, runtime: int, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
         conn = self._acquire(runtime)
@@ -208,6 +270,29 @@ class RuntimeClient:
             out[start:start + rows] = conn.slot.output((rows, classes))
         return out
 
+    def control(self, kind: int, name: str, deadline: float) -> list[str]:
+        """LOAD or UNLOAD ``name`` on every runtime (model control "explicit"); their answers, or the first
+        refusal raised as its ServiceError once every runtime has answered."""
+        answers, failure = [], None
+        for runtime in range(len(self.paths)):
+            conn = self._acquire(runtime)
+            try:
+                status, _, message = conn.call(kind, 0, 0, 0, deadline, name.encode()[:protocol.MAX_NAME])
+            except TimeoutError:
+                conn.close()
+                raise DeadlineExceeded(f"the model runtime did not finish with {name!r} in time; it goes "
+                                       "on, and the repository index shows the outcome") from None
+            except OSError as exc:
+                conn.close()
+                raise RuntimeUnavailable(f"lost the model runtime: {exc}") from None
+            self._release(runtime, conn)
+            answers.append(message)
+            if status != protocol.OK and failure is None:
+                failure = _ERRORS.get(status, InferenceFailed)(message)
+        if failure is not None:
+            raise failure
+        return answers
+
     def ready(self) -> bool:
         """Whether a runtime answers and takes requests (not draining): with several, one lost runtime
         leaves the service ready (its requests go to the others) while it restarts."""
@@ -245,18 +330,44 @@ class RuntimeClient:
             return self._turn
 
     def _acquire(self, runtime: int) -> _Connection:
+        view = self._views[runtime]
+        stale: list[_Connection] = []
         with self._lock:
             pool = self._free[runtime]
-            if pool:
-                return pool.pop()
+            epoch = view.state.epoch if view.state is not None else None
+            while pool:
+                conn = pool.pop()
+                if epoch is None or conn.catalog.epoch == epoch:
+                    break
+                stale.append(conn)  # from before a change of what the runtime serves
+            else:
+                conn = None
+        for old in stale:
+            old.close()
+        if conn is not None:
+            return conn
         try:
             conn = _Connection(self.paths[runtime], self.connect_timeout_s)
         except (OSError, ValueError) as exc:
             raise RuntimeUnavailable(f"the model runtime is not available ({type(exc).__name__}); "
                                      "retry shortly") from None
-        if self._catalog is None or conn.catalog.generation != self._catalog.generation:
-            self._catalog = conn.catalog
+        self._adopt(view, conn)
         return conn
+
+    def _adopt(self, view: _View, conn: _Connection) -> None:
+        """Take a new connection's catalog when it is newer, and its state page from a new runtime."""
+        with self._lock:
+            known = view.catalog
+            if known is None or known.generation[:2] != conn.catalog.generation[:2]:  # a new runtime
+                assert conn.state_fd is not None
+                # The old page is not closed: a thread may be reading it; it goes with its last reference.
+                view.state, conn.state_fd = protocol.State(conn.state_fd), None
+                view.catalog = conn.catalog
+            elif conn.catalog.epoch > known.epoch:
+                view.catalog = conn.catalog
+        if conn.state_fd is not None:
+            os.close(conn.state_fd)
+            conn.state_fd = None
 
     def _flush(self, runtime: int) -> None:
         with self._lock:

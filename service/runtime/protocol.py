@@ -6,7 +6,10 @@ One connection per in-flight request slot. On accept the runtime sends the *cata
 the slot layout, JSON) and, in the same message, a shared-memory file descriptor (memfd) of one slot:
 ``input_bytes`` for a request's rows, then ``output_bytes`` for its logits. A request is then one
 16-byte message (the rows are already in the slot) and its answer one 8-byte message (the logits are
-already in the slot); SEQPACKET keeps message boundaries, so neither side parses a stream. Why this
+already in the slot); SEQPACKET keeps message boundaries, so neither side parses a stream. The greeting
+also carries a second descriptor, the runtime's *state* page, the same for every connection: the catalog's
+epoch, which the runtime bumps whenever the served models change (hot reload), so that a worker sees a
+change by reading eight bytes rather than asking. Why this
 rather than gunicorn's dirty arbiters or a multiprocessing queue: docs/architecture.md.
 """
 
@@ -28,12 +31,15 @@ import numpy as np
 REQUEST = struct.Struct("<BBHId")
 # Answer: kind, status, unused, rows; an error's message follows as UTF-8.
 ANSWER = struct.Struct("<BBHI")
-INFER, PING = 1, 2
+INFER, PING, LOAD, UNLOAD = 1, 2, 3, 4
+# LOAD and UNLOAD (model control "explicit") carry the model's name after the request, as UTF-8.
+MAX_NAME = 128
 DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 # Answer statuses; the client maps each to a ServiceError (HTTP status in the comment).
 OK, FAILED, DEADLINE, QUEUE_FULL, NOT_READY, BAD_REQUEST = range(6)  # 200, 500, 504, 429, 503, 400
 # PING answers OK when the runtime takes requests, NOT_READY while it drains.
 MAX_MESSAGE = 1 << 20  # a catalog with its manifests; requests and answers are far smaller
+STATE = struct.Struct("<Q")  # the state page: the catalog's epoch
 
 
 @dataclass(frozen=True)
@@ -91,19 +97,40 @@ def new_shared_memory(size: int) -> int:
     return fd
 
 
-def send_catalog(sock: socket.socket, catalog: dict[str, Any], fd: int) -> None:
-    """The runtime's greeting on a new connection: the catalog and the slot's memory."""
-    socket.send_fds(sock, [json.dumps(catalog).encode()], [fd])
+class State:
+    """The runtime's state page, mapped: the runtime writes the epoch, every worker reads it."""
+
+    def __init__(self, fd: int, writable: bool = False) -> None:
+        self._map = mmap.mmap(fd, mmap.PAGESIZE, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        os.close(fd)
+
+    @property
+    def epoch(self) -> int:
+        """The catalog's epoch now."""
+        return STATE.unpack_from(self._map)[0]
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        STATE.pack_into(self._map, 0, value)
+
+    def close(self) -> None:
+        """Unmap."""
+        self._map.close()
 
 
-def receive_catalog(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    """Read the runtime's greeting: its catalog and the slot's file descriptor."""
-    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
-    if not data or len(fds) != 1:
+def send_catalog(sock: socket.socket, catalog: dict[str, Any], fd: int, state_fd: int) -> None:
+    """The runtime's greeting on a new connection: the catalog, the slot's memory and the state page."""
+    socket.send_fds(sock, [json.dumps(catalog).encode()], [fd, state_fd])
+
+
+def receive_catalog(sock: socket.socket) -> tuple[dict[str, Any], int, int]:
+    """Read the runtime's greeting: its catalog, the slot's and the state page's file descriptors."""
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 2)
+    if not data or len(fds) != 2:
         for fd in fds:
             os.close(fd)
         raise ConnectionError("the model runtime closed the connection before sending its catalog")
-    return json.loads(data), fds[0]
+    return json.loads(data), fds[0], fds[1]
 
 
 def answer(sock: socket.socket, kind: int, status: int, rows: int = 0, message: str = "") -> None:

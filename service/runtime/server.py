@@ -7,38 +7,39 @@ with ``batching.BatchQueue``, runs the forward pass on rows that sit in shared m
 back into each request's slot and answers. Requests that arrive during a pass wait in their sockets and
 form the next batch. SIGUSR1 turns readiness off (drain); SIGTERM stops accepting, runs what is queued,
 and exits.
+
+The served models change only on this thread, between batches (hot reload): ``control.ModelControl``
+loads and warms a version on its own thread and hands the loop a ``Change``. The model table is
+append-only (a request names its model by index, so an index is never reused); a new version is listed
+in the catalog at once, and a version the change retires leaves the catalog but still runs the requests
+addressed to it for a grace period (a request's deadline), then its queue is empty and it is dropped.
+Each change bumps the catalog's epoch in the state page every worker maps (``protocol.State``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import numpy as np
 
 from service.errors import QueueFull
 from service.runtime import protocol
-from service.runtime.batching import BatchQueue, BatchStats, Queued
-from service.runtime.registry import LoadedModel, Registry
+from service.runtime.batching import BatchStats, Queued
+from service.runtime.registry import LoadedModel
+from service.runtime.table import Change, ModelTable, Observer
 
 log = logging.getLogger(__name__)
-
-
-class Observer:
-    """What the loop reports per model (service.metrics.BatchRecorder implements it)."""
-
-    def queue_depth(self, depth: int) -> None:
-        """Current queue length."""
-
-    def batch_done(self, stats: BatchStats) -> None:
-        """One batch's size, waits and compute time."""
 
 
 @dataclass(eq=False, slots=True)
@@ -54,41 +55,52 @@ class _Request:
     rows: np.ndarray
 
 
-def slot_layout(models: list[LoadedModel], max_batch_size: int) -> protocol.SlotLayout:
-    """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits."""
-    example = max(int(np.prod(m.manifest.input.shape)) for m in models)
-    classes = max(m.manifest.num_outputs for m in models)
-    return protocol.SlotLayout(input_bytes=max_batch_size * example * 4,
-                               output_bytes=max_batch_size * classes * 4)
-
-
-def catalog(models: list[LoadedModel], layout: protocol.SlotLayout, max_batch_size: int,
-            refused: dict[str, str]) -> dict[str, Any]:
-    """What a new connection learns: the models (index = position), their devices, and the slot layout."""
-    return {"pid": os.getpid(), "started": time.time(), "max_batch_size": max_batch_size,
-            "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes,
-            "models": [{"manifest": m.manifest.to_dict(), "device": str(m.device),
-                        "load_seconds": m.load_seconds, "format": m.format} for m in models],
-            "refused": refused}
-
-
 class RuntimeServer:
     """The event loop of one device's runtime (see the module docstring)."""
 
-    def __init__(self, registry: Registry, listener: socket.socket, max_batch_size: int,
-                 max_batch_delay_s: float, max_queue: int, observers: list[Observer] | None = None) -> None:
-        self.models = list(registry)
+    def __init__(self, models: list[LoadedModel], refused: dict[str, str], listener: socket.socket,
+                 max_batch_size: int, max_batch_delay_s: float, max_queue: int,
+                 observe: Callable[[LoadedModel], Observer] | None = None,
+                 forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0) -> None:
         self.max_batch_size = max_batch_size
-        self.queues: list[BatchQueue[_Request]] = [
-            BatchQueue(m.key, max_batch_size, max_batch_delay_s, max_queue) for m in self.models]
-        self.observers = observers or [Observer() for _ in self.models]
-        self.layout = slot_layout(self.models, max_batch_size)
-        self.catalog = catalog(self.models, self.layout, max_batch_size, registry.refused)
+        self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, observe, forget, grace_s)
+        self.models, self.queues, self.observers = self.table.models, self.table.queues, self.table.observers
+        self._inbox: SimpleQueue[Change] = SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.commands: Callable[[_Connection, int, str], str | None] | None = None
         self.draining = False
         self.stopping = False
         self._listener: socket.socket | None = listener
         self._sel = selectors.DefaultSelector()
         self._connections: dict[int, _Connection] = {}
+        self.table.apply(Change(added=list(models), refused=dict(refused)))
+
+    @property
+    def catalog(self) -> dict[str, Any]:
+        """What a new connection is told now."""
+        return self.table.catalog
+
+    # --- what is served ----------------------------------------------------------------------------------
+    def submit(self, change: Change) -> None:
+        """Hand the loop a change (any thread); it is applied between batches."""
+        self._inbox.put(change)
+        with contextlib.suppress(BlockingIOError):  # a full pipe of wake-ups: the loop will look anyway
+            os.write(self._wake_w, b"c")
+
+    def _take_changes(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        while True:
+            try:
+                change = self._inbox.get_nowait()
+            except Empty:
+                return
+            self.table.apply(change)
+            if change.reply is not None:
+                conn, status, message = change.reply
+                self._answer(conn, protocol.INFER, status, message=message)
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self, wakeup_fd: int | None = None) -> None:
@@ -98,8 +110,10 @@ class RuntimeServer:
         self._sel.register(self._listener, selectors.EVENT_READ, "accept")
         if wakeup_fd is not None:
             self._sel.register(wakeup_fd, selectors.EVENT_READ, "signal")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "change")
         while not (self.stopping and not any(self.queues)):
-            self._poll(0.0 if any(self.queues) else None)
+            next_drop = self.table.sweep() if self.table.retiring else None
+            self._poll(0.0 if any(self.queues) else next_drop)
             self._run_batch()
         self._close()
 
@@ -117,6 +131,8 @@ class RuntimeServer:
                 self._accept()
             elif key.data == "signal":
                 self._on_signals(key.fileobj)
+            elif key.data == "change":
+                self._take_changes()
             else:
                 self._read(key.data)
 
@@ -138,10 +154,11 @@ class RuntimeServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            fd = protocol.new_shared_memory(self.layout.size)
+            layout = self.table.layout
+            fd = protocol.new_shared_memory(layout.size)
             try:
-                protocol.send_catalog(sock, self.catalog, fd)
-                conn = _Connection(sock, protocol.Slot(fd, self.layout))
+                protocol.send_catalog(sock, self.table.catalog, fd, self.table.state_fd)
+                conn = _Connection(sock, protocol.Slot(fd, layout))
             except OSError as exc:
                 log.debug("a new connection failed: %s", exc)
                 os.close(fd)
@@ -162,7 +179,7 @@ class RuntimeServer:
 
     def _read(self, conn: _Connection) -> None:
         try:
-            message = conn.sock.recv(protocol.REQUEST.size + 1)
+            message = conn.sock.recv(protocol.REQUEST.size + protocol.MAX_NAME + 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -170,12 +187,17 @@ class RuntimeServer:
         if not message:
             self._drop(conn)  # the worker (or its request thread) is gone: forget what it queued
             return
-        if len(message) != protocol.REQUEST.size:
+        kind = message[0]
+        named = kind in (protocol.LOAD, protocol.UNLOAD)
+        if len(message) != protocol.REQUEST.size and not (
+                named and protocol.REQUEST.size < len(message) <= protocol.REQUEST.size + protocol.MAX_NAME):
             self._answer(conn, protocol.INFER, protocol.BAD_REQUEST, message="malformed request")
             return
-        kind, dtype, index, rows, deadline = protocol.REQUEST.unpack(message)
+        kind, dtype, index, rows, deadline = protocol.REQUEST.unpack_from(message)
         if kind == protocol.PING:
             self._answer(conn, kind, protocol.NOT_READY if self.draining else protocol.OK)
+        elif named and not conn.pending:
+            self._command(conn, kind, message[protocol.REQUEST.size:].decode(errors="replace"))
         elif kind != protocol.INFER or conn.pending:
             self._answer(conn, kind, protocol.BAD_REQUEST, message="one request at a time per slot")
         elif self.stopping:
@@ -183,12 +205,30 @@ class RuntimeServer:
         else:
             self._queue(conn, dtype, index, rows, deadline)
 
+    def _command(self, conn: _Connection, kind: int, name: str) -> None:
+        refusal = self.commands(conn, kind, name) if self.commands else "this runtime takes no commands"
+        if refusal:
+            self._answer(conn, kind, protocol.BAD_REQUEST, message=refusal)
+        else:
+            conn.pending = True  # the model control answers through a Change
+
     def _queue(self, conn: _Connection, dtype: int, index: int, rows: int, deadline: float) -> None:
         if index >= len(self.models) or dtype >= len(protocol.DTYPES) or not 0 < rows <= self.max_batch_size:
             self._answer(conn, protocol.INFER, protocol.BAD_REQUEST,
                          message=f"no model {index}, dtype {dtype} or {rows} rows")
             return
-        shape = (rows, *self.models[index].manifest.input.shape)
+        model = self.models[index]
+        if model is None:
+            self._answer(conn, protocol.INFER, protocol.NOT_READY,
+                         message=f"model {self.table.keys[index]} is no longer loaded (retired by the "
+                                 "version policy, or unloaded)")
+            return
+        shape = (rows, *model.manifest.input.shape)
+        if (rows * int(np.prod(shape[1:])) * protocol.DTYPES[dtype].itemsize > conn.slot.layout.input_bytes
+                or rows * model.manifest.num_outputs * 4 > conn.slot.layout.output_bytes):
+            self._answer(conn, protocol.INFER, protocol.NOT_READY,
+                         message=f"model {model.key} does not fit this connection's slot: reconnect")
+            return
         request = _Request(conn, conn.slot.input(protocol.DTYPES[dtype], shape))
         try:
             self.queues[index].put(Queued(request, rows, deadline))
@@ -228,6 +268,7 @@ class RuntimeServer:
 
     def _execute(self, index: int, batch: list[Queued[_Request]]) -> None:
         model, queue = self.models[index], self.queues[index]
+        assert model is not None, "a model with requests queued is not dropped"
         started = time.monotonic()
         total = sum(r.rows for r in batch)
         try:
@@ -264,6 +305,9 @@ class RuntimeServer:
         for conn in list(self._connections.values()):
             self._drop(conn)
         self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self.table.close()
 
 
 def listen(path: Path) -> socket.socket:

@@ -16,6 +16,7 @@ from service.errors import ArtifactFileNotFound, InvalidInput
 from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.client import Catalog, RuntimeClient, ServedModel
+from service.runtime.policy import VersionPolicy
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -46,7 +47,7 @@ class DataPlane:
 
     def model_ready(self, model: ServedModel) -> bool:
         """Whether this model version takes requests now."""
-        return model.key in self.registry.position and self.ready
+        return self.registry.serves(model.key) and self.ready
 
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
@@ -84,7 +85,10 @@ class DataPlane:
         """OIP model metadata: the real input and output tensors (-1: any batch size), task and labels."""
         m = model.manifest
         versions = sorted(self.registry.models[m.name], key=int)
-        parameters = {"version": m.version, "architecture": m.architecture, "task": m.task,
+        # A request without a version gets the newest served one; the policy says which are served.
+        parameters = {"version": m.version, "default_version": max(versions, key=int),
+                      "version_policy": str(VersionPolicy.parse(self.config.version_policy).rule(m.name)),
+                      "architecture": m.architecture, "task": m.task,
                       "labels": list(m.labels), "device": model.device,
                       "test_accuracy": m.metrics.get("test_accuracy")}
         if m.task != "multiclass":

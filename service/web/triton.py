@@ -17,9 +17,11 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from service.config import ServiceConfig
-from service.manifest import MANIFEST_FILE, artifact_dirs
+from service.manifest import artifact_dirs
 from service.runtime.client import Catalog, ServedModel
-from service.web.inference import OUTPUTS
+from service.runtime.policy import Rule, VersionPolicy
+from service.web.dataplane import PLATFORMS
+from service.web.inference import outputs_for
 
 _NS = 1e9
 
@@ -28,18 +30,20 @@ def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) ->
     """The model's configuration as Triton's ``GET /v2/models/{name}/config`` gives it."""
     m = model.manifest
     gpu = model.device.startswith("cuda")
+    types = {"logits": "TYPE_FP32", "probabilities": "TYPE_FP32", "label": "TYPE_STRING",
+             "decisions": "TYPE_BOOL"}
     return {
         "name": m.name,
-        "platform": "pytorch_libtorch",
+        "platform": PLATFORMS[model.format],
         "backend": "pytorch",
-        "version_policy": {"all": {}},
+        "version_policy": triton_policy(VersionPolicy.parse(config.version_policy).rule(m.name)),
         # The largest batch the runtime runs in one pass; bigger requests are split, not refused.
         "max_batch_size": catalog.max_batch_size,
-        "input": [{"name": m.input.name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+        "input": [{"name": m.input.name, "data_type": "TYPE_FP32",
+                   "format": "FORMAT_NONE" if m.input.kind == "features" else "FORMAT_NCHW",
                    "dims": list(m.input.shape)}],
-        "output": [{"name": OUTPUTS[0], "data_type": "TYPE_FP32", "dims": [m.num_classes]},
-                   {"name": OUTPUTS[1], "data_type": "TYPE_FP32", "dims": [m.num_classes]},
-                   {"name": OUTPUTS[2], "data_type": "TYPE_STRING", "dims": [1]}],
+        "output": [{"name": name, "data_type": types[name],
+                    "dims": [1] if name == "label" else [m.num_outputs]} for name in outputs_for(m.task)],
         "dynamic_batching": {
             "max_queue_delay_microseconds": round(config.max_batch_delay_ms * 1000),
             "preserve_ordering": True,
@@ -53,19 +57,44 @@ def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) ->
     }
 
 
-def repository_index(model_dir: Path, catalog: Catalog, ready_only: bool) -> list[dict[str, str]]:
+def triton_policy(rule: Rule) -> dict[str, Any]:
+    """A version policy as Triton's model configuration writes it."""
+    if rule.kind == "latest":
+        return {"latest": {"num_versions": rule.count}}
+    if rule.kind == "specific":
+        return {"specific": {"versions": sorted(int(v) for v in rule.versions)}}
+    return {"all": {}}
+
+
+def repository_index(config: ServiceConfig, catalog: Catalog, ready_only: bool) -> list[dict[str, str]]:
     """Every artifact folder in the repository with its state: READY when served, else UNAVAILABLE and why."""
     refused = {Path(folder).parts[-2:]: why for folder, why in catalog.refused.items()}
+    policy = VersionPolicy.parse(config.version_policy)
+    folders = list(artifact_dirs(config.model_dir)) if config.model_dir.is_dir() else []
+    on_disk: dict[str, set[str]] = defaultdict(set)
+    for folder in folders:
+        if (folder.parent.name, folder.name) not in refused:
+            on_disk[folder.parent.name].add(folder.name)
     out = []
-    for folder in (artifact_dirs(model_dir) if model_dir.is_dir() else []):
+    for folder in folders:
         name, version = folder.parent.name, folder.name
-        if f"{name}/{version}" in catalog.position:
+        if catalog.serves(f"{name}/{version}"):
             out.append({"name": name, "version": version, "state": "READY", "reason": ""})
         elif not ready_only:
-            why = refused.get((name, version), "not loaded: it appeared after the model runtime started "
-                              f"(restart the service to serve it), or its {MANIFEST_FILE} is new")
+            why = refused.get((name, version)) or _not_loaded(config, policy, name, version in
+                                                              policy.select(name, on_disk[name]))
             out.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
     return out
+
+
+def _not_loaded(config: ServiceConfig, policy: VersionPolicy, name: str, selected: bool) -> str:
+    if not selected:
+        return f"not served: the version policy ({policy.rule(name)}) does not select it"
+    if config.model_control == "poll":
+        return f"not loaded yet: the runtime looks for new versions every {config.poll_interval_s:g}s"
+    if config.model_control == "explicit":
+        return f"not loaded: POST /v2/repository/models/{name}/load loads it"
+    return "not loaded: it appeared after the model runtime started (model control is 'none')"
 
 
 def statistics(families: Iterable[Metric], models: Iterable[ServedModel]) -> dict[str, Any]:

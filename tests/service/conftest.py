@@ -204,7 +204,11 @@ def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> di
 
 # Settings the model runtime reads (the rest are the HTTP side's).
 RUNTIME_SETTINGS = ("model_dir", "device", "model_format", "torch_threads", "max_batch_size",
-                    "max_batch_delay_ms", "max_queue")
+                    "max_batch_delay_ms", "max_queue", "version_policy", "model_control", "poll_interval_s",
+                    "request_timeout_s")
+# The fixtures' folders hold several versions of a model, and the tests address each: every one is served
+# (the service's default policy serves only the newest; tests/service/test_hot_reload.py tests it).
+TEST_POLICY = "all"
 
 
 def _clean_env() -> dict[str, str]:
@@ -217,7 +221,8 @@ class RuntimeProcess:
     def __init__(self, settings: dict[str, object], folder: Path, metrics_dir: Path) -> None:
         self.socket = folder / "runtime.sock"
         self.log = folder / "runtime.log"
-        env = _clean_env() | {f"TRAINSERVE_{k.upper()}": str(v) for k, v in settings.items()}
+        env = _clean_env() | {"TRAINSERVE_VERSION_POLICY": TEST_POLICY} | {
+            f"TRAINSERVE_{k.upper()}": str(v) for k, v in settings.items()}
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self._fh = self.log.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket", str(self.socket)],
@@ -274,7 +279,8 @@ def make_app(artifact_root: Path, runtimes: Callable[..., RuntimeProcess],
 
     def build(**overrides: object) -> object:
         settings = {"model_dir": artifact_root, "device": "cpu", "torch_threads": 1,
-                    "max_batch_delay_ms": 2.0, "request_timeout_s": 10.0} | overrides
+                    "max_batch_delay_ms": 2.0, "request_timeout_s": 10.0,
+                    "version_policy": TEST_POLICY} | overrides
         runtime = {k: v for k, v in settings.items() if k in RUNTIME_SETTINGS}
         config = ServiceConfig(**settings, runtime_sockets=str(runtimes(**runtime).socket),
                                prometheus_multiproc_dir=metrics_dir)
@@ -325,7 +331,7 @@ class Service:
         self.log = tmp / f"service-{self.port}.log"
         full_env = _clean_env() | {"TRAINSERVE_BIND": f"127.0.0.1:{self.port}", "TRAINSERVE_DEVICE": "cpu",
                                    "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_SERVER": server,
-                                   "TRAINSERVE_THREADS": "8"} | env
+                                   "TRAINSERVE_THREADS": "8", "TRAINSERVE_VERSION_POLICY": TEST_POLICY} | env
         self._fh = self.log.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=full_env,
                                      stdout=self._fh, stderr=subprocess.STDOUT)

@@ -29,9 +29,9 @@ def test_json_inputs_pass_through_and_an_unsupported_binary_datatype_is_refused(
     inputs = [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [3]}]
     binary.attach_inputs(inputs, memoryview(b""))
     assert inputs[0]["data"] == [3]
-    odd = [{"name": "a", "datatype": "BOOL", "shape": [1], "parameters": {"binary_data_size": 1}}]
+    odd = [{"name": "a", "datatype": "BF16", "shape": [1], "parameters": {"binary_data_size": 2}}]
     with pytest.raises(InvalidInput, match="not supported in binary form"):
-        binary.attach_inputs(odd, memoryview(bytes(1)))
+        binary.attach_inputs(odd, memoryview(bytes(2)))
 
 
 def test_outputs_are_encoded_as_triton_does():

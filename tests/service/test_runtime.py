@@ -4,6 +4,7 @@ itself."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -24,7 +25,8 @@ def _connect(path: Path) -> tuple[socket.socket, protocol.Slot, dict]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(30)
     sock.connect(str(path))
-    catalog, fd = protocol.receive_catalog(sock)
+    catalog, fd, state_fd = protocol.receive_catalog(sock)
+    os.close(state_fd)
     layout = protocol.SlotLayout(catalog["input_bytes"], catalog["output_bytes"])
     return sock, protocol.Slot(fd, layout), catalog
 
@@ -47,7 +49,7 @@ def _runtime_batches(metrics_dir: Path, pid: int, tmp: Path, model: str) -> tupl
 def test_requests_on_different_connections_meet_in_one_batch(runtimes, special_root, metrics_dir, tmp_path):
     runtime = runtimes(model_dir=special_root, device="cpu", torch_threads=1, max_batch_size=8)
     slots = [_connect(runtime.socket) for _ in range(5)]
-    slow = next(i for i, m in enumerate(slots[0][2]["models"]) if m["manifest"]["name"] == "slow")
+    slow = next(m["index"] for m in slots[0][2]["models"] if m["manifest"]["name"] == "slow")
     before = _runtime_batches(metrics_dir, runtime.proc.pid, tmp_path, "slow")
     deadline = time.monotonic() + 60
     for i, (sock, slot, _) in enumerate(slots):

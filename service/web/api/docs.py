@@ -48,7 +48,7 @@ table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top
 
 
 def _spec() -> dict[str, Any]:
-    # Built once per runtime generation: a restarted runtime may serve other models.
+    # Built once per catalog generation: a restarted runtime, or a hot reload, may serve other models.
     catalog = plane().registry
     cache = current_app.extensions.setdefault("trainserve.openapi", {})
     if cache.get("generation") != catalog.generation:

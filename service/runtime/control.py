@@ -1,0 +1,222 @@
+"""Model control: which artifact versions the runtime serves, and loading them without stopping it.
+
+Modes as Triton's: ``poll`` watches the model folder and follows it; ``explicit`` changes what is served
+only on a LOAD or UNLOAD request (the repository API); ``none`` keeps what was loaded at start. In every
+mode the version policy (``policy.py``) picks the versions of a model to serve out of those on disk that
+have not been refused. Loading, verifying and warming up take seconds, so they run on this module's thread,
+never on the loop's; the loop gets a ``Change`` to apply between batches. A new version is added before
+the versions it replaces are retired, so a request always finds a version to run on; a version that
+fails its checks is refused (a log line, a metric) and what already serves keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, SimpleQueue
+
+import torch
+
+from service.manifest import MANIFEST_FILE, ManifestError, version_key
+from service.runtime import protocol
+from service.runtime.policy import VersionPolicy
+from service.runtime.registry import LoadedModel, RegistryError, load_model
+from service.runtime.table import Change
+
+log = logging.getLogger("service.runtime")
+
+# An artifact folder's identity on disk: the manifest's inode, size and modification time. Export renames
+# a finished folder into place, so a new or replaced artifact always has a new manifest file.
+Fingerprint = tuple[int, int, int]
+
+
+def scan(model_dir: Path) -> dict[str, dict[str, tuple[Path, Fingerprint]]]:
+    """Every ``<name>/<version>/manifest.json`` under ``model_dir``: name -> version -> (folder, print)."""
+    found: dict[str, dict[str, tuple[Path, Fingerprint]]] = {}
+    for model in model_dir.iterdir():
+        if not model.is_dir():
+            continue
+        for folder in model.iterdir():
+            try:
+                st = (folder / MANIFEST_FILE).stat()
+            except OSError:  # no manifest (yet): not an artifact
+                continue
+            found.setdefault(model.name, {})[folder.name] = (folder, (st.st_ino, st.st_size, st.st_mtime_ns))
+    return found
+
+
+@dataclass
+class _Loaded:
+    fingerprint: Fingerprint
+    folder: Path
+
+
+@dataclass
+class ModelControl:
+    """Decides what the runtime serves and loads it (see the module docstring)."""
+
+    model_dir: Path
+    mode: str  # poll, explicit or none
+    policy: VersionPolicy
+    load: Callable[[Path], LoadedModel]  # load, verify and warm up one artifact folder
+    poll_interval_s: float = 2.0
+    on_refused: Callable[[str, str], None] = lambda name, version: None  # a metric
+    loaded: dict[str, _Loaded] = field(default_factory=dict)  # "name/version" -> what was handed over
+    refused: dict[str, tuple[Fingerprint, str]] = field(default_factory=dict)  # folder -> (print, why)
+    wanted: set[str] | None = None  # explicit: the names to serve; otherwise every name on disk
+    _reported: dict[str, str] = field(default_factory=dict)  # the refusals the loop last heard of
+    _submit: Callable[[Change], None] | None = None
+    _commands: SimpleQueue[tuple[object, int, str]] = field(default_factory=SimpleQueue)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_up(self) -> tuple[list[LoadedModel], dict[str, str]]:
+        """Load what the policy selects, before serving; RegistryError when nothing could be loaded."""
+        if not self.model_dir.is_dir():
+            raise RegistryError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
+        change = self.reconcile(None)
+        if self.mode == "explicit":
+            self.wanted = {key.split("/")[0] for key in self.loaded}
+        if not change.added:
+            refusals = (change.refused or {}).items()
+            why = ("; ".join(f"refused {folder}: {reason}" for folder, reason in refusals)
+                   or "it holds no <name>/<version>/manifest.json")
+            raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={self.model_dir}: {why}")
+        return change.added, change.refused or {}
+
+    def start(self, submit: Callable[[Change], None]) -> threading.Thread | None:
+        """Run the mode's thread (poll: look every interval; explicit: wait for commands); none: no thread."""
+        self._submit = submit
+        if self.mode == "none":
+            return None
+        thread = threading.Thread(target=self._run, name=f"model-control-{self.mode}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """End the thread at its next wake-up."""
+        self._stop.set()
+        self._commands.put((None, 0, ""))
+
+    def command(self, reply_to: object, kind: int, name: str) -> str | None:
+        """A LOAD or UNLOAD request from the loop: queued for the thread (the answer comes in a Change),
+        or the reason it is refused now."""
+        if self.mode != "explicit":
+            return (f"model control is {self.mode!r}: load and unload need TRAINSERVE_MODEL_CONTROL=explicit"
+                    + (" (poll follows the model folder by itself)" if self.mode == "poll" else ""))
+        self._commands.put((reply_to, kind, name))
+        return None
+
+    # --- the thread ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._submit is not None
+        while not self._stop.is_set():
+            try:
+                reply_to, kind, name = self._commands.get(
+                    timeout=self.poll_interval_s if self.mode == "poll" else None)
+            except Empty:  # poll: the interval passed
+                reply_to, kind, name = None, 0, ""
+            if self._stop.is_set():
+                return
+            try:
+                change = self._handle(kind, name) if reply_to is not None else self.reconcile(None)
+            except Exception as exc:  # a bug or an unreadable folder must not end hot reload
+                log.exception("model control failed")
+                change = Change(reply=(reply_to, protocol.FAILED, f"model control failed: {exc}")
+                                if reply_to is not None else None)
+            else:
+                if reply_to is not None:
+                    change.reply = (reply_to, *self._outcome(kind, name))
+            if change:
+                self._submit(change)
+
+    def _handle(self, kind: int, name: str) -> Change:
+        assert self.wanted is not None
+        if kind == protocol.LOAD:
+            self.wanted.add(name)
+        else:
+            self.wanted.discard(name)
+        return self.reconcile({name})
+
+    def _outcome(self, kind: int, name: str) -> tuple[int, str]:
+        serving = sorted((k.split("/")[1] for k in self.loaded if k.split("/")[0] == name), key=version_key)
+        if kind == protocol.UNLOAD:
+            return protocol.OK, f"unloaded {name}"
+        if serving:
+            return protocol.OK, f"serving {name} version(s) {', '.join(serving)}"
+        reasons = [why for folder, (_, why) in self.refused.items() if Path(folder).parent.name == name]
+        why = "; ".join(reasons) or "none found"
+        return protocol.BAD_REQUEST, f"no version of {name!r} could be loaded: {why}"
+
+    # --- deciding ----------------------------------------------------------------------------------------
+    def reconcile(self, names: set[str] | None) -> Change:
+        """Load what the policy selects and is not loaded, retire what it no longer selects: for ``names``
+        (None: every model on disk and every model served)."""
+        try:
+            disk = scan(self.model_dir)
+        except OSError as exc:
+            log.warning("cannot read TRAINSERVE_MODEL_DIR=%s (%s): serving what is loaded",
+                        self.model_dir, exc)
+            return Change()
+        known = {key.split("/")[0] for key in self.loaded} | set(disk)
+        change = Change()
+        for name in sorted(known if names is None else names):
+            if self.wanted is not None and name not in self.wanted:
+                change.retired += self._retire(name, keep=set())
+                continue
+            versions = disk.get(name, {})
+            change.added += self._load_selected(name, versions)
+            change.retired += self._retire(name, self.policy.select(name, self._candidates(name, versions)))
+        current = {str(folder) for found in disk.values() for folder, _ in found.values()}
+        self.refused = {f: r for f, r in self.refused.items() if f in current}  # folders gone: forgotten
+        refused = {f: why for f, (_, why) in self.refused.items()}
+        change.refused = refused if change or refused != self._reported else None
+        self._reported = refused
+        return change
+
+    def _served(self, name: str) -> set[str]:
+        return {k.split("/")[1] for k in self.loaded if k.split("/")[0] == name}
+
+    def _candidates(self, name: str, versions: dict[str, tuple[Path, Fingerprint]]) -> set[str]:
+        """Versions the policy may pick: on disk and not refused as they are now, or already serving (a
+        replaced artifact that fails its checks leaves the loaded one serving)."""
+        served = self._served(name)
+        return {v for v, (folder, print_) in versions.items()
+                if v in served or self.refused.get(str(folder), (None,))[0] != print_}
+
+    def _load_selected(self, name: str, versions: dict[str, tuple[Path, Fingerprint]]) -> list[LoadedModel]:
+        added: list[LoadedModel] = []
+        while True:  # a refused version leaves the selection: the policy then picks the next one
+            selected = self.policy.select(name, self._candidates(name, versions))
+            todo = [v for v in sorted(selected, key=version_key)
+                    if (loaded := self.loaded.get(f"{name}/{v}")) is None
+                    or (loaded.fingerprint != versions[v][1]
+                        and self.refused.get(str(versions[v][0]), (None,))[0] != versions[v][1])]
+            if not todo:
+                return added
+            for version in todo:
+                folder, print_ = versions[version]
+                try:
+                    model = self.load(folder)
+                except (ManifestError, RuntimeError, ValueError, OSError) as exc:
+                    self.refused[str(folder)] = (print_, str(exc))
+                    log.error("refused artifact %s: %s", folder, exc)
+                    self.on_refused(name, version)
+                    continue
+                self.refused.pop(str(folder), None)
+                self.loaded[model.key] = _Loaded(print_, folder)
+                added.append(model)
+
+    def _retire(self, name: str, keep: set[str]) -> list[str]:
+        gone = [key for key in self.loaded if key.split("/")[0] == name and key.split("/")[1] not in keep]
+        for key in gone:
+            del self.loaded[key]
+        return gone
+
+
+def loader(device: torch.device, half: bool, warmup_batch: int,
+           model_format: str) -> Callable[[Path], LoadedModel]:
+    """``load_model`` with this runtime's settings."""
+    return lambda folder: load_model(folder, device, half, warmup_batch, model_format)

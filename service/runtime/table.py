@@ -1,0 +1,161 @@
+"""The runtime's model table: what it serves, what it is retiring, and the catalog workers read.
+
+Append-only: a request names its model by index, so an index is never reused; a dropped model leaves
+None. A new version is listed in the catalog at once; a retired one leaves the catalog but still runs the
+requests addressed to it for a grace period (a request's deadline, so that every worker has seen the new
+epoch), and is dropped once that has passed and its queue is empty. Only the loop thread changes it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import mmap
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.runtime import protocol
+from service.runtime.batching import BatchQueue, BatchStats
+from service.runtime.registry import LoadedModel
+
+log = logging.getLogger("service.runtime.server")
+
+
+class Observer:
+    """What the loop reports per model (service.metrics.BatchRecorder implements it)."""
+
+    def queue_depth(self, depth: int) -> None:
+        """Current queue length."""
+
+    def batch_done(self, stats: BatchStats) -> None:
+        """One batch's size, waits and compute time."""
+
+
+@dataclass
+class Change:
+    """What the model control asks of the loop: models to add, keys to retire, the refusals now, and
+    (for a LOAD or UNLOAD request) the answer to send once the change is applied."""
+
+    added: list[LoadedModel] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    refused: dict[str, str] | None = None  # None: unchanged
+    reply: tuple[Any, int, str] | None = None  # (connection, status, message)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.retired or self.refused is not None or self.reply)
+
+
+def slot_layout(models: list[LoadedModel], max_batch_size: int) -> protocol.SlotLayout:
+    """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits."""
+    example = max((int(np.prod(m.manifest.input.shape)) for m in models), default=1)
+    classes = max((m.manifest.num_outputs for m in models), default=1)
+    return protocol.SlotLayout(input_bytes=max_batch_size * example * 4,
+                               output_bytes=max_batch_size * classes * 4)
+
+
+def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.SlotLayout,
+            max_batch_size: int, refused: dict[str, str], started: float, epoch: int) -> dict[str, Any]:
+    """What a new connection learns: the listed models with their indices and devices, the retiring ones
+    (a request resolved before the change may still address them), and the slot layout."""
+    return {"pid": os.getpid(), "started": started, "epoch": epoch, "max_batch_size": max_batch_size,
+            "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes,
+            "models": [{"index": index, "manifest": m.manifest.to_dict(), "device": str(m.device),
+                        "load_seconds": m.load_seconds, "format": m.format} for index, m in listed.items()],
+            "retiring": retiring, "refused": refused}
+
+
+class ModelTable:
+    """The models by index, their queues and observers, and the catalog (see the module docstring)."""
+
+    def __init__(self, max_batch_size: int, max_batch_delay_s: float, max_queue: int,
+                 observe: Callable[[LoadedModel], Observer] | None = None,
+                 forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0) -> None:
+        self.max_batch_size = max_batch_size
+        self._batching = (max_batch_delay_s, max_queue)
+        self._observe = observe or (lambda model: Observer())
+        self._forget = forget or (lambda model: None)
+        self.grace_s = grace_s
+        self.models: list[LoadedModel | None] = []
+        self.queues: list[BatchQueue[Any]] = []
+        self.observers: list[Observer] = []
+        self.keys: list[str] = []
+        self.listed: dict[int, LoadedModel] = {}  # in the catalog
+        self.retiring: dict[int, float] = {}  # index -> when it may be dropped (once its queue is empty)
+        self.refused: dict[str, str] = {}
+        self.layout = protocol.SlotLayout(0, 0)
+        self.started = time.time()
+        self.epoch = 0
+        self.catalog: dict[str, Any] = {}
+        # The state page every connection maps: its descriptor is sent in each greeting.
+        self.state_fd = protocol.new_shared_memory(mmap.PAGESIZE)
+        self.state = protocol.State(os.dup(self.state_fd), writable=True)
+
+    def apply(self, change: Change) -> None:
+        """Add, retire and record refusals (the loop thread only); a change bumps the epoch."""
+        for model in change.added:
+            if (old := self.listed_index(model.key)) is not None:
+                self.retire(old)  # the same version again (its artifact replaced): the new one serves
+            index = len(self.models)
+            self.models.append(model)
+            self.keys.append(model.key)
+            self.queues.append(BatchQueue(model.key, self.max_batch_size, *self._batching))
+            self.observers.append(self._observe(model))
+            self.listed[index] = model
+        for key in change.retired:
+            if (index := self.listed_index(key)) is not None:
+                self.retire(index)
+        if change.refused is not None:
+            self.refused = dict(change.refused)
+        if change.added or change.retired or change.refused is not None:
+            self._publish()
+            if change.added:
+                gc.freeze()  # the new model's objects live as long as it does: out of the collector's way
+            log.info("serving %s (epoch %d)", ", ".join(m.key for m in self.listed.values()) or "nothing",
+                     self.epoch)
+
+    def _publish(self) -> None:
+        """A new catalog, and its epoch in the state page, for every worker to see."""
+        live = [m for m in self.models if m is not None]
+        grown = slot_layout(live, self.max_batch_size)  # never shrinks: older slots stay valid
+        self.layout = protocol.SlotLayout(max(self.layout.input_bytes, grown.input_bytes),
+                                          max(self.layout.output_bytes, grown.output_bytes))
+        self.epoch += 1
+        retiring = {self.keys[i]: i for i in self.retiring}
+        self.catalog = catalog(self.listed, retiring, self.layout, self.max_batch_size, self.refused,
+                               self.started, self.epoch)
+        self.state.epoch = self.epoch
+
+    def listed_index(self, key: str) -> int | None:
+        """The index under which ``key`` is listed in the catalog, if it is."""
+        return next((i for i, m in self.listed.items() if m.key == key), None)
+
+    def retire(self, index: int) -> None:
+        """Unlist a model; it still runs what is addressed to it for the grace period."""
+        del self.listed[index]
+        self.retiring[index] = time.monotonic() + self.grace_s
+        log.info("retiring %s: it answers the requests already addressed to it for %.0fs",
+                 self.keys[index], self.grace_s)
+
+    def sweep(self) -> float | None:
+        """Drop retired models whose grace has passed and whose queue is empty; the seconds until the
+        next one may go (None: none retiring)."""
+        now = time.monotonic()
+        for index, after in list(self.retiring.items()):
+            if now >= after and not self.queues[index]:
+                model, self.models[index] = self.models[index], None
+                del self.retiring[index]
+                log.info("dropped %s", self.keys[index])
+                if model is not None:
+                    self._forget(model)
+                self._publish()
+        return max(0.0, min(self.retiring.values()) - now) + 0.01 if self.retiring else None
+
+    def close(self) -> None:
+        """Release the state page."""
+        self.state.close()
+        os.close(self.state_fd)
