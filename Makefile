@@ -10,7 +10,7 @@ ARGS ?=
 # `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` installs the CPU-only build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup train test lint serve soak bench bench-classic bench-torchserve bench-peers clean
+.PHONY: setup train test lint serve soak hot-reload bench bench-classic bench-torchserve bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,11 @@ bench-torchserve: bench-peers
 SOAK_SECONDS ?= 600
 soak: setup
 	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(ARGS)
+
+# Hot reload under traffic: the service on a copy of models/, wrk at 100 requests/s, a real training run
+# publishing version 2; prints when it was served, every status and version wrk got (docs/serving.md).
+hot-reload: setup
+	$(PY) scripts/hot_reload.py --data-dir $(DATA_DIR) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from service.manifest import version_key
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a model name (service/manifest.py)
 _RULE = re.compile(r"^(?:latest:(?P<latest>[1-9][0-9]{0,3})|(?P<all>all)"
                    r"|specific:(?P<specific>[0-9]+(?:,[0-9]+)*))$")
 

@@ -22,12 +22,10 @@ from service.manifest import (
     Manifest,
     ManifestError,
     ModelFormat,
-    artifact_dirs,
     read_manifest,
     verify_file,
 )
 from service.runtime import formats
-from service.runtime.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -110,30 +108,6 @@ class LoadedModel:
         staged.copy_(x)
         x = staged.to(self.device, non_blocking=True)
         return x.half() if self.half and x.is_floating_point() else x
-
-
-class Registry(ModelVersions[LoadedModel]):
-    """Every loaded model of this runtime, by name and version."""
-
-
-def load_registry(model_dir: Path, device: torch.device, half: bool, warmup_batch: int,
-                  model_format: str = "auto") -> Registry:
-    """Load every artifact under ``model_dir``; refuse (and log why) those that fail their checks."""
-    if not model_dir.is_dir():
-        raise RegistryError(f"TRAINSERVE_MODEL_DIR={model_dir} is not a folder")
-    registry = Registry()
-    for folder in artifact_dirs(model_dir):
-        try:
-            registry.add(load_model(folder, device, half, warmup_batch, model_format))
-        except (ManifestError, RuntimeError, ValueError, OSError) as exc:
-            registry.refused[str(folder)] = str(exc)
-    if not len(registry):  # one error that says everything, rather than a line per artifact before it
-        why = ("; ".join(f"refused {folder}: {reason}" for folder, reason in registry.refused.items())
-               or "it holds no <name>/<version>/manifest.json")
-        raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={model_dir}: {why}")
-    for folder, reason in registry.refused.items():
-        log.error("refused artifact %s: %s", folder, reason)
-    return registry
 
 
 def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int,

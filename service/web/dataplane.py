@@ -15,7 +15,8 @@ from service.config import ServiceConfig
 from service.errors import ArtifactFileNotFound, InvalidInput
 from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
-from service.runtime.client import Catalog, RuntimeClient, ServedModel
+from service.runtime.catalog import Catalog, ServedModel
+from service.runtime.client import RuntimeClient
 from service.runtime.policy import VersionPolicy
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).

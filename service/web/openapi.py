@@ -38,6 +38,7 @@ _ERRORS = {
     "415": "unsupported content type or Content-Encoding",
     "429": "the model's queue is full; retry after the Retry-After header's seconds",
     "500": "the model failed on the batch this request was in",
+    "409": "model control is not 'explicit': load and unload are off (TRAINSERVE_MODEL_CONTROL)",
     "501": "not implemented by this service",
     "503": "not ready (starting, draining, or the model runtime is restarting)",
     "504": "the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S) passed",
@@ -69,6 +70,11 @@ _OBJECT = {"application/json": {"type": "object"}}
 _HTML = {"text/html": {"type": "string"}}
 _REPOSITORY_INDEX = {"application/json": {"type": "array",
                                           "items": {"$ref": "#/components/schemas/RepositoryEntry"}}}
+_REPOSITORY_ACTION = {"application/json": "RepositoryAction"}
+# Triton's load body may carry a config override or model files: refused (400); unload_dependents is moot.
+_CONTROL_BODY = {"application/json": {"schema": {"type": "object", "properties": {"parameters": {
+    "type": "object", "description": "tritonclient's unload_dependents is accepted; a config or file: "
+    "override is refused"}}}}}
 # KServe v1 answers a model that is not ready with its status (503); a catalog never read is an Error.
 _STATUS_503 = {"anyOf": [{"$ref": "#/components/schemas/ModelStatus"},
                          {"$ref": "#/components/schemas/Error"}]}
@@ -153,10 +159,13 @@ ROUTES: list[_Route] = [
     ("/v2/repository/index", "post", "Every artifact in the model repository and its state (READY, or "
      "UNAVAILABLE with the reason); needs the management token", _INDEX_BODY, _REPOSITORY_INDEX,
      ("400", *_MANAGEMENT, "503"), '{"ready": false}'),
-    ("/v2/repository/models/{name}/load", "post", "Load a model: 501 until the runtime swaps models (model "
-     "control 'none'); needs the management token", None, None, (*_MANAGEMENT, "404", "501", "503"), ""),
-    ("/v2/repository/models/{name}/unload", "post", "Unload a model: 501 for the same reason", None, None,
-     (*_MANAGEMENT, "404", "501", "503"), ""),
+    ("/v2/repository/models/{name}/load", "post", "Load (or reload) the versions of a model the version "
+     "policy selects, on every runtime, answering once they are warm (model control 'explicit'; 409 "
+     "otherwise); needs the management token", _CONTROL_BODY, _REPOSITORY_ACTION,
+     ("400", *_MANAGEMENT, "404", "409", "503", "504"), ""),
+    ("/v2/repository/models/{name}/unload", "post", "Stop serving a model (requests already sent to it "
+     "finish first; model control 'explicit'); needs the management token", _CONTROL_BODY, _REPOSITORY_ACTION,
+     ("400", *_MANAGEMENT, "404", "409", "503", "504"), ""),
     ("/v1/models/{name}", "get", "KServe v1 model status: name and ready (503 while not ready)", None,
      {"application/json": "ModelStatus"}, ("404", "503"), ""),
     ("/v1/models/{name}:explain", "post", "KServe v1 explain: no explainer is served", None, None,
@@ -227,8 +236,9 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, ok: dict[st
     if path.startswith(_REPOSITORY):
         op["security"] = [{_BEARER: []}]
     if body:
-        # The repository index takes no body as {}.
-        op["requestBody"] = {"required": body is not _INDEX_BODY, "content": copy.deepcopy(body)}
+        # The repository routes take no body as {}.
+        optional = body is _INDEX_BODY or body is _CONTROL_BODY
+        op["requestBody"] = {"required": not optional, "content": copy.deepcopy(body)}
         op["parameters"].append(copy.deepcopy(_CODING))
     if example:
         op["description"] = f"Example body: `{example}`"

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from service.config import ServiceConfig
 from service.manifest import artifact_dirs
-from service.runtime.client import Catalog, ServedModel
+from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.policy import Rule, VersionPolicy
 from service.web.dataplane import PLATFORMS
 from service.web.inference import outputs_for

@@ -54,8 +54,9 @@ class ConfigTensor(Schema):
     """An input or output in Triton's model configuration."""
 
     name = fields.String(required=True)
-    data_type = fields.String(required=True, validate=validate.OneOf(["TYPE_FP32", "TYPE_STRING"]))
-    format = fields.String(validate=validate.OneOf(["FORMAT_NCHW"]))
+    data_type = fields.String(required=True,
+                              validate=validate.OneOf(["TYPE_FP32", "TYPE_STRING", "TYPE_BOOL"]))
+    format = fields.String(validate=validate.OneOf(["FORMAT_NCHW", "FORMAT_NONE"]))
     dims = fields.List(fields.Integer(validate=validate.Range(min=1)), required=True)
 
 
@@ -128,4 +129,14 @@ class Alive(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["alive"]))
 
 
-COMPONENTS = ("Statistics", "ModelConfig", "RepositoryEntry", "ModelStatus", "Alive")
+class RepositoryAction(Schema):
+    """What a load or unload did, as each model runtime answered."""
+
+    name = fields.String(required=True)
+    action = fields.String(required=True, validate=validate.OneOf(["load", "unload"]))
+    runtimes = fields.List(fields.String(), required=True,
+                           metadata={"description": "each runtime's answer, e.g. 'serving mnist-cnn "
+                                                    "version(s) 2'"})
+
+
+COMPONENTS = ("Statistics", "ModelConfig", "RepositoryEntry", "RepositoryAction", "ModelStatus", "Alive")

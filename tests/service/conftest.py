@@ -261,6 +261,8 @@ def runtimes(tmp_path_factory: pytest.TempPathFactory,
     started: dict[tuple, RuntimeProcess] = {}
 
     def get(**settings: object) -> RuntimeProcess:
+        # make_app's defaults, so that a test asking for the runtime of an app it built gets that one
+        settings = {"version_policy": TEST_POLICY, "request_timeout_s": 10.0} | settings
         key = tuple(sorted((k, str(v)) for k, v in settings.items()))
         if key not in started or started[key].proc.poll() is not None:
             started[key] = RuntimeProcess(settings, tmp_path_factory.mktemp("runtime"), metrics_dir)

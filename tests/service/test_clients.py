@@ -63,8 +63,8 @@ def test_tritonclient_model_config_and_repository_index(triton):
     with pytest.raises(InferenceServerException, match="not the one"):
         client.get_model_repository_index(headers={"Authorization": "Bearer wrong-token"})
     index = client.get_model_repository_index(headers={"Authorization": f"Bearer {TOKEN}"})
-    for call in (client.load_model, client.unload_model):  # a clear answer, not a 404
-        with pytest.raises(InferenceServerException, match="model control is 'none'"):
+    for call in (client.load_model, client.unload_model):  # poll: a clear answer, not a 404
+        with pytest.raises(InferenceServerException, match=r"\[409\] model control is 'poll'"):
             call("mnist-tiny", headers={"Authorization": f"Bearer {TOKEN}"})
     states = {(m["name"], m["version"]): m["state"] for m in index}
     assert states == {("mnist-tiny", "1"): "READY", ("mnist-tiny", "2"): "READY",

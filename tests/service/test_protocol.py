@@ -100,7 +100,7 @@ def test_repository_index_needs_the_token_and_lists_every_artifact_with_its_stat
     assert "sha256" in states[("tampered", "1")]["reason"]
     for action in ("load", "unload"):
         response = client.post(f"/v2/repository/models/mnist-tiny/{action}", headers=auth)
-        assert response.status_code == 501 and "model control is 'none'" in response.json["error"]
+        assert response.status_code == 409 and "model control is 'poll'" in response.json["error"]
         assert client.post(f"/v2/repository/models/mnist-tiny/{action}").status_code == 401
     assert client.post("/v2/repository/models/..%2Fetc/load", headers=auth).status_code == 404
     ready = client.post("/v2/repository/index", headers=auth, json={"ready": True}).json

@@ -11,13 +11,27 @@ import pytest
 import torch
 
 from service.errors import ModelNotFound
-from service.runtime.registry import RegistryError, load_registry, resolve_device
+from service.runtime.control import ModelControl, loader
+from service.runtime.policy import VersionPolicy
+from service.runtime.registry import RegistryError, resolve_device
+from service.runtime.versions import ModelVersions
 
 CPU = torch.device("cpu")
 
 
+def load_registry(root, device, half, warmup_batch):
+    """Every artifact under ``root``, loaded as the runtime loads them at start (policy: all)."""
+    control = ModelControl(root, "none", VersionPolicy.parse("all"),
+                           loader(device, half, warmup_batch, "auto"))
+    models, refused = control.start_up()
+    registry = ModelVersions(refused=refused)
+    for model in models:
+        registry.add(model)
+    return registry
+
+
 def test_loads_every_good_artifact_and_refuses_a_tampered_one(artifact_root, caplog):
-    with caplog.at_level(logging.ERROR, logger="service.runtime.registry"):
+    with caplog.at_level(logging.ERROR, logger="service.runtime"):
         registry = load_registry(artifact_root, CPU, half=False, warmup_batch=4)
     assert [m.key for m in registry] == ["mnist-tiny/1", "mnist-tiny/2"]
     assert list(registry.refused) == [str(artifact_root / "tampered" / "1")]

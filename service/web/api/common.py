@@ -10,7 +10,7 @@ from flask import Response, current_app, g, request
 from marshmallow import Schema
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.runtime.client import ServedModel
+from service.runtime.catalog import ServedModel
 from service.web import binary, imaging
 from service.web.dataplane import DataPlane
 from service.web.schemas import load

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, request, send_file
 
-from service.runtime.client import ServedModel
+from service.runtime.catalog import ServedModel
 from service.web.api.common import image_batch, json_body, logits, model, plane, respond
 from service.web.inference import parse_features, parse_tensor, predictions, threshold_for
 from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
