@@ -125,9 +125,13 @@ def test_the_crd_schema_check_catches_a_typo(kit: Any, tmp_path: Path) -> None:
     for wrong in ({**predictor, "protocolVersion": "v2"}, {**predictor, "minReplica": 2}):
         assert not validator.is_valid({**isvc, "spec": {"predictor": wrong}})
     master = replicas(job)["Master"]
-    broken = {**replicas(job), "Master": {**master, "replica": 1}}
-    assert not crd_validator(job["apiVersion"], "PyTorchJob").is_valid(
-        {**job, "spec": {**job["spec"], "pytorchReplicaSpecs": broken}})
+    template = master["template"]
+    (main,) = template["spec"]["containers"]
+    deep = {**template, "spec": {**template["spec"], "containers": [{**main, "comand": []}]}}
+    for wrong in ({**master, "replica": 1}, {**master, "template": deep}):  # inside the embedded pod, too
+        broken = {**replicas(job), "Master": wrong}
+        assert not crd_validator(job["apiVersion"], "PyTorchJob").is_valid(
+            {**job, "spec": {**job["spec"], "pytorchReplicaSpecs": broken}})
     validate(isvc)
     validate(job)
 
