@@ -6,9 +6,11 @@ A tool missing on a developer's machine skips its tests with the install command
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -56,6 +58,23 @@ class DeployKit:
         """Render a kustomization with kubectl's kustomize and parse every document."""
         out = self.run(self.tool("kubectl"), "kustomize", str(path)).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
+
+    def compose(self, where: Path, overlay: str, components: Sequence[str] = (),
+                images: Sequence[Mapping[str, str]] = ()) -> list[dict[str, Any]]:
+        """An operator's own overlay in ``where``: one of ours, plus components and image names, rendered."""
+        def relative(path: Path) -> str:  # kustomize takes only relative paths to other kustomizations
+            return os.path.relpath(path, where)
+
+        kustomization: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [relative(DEPLOY / "overlays" / overlay)],
+            "components": [relative(DEPLOY / "components" / name) for name in components],
+        }
+        if images:
+            kustomization["images"] = [dict(image) for image in images]
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        return self.kustomize(where)
 
     @staticmethod
     def load(path: Path) -> ModuleType:

@@ -3,7 +3,6 @@ schemas, and the pieces fit together (selectors, probes, volumes, settings, GPU 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +23,7 @@ OVERLAYS = ("cpu", "gpu")
 
 def with_servicemonitor(kit: Any, overlay: str, tmp_path: Path) -> list[dict[str, Any]]:
     """An overlay plus the optional ServiceMonitor component, as an operator would add it."""
-    # kustomize takes only relative paths to other kustomizations.
-    overlay_dir = os.path.relpath(kit.deploy / "overlays" / overlay, tmp_path)
-    component_dir = os.path.relpath(kit.deploy / "components" / "servicemonitor", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {overlay_dir}\ncomponents:\n  - {component_dir}\n")
-    return kit.kustomize(tmp_path)
+    return kit.compose(tmp_path, overlay, ["servicemonitor"])
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
