@@ -139,7 +139,8 @@ def run(args: argparse.Namespace, base: str, work: Path, models: Path) -> dict:
             "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "max_ms": result["max_ms"],
             "served_after_s": probe.get("served_after_s"),
             "dropped_old_after_s": probe.get("dropped_after_s"),
-            "training": training.stdout.strip().splitlines()[-2:]}
+            "training": [line for line in (training.stdout + training.stderr).splitlines()
+                         if line.startswith(("test accuracy", "exported"))]}
 
 
 def watch(base: str, folder: Path, log: Path, out: dict) -> None:

@@ -110,8 +110,11 @@ def start(serve, repository):
     return begin
 
 
-def test_a_published_version_takes_over_under_load_with_no_failed_request(start, repository, artifact_root):
-    service = start()
+@pytest.mark.parametrize("runtimes", ["1", "2"])
+def test_a_published_version_takes_over_under_load_with_no_failed_request(start, repository, artifact_root,
+                                                                          runtimes):
+    # With two runtimes each follows the folder on its own: requests go to one that serves their version.
+    service = start(TRAINSERVE_RUNTIMES=runtimes)
     traffic = Traffic(service.url)
     wait_for("traffic on version 1", lambda: len(traffic.versions()) >= 20)
     publish(artifact_root / "mnist-tiny" / "2", repository, "2")
