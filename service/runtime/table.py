@@ -149,9 +149,9 @@ class ModelTable:
             if now >= after and not self.queues[index]:
                 model, self.models[index] = self.models[index], None
                 del self.retiring[index]
-                log.info("dropped %s", self.keys[index])
                 if model is not None:
                     self._forget(model)
+                log.info("dropped %s", self.keys[index])  # after its metrics say so
                 self._publish()
         return max(0.0, min(self.retiring.values()) - now) + 0.01 if self.retiring else None
 
