@@ -5,7 +5,7 @@ appeared it was served, every status wrk got (and which version answered), and w
 dropped (``make hot-reload``; docs/serving.md#hot-reload).
 
     python scripts/hot_reload.py --data-dir ../shared/datasets              # 100 requests/s, 1 epoch
-    python scripts/hot_reload.py --rate 400 --train-args "--epochs 2 --arch mlp"
+    python scripts/hot_reload.py --rate 64000 --connections 64 --server gunicorn   # as fast as it answers
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def parse_args() -> argparse.Namespace:
                         help="seconds of traffic after the new version is served (default: %(default)s)")
     parser.add_argument("--train-args", default="--epochs 1",
                         help="flags for python -m training (default: %(default)s)")
+    parser.add_argument("--server", choices=["granian", "gunicorn"], default="granian",
+                        help="the HTTP front end (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "hot_reload.json")
     return parser.parse_args()
@@ -89,7 +91,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{args.port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSERVE_", "PROMETHEUS_"))}
     env |= {"TRAINSERVE_MODEL_DIR": str(models), "TRAINSERVE_BIND": f"127.0.0.1:{args.port}",
-            "TRAINSERVE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
+            "TRAINSERVE_DEVICE": "cpu", "TRAINSERVE_SERVER": args.server, "PYTHONPATH": str(REPO)}
     log = (work / "service.log").open("wb")
     service = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
@@ -134,7 +136,8 @@ def run(args: argparse.Namespace, base: str, work: Path, models: Path) -> dict:
     answers = result["answers"]
     failed = sum(n for key, n in answers.items() if not key.startswith("200 "))
     failed += sum(result["errors"].values())
-    return {"rate_asked": args.rate, "rate_sent": round(result["requests"] / result["seconds"], 1),
+    return {"server": args.server, "rate_asked": args.rate,
+            "rate_sent": round(result["requests"] / result["seconds"], 1),
             "requests": result["requests"], "failed": failed, "answers": answers, "errors": result["errors"],
             "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "max_ms": result["max_ms"],
             "served_after_s": probe.get("served_after_s"),
