@@ -119,6 +119,9 @@ def test_a_published_version_takes_over_under_load_with_no_failed_request(start,
     wait_for("traffic on version 1", lambda: len(traffic.versions()) >= 20)
     publish(artifact_root / "mnist-tiny" / "2", repository, "2")
     wait_for("version 2 served", lambda: traffic.versions()[-1:] == ["2"])
+    # Every runtime has swapped (each logs its catalog once the change is applied) before traffic stops.
+    wait_for("version 2 served by every runtime",
+             lambda: service.log.read_text().count("serving mnist-tiny/2 (epoch") >= int(runtimes))
     seen = len(traffic.answers)
     wait_for("more traffic on version 2", lambda: len(traffic.answers) >= seen + 20)
     answers = traffic.stop()
@@ -129,7 +132,9 @@ def test_a_published_version_takes_over_under_load_with_no_failed_request(start,
     meta = requests.get(f"{service.url}/v2/models/mnist-tiny", timeout=30).json()
     assert (meta["versions"], meta["parameters"]["default_version"]) == (["2"], "2")
     assert meta["parameters"]["version_policy"] == "latest:1"
-    wait_for("version 1 dropped", lambda: "dropped mnist-tiny/1" in service.log.read_text())
+    # Each runtime drops it once its grace has passed (each logs it after its metrics say so).
+    wait_for("version 1 dropped by every runtime",
+             lambda: service.log.read_text().count("dropped mnist-tiny/1") == int(runtimes))
     assert _metric(service.url, "trainserve_model_info", 'version="1"') == 0.0
     assert _metric(service.url, "trainserve_model_info", 'version="2"') == 1.0
 
@@ -143,9 +148,15 @@ def test_a_version_that_fails_its_checks_is_refused_and_the_served_one_keeps_ser
     assert "refused artifact" in service.log.read_text()
     r = requests.post(f"{service.url}/v2/models/mnist-tiny/infer", json=BODY, timeout=30)
     assert (r.status_code, r.json()["model_version"]) == (200, "1")
-    index = requests.post(f"{service.url}/v2/repository/index", timeout=30,
-                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    states = {e["version"]: (e["state"], e["reason"]) for e in index}
+
+    def index_states() -> dict[str, tuple[str, str]]:
+        index = requests.post(f"{service.url}/v2/repository/index", timeout=30,
+                              headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        return {e["version"]: (e["state"], e["reason"]) for e in index}
+
+    # The metric counts at the refusal; the catalog with its reason follows between two batches.
+    wait_for("the refusal in the index", lambda: "sha256" in index_states().get("3", ("", ""))[1])
+    states = index_states()
     assert states["1"] == ("READY", "")
     assert states["3"][0] == "UNAVAILABLE" and "sha256" in states["3"][1]
     # Polling does not load it again: refused once per artifact, until the folder changes.
