@@ -286,9 +286,13 @@ def verify_file(folder: Path, file: str, sha256: str) -> Path:
 
 
 def artifact_dirs(root: Path) -> Iterator[Path]:
-    """Every ``<root>/<name>/<version>/`` folder that holds a manifest, in name then version order."""
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        versions = [p for p in model_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()]
+    """Every ``<root>/<name>/<version>/`` folder that holds a manifest, in name then version order.
+
+    Hidden folders are skipped: export writes an artifact into ``<name>/.<version>-…/`` (manifest last)
+    and renames it into place, and the service polls the folder while that happens."""
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = [p for p in model_dir.iterdir()
+                    if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).exists()]
         yield from sorted(versions, key=lambda p: version_key(p.name))
 
 

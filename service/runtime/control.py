@@ -20,7 +20,7 @@ from queue import Empty, SimpleQueue
 
 import torch
 
-from service.manifest import MANIFEST_FILE, ManifestError, version_key
+from service.manifest import MANIFEST_FILE, ManifestError, artifact_dirs, version_key
 from service.runtime import protocol
 from service.runtime.policy import VersionPolicy
 from service.runtime.registry import LoadedModel, RegistryError, load_model
@@ -34,17 +34,15 @@ Fingerprint = tuple[int, int, int]
 
 
 def scan(model_dir: Path) -> dict[str, dict[str, tuple[Path, Fingerprint]]]:
-    """Every ``<name>/<version>/manifest.json`` under ``model_dir``: name -> version -> (folder, print)."""
+    """Every artifact folder under ``model_dir`` (``artifact_dirs``): name -> version -> (folder, print)."""
     found: dict[str, dict[str, tuple[Path, Fingerprint]]] = {}
-    for model in model_dir.iterdir():
-        if not model.is_dir():
+    for folder in artifact_dirs(model_dir):
+        try:
+            st = (folder / MANIFEST_FILE).stat()
+        except OSError:  # gone since it was listed
             continue
-        for folder in model.iterdir():
-            try:
-                st = (folder / MANIFEST_FILE).stat()
-            except OSError:  # no manifest (yet): not an artifact
-                continue
-            found.setdefault(model.name, {})[folder.name] = (folder, (st.st_ino, st.st_size, st.st_mtime_ns))
+        print_ = (st.st_ino, st.st_size, st.st_mtime_ns)
+        found.setdefault(folder.parent.name, {})[folder.name] = (folder, print_)
     return found
 
 

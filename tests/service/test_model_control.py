@@ -138,6 +138,15 @@ def test_a_replaced_artifact_that_fails_leaves_the_loaded_one_serving(tmp_path: 
     assert (keys(change.added), change.retired) == (["m/1"], [])  # the table retires the old index itself
 
 
+def test_an_artifact_still_being_exported_is_not_seen(tmp_path: Path) -> None:
+    artifact(tmp_path, "m", "1")
+    ctl, asked = control(tmp_path, policy="all")
+    ctl.start_up()
+    artifact(tmp_path, "m", ".2-k3j9", good=False)  # export's staging folder, manifest written last
+    assert not ctl.reconcile(None)
+    assert asked == ["m/1"]
+
+
 def test_a_removed_version_is_retired_and_the_policy_falls_back(tmp_path: Path) -> None:
     artifact(tmp_path, "m", "1")
     two = artifact(tmp_path, "m", "2")
