@@ -6,6 +6,7 @@ start-up with a message that names the variable and says what it accepts; nothin
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -122,6 +123,11 @@ class ServiceConfig:
     # Which versions of each model are served: latest:N, all, specific:V[,V...], with per-model overrides
     # (latest:1;mnist-cnn=latest:2). latest:1 keeps memory flat as training publishes new versions.
     version_policy: str = "latest:1"
+
+    @functools.cached_property
+    def policy(self) -> VersionPolicy:
+        """``version_policy``, parsed (once: the metadata and repository routes ask for it)."""
+        return VersionPolicy.parse(self.version_policy)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -23,7 +23,6 @@ from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
 from service.metrics import Metrics
 from service.runtime.control import ModelControl, loader
-from service.runtime.policy import VersionPolicy
 from service.runtime.registry import LoadedModel, RegistryError, resolve_device
 from service.runtime.server import RuntimeServer, listen
 from service.server.allocator import keep_freed_memory
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics) -> ModelControl:
-    return ModelControl(config.model_dir, config.model_control, VersionPolicy.parse(config.version_policy),
+    return ModelControl(config.model_dir, config.model_control, config.policy,
                         loader(device, config.half, config.max_batch_size, config.model_format),
                         config.poll_interval_s,
                         on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc())

@@ -17,7 +17,6 @@ from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
-from service.runtime.policy import VersionPolicy
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -88,7 +87,7 @@ class DataPlane:
         versions = sorted(self.registry.models[m.name], key=int)
         # A request without a version gets the newest served one; the policy says which are served.
         parameters = {"version": m.version, "default_version": max(versions, key=int),
-                      "version_policy": str(VersionPolicy.parse(self.config.version_policy).rule(m.name)),
+                      "version_policy": str(self.config.policy.rule(m.name)),
                       "architecture": m.architecture, "task": m.task,
                       "labels": list(m.labels), "device": model.device,
                       "test_accuracy": m.metrics.get("test_accuracy")}

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from service.config import ServiceConfig
 from service.manifest import artifact_dirs
 from service.runtime.catalog import Catalog, ServedModel
-from service.runtime.policy import Rule, VersionPolicy
+from service.runtime.policy import Rule
 from service.web.dataplane import PLATFORMS
 from service.web.inference import outputs_for
 
@@ -36,7 +36,7 @@ def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) ->
         "name": m.name,
         "platform": PLATFORMS[model.format],
         "backend": "pytorch",
-        "version_policy": triton_policy(VersionPolicy.parse(config.version_policy).rule(m.name)),
+        "version_policy": triton_policy(config.policy.rule(m.name)),
         # The largest batch the runtime runs in one pass; bigger requests are split, not refused.
         "max_batch_size": catalog.max_batch_size,
         "input": [{"name": m.input.name, "data_type": "TYPE_FP32",
@@ -69,27 +69,27 @@ def triton_policy(rule: Rule) -> dict[str, Any]:
 def repository_index(config: ServiceConfig, catalog: Catalog, ready_only: bool) -> list[dict[str, str]]:
     """Every artifact folder in the repository with its state: READY when served, else UNAVAILABLE and why."""
     refused = {Path(folder).parts[-2:]: why for folder, why in catalog.refused.items()}
-    policy = VersionPolicy.parse(config.version_policy)
     folders = list(artifact_dirs(config.model_dir)) if config.model_dir.is_dir() else []
     on_disk: dict[str, set[str]] = defaultdict(set)
     for folder in folders:
         if (folder.parent.name, folder.name) not in refused:
             on_disk[folder.parent.name].add(folder.name)
+    selected = {name: config.policy.select(name, versions) for name, versions in on_disk.items()}
     out = []
     for folder in folders:
         name, version = folder.parent.name, folder.name
         if catalog.serves(f"{name}/{version}"):
             out.append({"name": name, "version": version, "state": "READY", "reason": ""})
         elif not ready_only:
-            why = refused.get((name, version)) or _not_loaded(config, policy, name, version in
-                                                              policy.select(name, on_disk[name]))
+            why = refused.get((name, version)) or _not_loaded(config, name,
+                                                              version in selected.get(name, set()))
             out.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
     return out
 
 
-def _not_loaded(config: ServiceConfig, policy: VersionPolicy, name: str, selected: bool) -> str:
+def _not_loaded(config: ServiceConfig, name: str, selected: bool) -> str:
     if not selected:
-        return f"not served: the version policy ({policy.rule(name)}) does not select it"
+        return f"not served: the version policy ({config.policy.rule(name)}) does not select it"
     if config.model_control == "poll":
         return f"not loaded yet: the runtime looks for new versions every {config.poll_interval_s:g}s"
     if config.model_control == "explicit":
