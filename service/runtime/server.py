@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import selectors
 import signal
@@ -224,7 +225,7 @@ class RuntimeServer:
                                  "version policy, or unloaded)")
             return
         shape = (rows, *model.manifest.input.shape)
-        if (rows * int(np.prod(shape[1:])) * protocol.DTYPES[dtype].itemsize > conn.slot.layout.input_bytes
+        if (math.prod(shape) * protocol.DTYPES[dtype].itemsize > conn.slot.layout.input_bytes
                 or rows * model.manifest.num_outputs * 4 > conn.slot.layout.output_bytes):
             self._answer(conn, protocol.INFER, protocol.NOT_READY,
                          message=f"model {model.key} does not fit this connection's slot: reconnect")
