@@ -25,21 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from soak import digit_png
+from soak import PNG_POST_LUA, digit_png
 
 REPO = Path(__file__).resolve().parents[1]
 
 # wrk has no rate option: each connection waits `delay` ms between requests, so connections * 1000 / delay
 # requests/s at most. Counts statuses and the version that answered; done() prints them as one JSON line.
-LUA = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "image/png"
-local f = io.open("%(png)s", "rb")
-wrk.body = f:read("*all")
-f:close()
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) counts = {} end
+LUA = PNG_POST_LUA + r"""function init(args) counts = {} end
 function delay() return %(delay_ms)d end
 function response(status, headers, body)
   local version = string.match(body, '"version"%%s*:%%s*"(%%d+)"') or "none"

@@ -31,8 +31,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Counts every status and socket error per wrk thread; done() prints them as one JSON line.
-LUA = r"""
+# wrk POSTs the PNG at %(png)s and keeps its threads, so that done() can add up what each one counted.
+PNG_POST_LUA = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "image/png"
 local f = io.open("%(png)s", "rb")
@@ -40,7 +40,9 @@ wrk.body = f:read("*all")
 f:close()
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
+"""
+# Counts every status and socket error per wrk thread; done() prints them as one JSON line.
+LUA = PNG_POST_LUA + r"""function init(args) statuses = {} end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
