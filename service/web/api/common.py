@@ -72,16 +72,20 @@ def check_named(body: dict[str, Any], found: ServedModel, version: str | None) -
 
 
 def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:
+    return load(schema, parse_json(raw))
+
+
+def parse_json(raw: bytes | memoryview) -> Any:
+    """A JSON body or header within TRAINSERVE_MAX_JSON_BYTES (413 beyond), 400 when malformed."""
     limit = current_app.config["TRAINSERVE"].max_json_bytes
     if len(raw) > limit:
         raise PayloadTooLarge(f"the JSON is {len(raw)} bytes; the limit is {limit} bytes "
                               "(TRAINSERVE_MAX_JSON_BYTES): send large tensors with the binary tensor "
                               "extension, or images")
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
-    return load(schema, data)
 
 
 def _body_buffer() -> bytearray:

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 
 from service.errors import Conflict, Forbidden, InvalidInput, ModelNotFound, Unauthorized
 from service.runtime import protocol
-from service.web.api.common import plane
+from service.web.api.common import parse_json, plane
 from service.web.triton import repository_index
 
 # An artifact's name (service/manifest.py's rule): no separator, no "..", nothing but a folder's name.
@@ -91,10 +91,7 @@ def _control(name: str, kind: int) -> Response:
 
 def _body() -> dict:
     raw = request.get_data(cache=False)
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+    body = parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     return body
