@@ -74,11 +74,14 @@ class ServiceConfig:
     server: str = "granian"
     # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
     workers: int = 0
-    # Requests one HTTP worker handles at once. Each holds a thread while its body arrives and while the
-    # runtime computes (GIL released); threads start on demand, so many cost little, and enough of them
-    # keep slow uploads from starving health checks and fast clients, and let the runtime's queue bound
-    # (max_queue, 429 beyond) be reached before requests wait unseen in the front end (docs/operations.md).
+    # Threads per HTTP worker for the Flask app: under gunicorn every request holds one while its body
+    # arrives and while the runtime computes (GIL released); under granian only the routes that are not on
+    # the event loop's hot path use them (their bodies already read). Threads start on demand, so many cost
+    # little (docs/operations.md).
     threads: int = 256
+    # granian: requests one worker's event loop holds at once (reading, waiting for the runtime,
+    # answering); each costs a task and its body, no thread. Beyond it requests wait in granian.
+    loop_requests: int = 2048
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
     # Intra-op threads of each runtime's torch; 0: a quarter of the cores per runtime, at least one (the
@@ -94,6 +97,10 @@ class ServiceConfig:
     max_batch_delay_ms: float = 2.0
     # Requests waiting for one model in its runtime; beyond it the service answers 429 at once.
     max_queue: int = 256
+    # The longest a request may expect to wait in its model's queue, at the pace of recent forward passes;
+    # one that would wait longer (or past its deadline) is answered 429 at once, while its client can still
+    # retry elsewhere, rather than 504 later.
+    max_queue_wait_ms: float = 1000.0
     # Deadline for one request, from arrival to answer; past it the service answers 504.
     request_timeout_s: float = 10.0
     max_request_bytes: int = 16 * 1024 * 1024
@@ -234,12 +241,14 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
     "threads": (int, "an integer >= 1"),
+    "loop_requests": (int, "an integer >= 1"),
     "runtimes": (int, "an integer >= 1"),
     "torch_threads": (int, "an integer >= 0 (0: a quarter of the cores per runtime)"),
     "runtime_sockets": (str, "socket paths, comma-separated"),
     "max_batch_size": (int, "an integer >= 1"),
     "max_batch_delay_ms": (float, "milliseconds >= 0"),
     "max_queue": (int, "an integer >= 1"),
+    "max_queue_wait_ms": (float, "milliseconds > 0"),
     "request_timeout_s": (float, "seconds > 0"),
     "max_request_bytes": (int, "a byte count >= 1024"),
     "max_json_bytes": (int, "a byte count >= 1024"),
@@ -263,11 +272,13 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "model_format": lambda v: v in MODEL_FORMATS,
     "workers": lambda v: v >= 0,
     "threads": lambda v: v >= 1,
+    "loop_requests": lambda v: v >= 1,
     "runtimes": lambda v: v >= 1,
     "torch_threads": lambda v: v >= 0,
     "max_batch_size": lambda v: v >= 1,
     "max_batch_delay_ms": lambda v: v >= 0,
     "max_queue": lambda v: v >= 1,
+    "max_queue_wait_ms": lambda v: v > 0,
     "request_timeout_s": lambda v: v > 0,
     "max_request_bytes": lambda v: v >= 1024,
     "max_json_bytes": lambda v: v >= 1024,

@@ -1,9 +1,11 @@
-"""The HTTP worker's side of the runtime: which models are served, and inference through shared memory.
+"""A Flask worker's side of the runtime, for request threads: which models are served, and inference
+through shared memory.
 
-No torch here: HTTP workers hold no model. A request thread takes a free slot connection (or opens one),
-copies its rows into the slot, sends one message and blocks in ``recv`` with the GIL released until the
-runtime answers; the logits are read from the slot. Requests larger than the runtime's batch size go
-through the slot in chunks.
+No torch here: HTTP workers hold no model. A request thread takes a free connection (or opens one),
+copies its rows into the first slot of the connection's arena, sends a group of one segment and blocks in
+``recv`` with the GIL released until the runtime answers; the logits are read from the slot. Requests
+larger than the runtime's batch size go through the slot in chunks. (The event-loop side, which groups
+every request of a loop turn, is ``service/runtime/grouping.py``; both speak ``protocol.py``.)
 """
 
 from __future__ import annotations
@@ -41,12 +43,23 @@ _ERRORS: dict[int, type[ServiceError]] = {
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 
 
+def error_for(status: int, text: str) -> ServiceError:
+    """The ServiceError a runtime's refusal stands for."""
+    return _ERRORS.get(status, InferenceFailed)(text or "the model runtime refused the request")
+
+
+def _refusal(message: bytes) -> tuple[int, int, str]:
+    """(status, 0, text) of a reply: the answer to a control message or a refused message."""
+    _, status, _, _ = protocol.HEADER.unpack_from(message)
+    return status, 0, message[protocol.HEADER.size:].decode(errors="replace")
+
+
 class _Stale(ConnectionError):
     """The request could not be sent: the runtime this connection went to is gone."""
 
 
 class _Connection:
-    """One slot: a socket to one runtime and the shared memory it sent."""
+    """A socket to one runtime and the arena it sent (this client uses its first slot)."""
 
     def __init__(self, path: Path, timeout_s: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -61,27 +74,39 @@ class _Connection:
             self.sock.close()
             raise
         self.catalog = Catalog.from_message(message)
-        self.slot = protocol.Slot(fd, protocol.SlotLayout(message["input_bytes"], message["output_bytes"]))
+        self.arena = protocol.Arena(fd, protocol.layout_of(message))
         self.state_fd: int | None = state_fd  # the runtime's state page: the client keeps one per runtime
 
-    def call(self, kind: int, dtype: int, index: int, rows: int, deadline: float,
-             payload: bytes = b"") -> tuple[int, int, str]:
-        """Send one request and wait for its answer until ``deadline``: (status, rows, message)."""
+    def infer(self, index: int, dtype: int, rows: int, deadline: float) -> tuple[int, int, str]:
+        """Run the ``rows`` in slot 0 as a group of one segment; wait until ``deadline``: (status, rows,
+        text)."""
+        message = self._call(protocol.group([(0, index, 1, dtype, rows, deadline)]), deadline)
         try:
-            self.sock.send(protocol.REQUEST.pack(kind, dtype, index, rows, deadline) + payload)
+            (_, status, rows, text), = protocol.read_answers(message)
+        except ValueError:  # a refusal of the whole message, or not one result
+            return _refusal(message)
+        return status, rows, text
+
+    def control(self, kind: int, name: str, deadline: float) -> tuple[int, str]:
+        """A PING, LOAD or UNLOAD: (status, text)."""
+        status, _, text = _refusal(self._call(protocol.control(kind, name), deadline))
+        return status, text
+
+    def _call(self, message: bytes, deadline: float) -> bytes:
+        try:
+            self.sock.send(message)
         except OSError as exc:
             raise _Stale(str(exc)) from exc
         wait = max(deadline - time.monotonic(), 0.001)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              _TIMEVAL.pack(int(wait), int(wait % 1 * 1e6)))
         try:
-            message = self.sock.recv(protocol.ANSWER.size + 4096)
+            answer = self.sock.recv(protocol.MAX_ANSWER_BYTES)
         except BlockingIOError:  # SO_RCVTIMEO ran out
             raise TimeoutError("no answer before the deadline") from None
-        if len(message) < protocol.ANSWER.size:
+        if len(answer) < protocol.HEADER.size:
             raise ConnectionError("the model runtime closed the connection")
-        _, status, _, rows = protocol.ANSWER.unpack_from(message)
-        return status, rows, message[protocol.ANSWER.size:].decode(errors="replace")
+        return answer
 
     @property
     def closed(self) -> bool:
@@ -89,7 +114,7 @@ class _Connection:
 
     def close(self) -> None:
         self.sock.close()
-        self.slot.close()
+        self.arena.close()
         if self.state_fd is not None:
             os.close(self.state_fd)
             self.state_fd = None
@@ -197,13 +222,13 @@ class RuntimeClient:
         out = np.empty((len(inputs), classes), dtype=np.float32)
         for start in range(0, len(inputs), step):
             chunk = inputs[start:start + step]
-            conn.slot.input(inputs.dtype, chunk.shape)[:] = chunk
-            status, rows, message = conn.call(protocol.INFER, dtype, index, len(chunk), deadline)
+            conn.arena.input(0, inputs.dtype, chunk.shape)[:] = chunk
+            status, rows, message = conn.infer(index, dtype, len(chunk), deadline)
             if status != protocol.OK:
-                raise _ERRORS.get(status, InferenceFailed)(message or "the model runtime refused the request")
+                raise error_for(status, message)
             if rows != len(chunk):
                 raise InferenceFailed(f"the model runtime answered {rows} rows for {len(chunk)}")
-            out[start:start + rows] = conn.slot.output((rows, classes))
+            out[start:start + rows] = conn.arena.output(0, (rows, classes))
         return out
 
     def control(self, kind: int, name: str, deadline: float) -> list[str]:
@@ -213,7 +238,7 @@ class RuntimeClient:
         for runtime in range(len(self.paths)):
             conn = self._acquire(runtime)
             try:
-                status, _, message = conn.call(kind, 0, 0, 0, deadline, name.encode()[:protocol.MAX_NAME])
+                status, message = conn.control(kind, name, deadline)
             except TimeoutError:
                 conn.close()
                 raise DeadlineExceeded(f"the model runtime did not finish with {name!r} in time; it goes "
@@ -224,7 +249,7 @@ class RuntimeClient:
             self._release(runtime, conn)
             answers.append(message)
             if status != protocol.OK and failure is None:
-                failure = _ERRORS.get(status, InferenceFailed)(message)
+                failure = error_for(status, message)
         if failure is not None:
             raise failure
         return answers
@@ -241,7 +266,7 @@ class RuntimeClient:
             except RuntimeUnavailable:
                 return False
             try:
-                status, _, _ = conn.call(protocol.PING, 0, 0, 0, time.monotonic() + self.connect_timeout_s)
+                status, _ = conn.control(protocol.PING, "", time.monotonic() + self.connect_timeout_s)
             except OSError:
                 conn.close()
                 self._flush(runtime)

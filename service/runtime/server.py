@@ -2,10 +2,12 @@
 batches.
 
 One thread runs an event loop (no hand-off between threads on the way to the model): it accepts
-connections (one per request slot of an HTTP worker, see ``protocol.py``), reads requests, forms batches
-with ``batching.BatchQueue``, runs the forward pass on rows that sit in shared memory, writes the logits
-back into each request's slot and answers. Requests that arrive during a pass wait in their sockets and
-form the next batch. SIGUSR1 turns readiness off (drain); SIGTERM stops accepting, runs what is queued,
+connections (one per HTTP worker's event loop, or per request thread of a Flask worker; see
+``protocol.py``), reads groups of segments (the rows of requests, already in the connection's shared
+arena), queues each segment with its model's ``batching.BatchQueue``, runs the forward pass on rows that
+sit in shared memory, writes the logits back into each segment's slot and answers every segment of a
+batch that came from one connection in one message. Groups that arrive during a pass wait in their sockets
+and form the next batch. SIGUSR1 turns readiness off (drain); SIGTERM stops accepting, runs what is queued,
 and exits.
 
 The served models change only on this thread, between batches (hot reload): ``control.ModelControl``
@@ -27,7 +29,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -46,13 +48,21 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False, slots=True)
 class _Connection:
     sock: socket.socket
-    slot: protocol.Slot
-    pending: bool = False  # a request of this slot is queued or running
+    arena: protocol.Arena
+    pending: set[int] = field(default_factory=set)  # slots whose segment is queued or running
+    commanding: bool = False  # a LOAD or UNLOAD of this connection is under way
+    results: list[tuple[int, int, int, str]] = field(default_factory=list)  # to send at the end of the step
+
+
+# A GROUP message at its largest, and one byte more: a longer one arrives cut and is refused as malformed.
+_MAX_READ = protocol.HEADER.size + protocol.MAX_SEGMENTS * protocol.SEGMENT.size + 1
+_MAX_COMMAND = protocol.HEADER.size + protocol.MAX_NAME
 
 
 @dataclass(slots=True)
-class _Request:
+class _Segment:
     conn: _Connection
+    slot: int
     rows: np.ndarray
 
 
@@ -62,9 +72,11 @@ class RuntimeServer:
     def __init__(self, models: list[LoadedModel], refused: dict[str, str], listener: socket.socket,
                  max_batch_size: int, max_batch_delay_s: float, max_queue: int,
                  observe: Callable[[LoadedModel], Observer] | None = None,
-                 forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0) -> None:
+                 forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0,
+                 max_wait_s: float = float("inf")) -> None:
         self.max_batch_size = max_batch_size
-        self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, observe, forget, grace_s)
+        self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, max_wait_s, observe, forget,
+                                grace_s)
         self.models, self.queues, self.observers = self.table.models, self.table.queues, self.table.observers
         self._inbox: SimpleQueue[Change] = SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -76,6 +88,8 @@ class RuntimeServer:
         self._listener: socket.socket | None = listener
         self._sel = selectors.DefaultSelector()
         self._connections: dict[int, _Connection] = {}
+        self._answering: set[_Connection] = set()  # connections with results to send
+        self._drop_later: list[_Connection] = []
         self.table.apply(Change(added=list(models), refused=dict(refused)))
 
     @property
@@ -101,7 +115,8 @@ class RuntimeServer:
             self.table.apply(change)
             if change.reply is not None:
                 conn, status, message = change.reply
-                self._answer(conn, protocol.INFER, status, message=message)
+                conn.commanding = False
+                self._reply(conn, protocol.reply(protocol.LOAD, status, message))
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self, wakeup_fd: int | None = None) -> None:
@@ -156,10 +171,11 @@ class RuntimeServer:
             except (BlockingIOError, InterruptedError):
                 return
             layout = self.table.layout
+            assert layout is not None, "the table publishes a layout when it is built"
             fd = protocol.new_shared_memory(layout.size)
             try:
                 protocol.send_catalog(sock, self.table.catalog, fd, self.table.state_fd)
-                conn = _Connection(sock, protocol.Slot(fd, layout))
+                conn = _Connection(sock, protocol.Arena(fd, layout))
             except OSError as exc:
                 log.debug("a new connection failed: %s", exc)
                 os.close(fd)
@@ -174,13 +190,14 @@ class RuntimeServer:
             del self._connections[conn.sock.fileno()]
             self._sel.unregister(conn.sock)
         for queue in self.queues:
-            queue.drop(lambda request: request.conn is not conn)
+            queue.drop(lambda segment: segment.conn is not conn)
+        self._answering.discard(conn)
         conn.sock.close()
-        conn.slot.close()
+        conn.arena.close()
 
     def _read(self, conn: _Connection) -> None:
         try:
-            message = conn.sock.recv(protocol.REQUEST.size + protocol.MAX_NAME + 1)
+            message = conn.sock.recv(_MAX_READ)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -189,61 +206,92 @@ class RuntimeServer:
             self._drop(conn)  # the worker (or its request thread) is gone: forget what it queued
             return
         kind = message[0]
-        named = kind in (protocol.LOAD, protocol.UNLOAD)
-        if len(message) != protocol.REQUEST.size and not (
-                named and protocol.REQUEST.size < len(message) <= protocol.REQUEST.size + protocol.MAX_NAME):
-            self._answer(conn, protocol.INFER, protocol.BAD_REQUEST, message="malformed request")
-            return
-        kind, dtype, index, rows, deadline = protocol.REQUEST.unpack_from(message)
-        if kind == protocol.PING:
-            self._answer(conn, kind, protocol.NOT_READY if self.draining else protocol.OK)
-        elif named and not conn.pending:
-            self._command(conn, kind, message[protocol.REQUEST.size:].decode(errors="replace"))
-        elif kind != protocol.INFER or conn.pending:
-            self._answer(conn, kind, protocol.BAD_REQUEST, message="one request at a time per slot")
-        elif self.stopping:
-            self._answer(conn, kind, protocol.NOT_READY, message="the model runtime is shutting down")
+        if len(message) < protocol.HEADER.size:
+            self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, "malformed message"))
+        elif kind == protocol.GROUP:
+            self._group(conn, message)
+        elif kind == protocol.PING:
+            self._reply(conn, protocol.reply(kind, protocol.NOT_READY if self.draining else protocol.OK))
+        elif kind in (protocol.LOAD, protocol.UNLOAD) and len(message) <= _MAX_COMMAND:
+            self._command(conn, kind, message[protocol.HEADER.size:].decode(errors="replace"))
         else:
-            self._queue(conn, dtype, index, rows, deadline)
+            self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, "malformed message"))
+
+    def _reply(self, conn: _Connection, message: bytes) -> None:
+        try:
+            conn.sock.send(message)
+        except OSError:  # the worker left (or stopped reading): its connection goes, nothing else
+            self._drop(conn)
 
     def _command(self, conn: _Connection, kind: int, name: str) -> None:
+        if conn.commanding:
+            self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, "one command at a time"))
+            return
         refusal = self.commands(conn, kind, name) if self.commands else "this runtime takes no commands"
         if refusal:
-            self._answer(conn, kind, protocol.BAD_REQUEST, message=refusal)
+            self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, refusal))
         else:
-            conn.pending = True  # the model control answers through a Change
+            conn.commanding = True  # the model control answers through a Change
 
-    def _queue(self, conn: _Connection, dtype: int, index: int, rows: int, deadline: float) -> None:
-        if index >= len(self.models) or dtype >= len(protocol.DTYPES) or not 0 < rows <= self.max_batch_size:
-            self._answer(conn, protocol.INFER, protocol.BAD_REQUEST,
-                         message=f"no model {index}, dtype {dtype} or {rows} rows")
+    def _group(self, conn: _Connection, message: bytes) -> None:
+        segments = protocol.read_group(message)
+        if segments is None:
+            self._reply(conn, protocol.reply(protocol.GROUP, protocol.BAD_REQUEST, "malformed group"))
             return
+        now = time.monotonic()
+        for slot, index, requests, dtype, rows, deadline in segments:
+            refusal = self._queue(conn, slot, index, requests, dtype, rows, deadline, now)
+            if refusal is not None:
+                conn.results.append((slot, *refusal))
+                self._answering.add(conn)
+        self._send_results()
+
+    def _queue(self, conn: _Connection, slot: int, index: int, requests: int, dtype: int, rows: int,
+               deadline: float, now: float) -> tuple[int, int, str] | None:
+        """Queue one segment; (status, rows, text) when it is refused."""
+        if slot >= conn.arena.layout.slots or slot in conn.pending:
+            return protocol.BAD_REQUEST, 0, f"slot {slot} is out of range or in use"
+        if (index >= len(self.models) or dtype >= len(protocol.DTYPES) or not 0 < rows <= self.max_batch_size
+                or requests < 1):
+            return protocol.BAD_REQUEST, 0, f"no model {index}, dtype {dtype}, {rows} rows or {requests} " \
+                                            "requests"
         model = self.models[index]
         if model is None:
-            self._answer(conn, protocol.INFER, protocol.NOT_READY,
-                         message=f"model {self.table.keys[index]} is no longer loaded (retired by the "
-                                 "version policy, or unloaded)")
-            return
+            return protocol.NOT_READY, 0, (f"model {self.table.keys[index]} is no longer loaded (retired by "
+                                           "the version policy, or unloaded)")
+        if self.stopping:
+            return protocol.NOT_READY, 0, "the model runtime is shutting down"
         shape = (rows, *model.manifest.input.shape)
-        if (math.prod(shape) * protocol.DTYPES[dtype].itemsize > conn.slot.layout.input_bytes
-                or rows * model.manifest.num_outputs * 4 > conn.slot.layout.output_bytes):
-            self._answer(conn, protocol.INFER, protocol.NOT_READY,
-                         message=f"model {model.key} does not fit this connection's slot: reconnect")
-            return
-        request = _Request(conn, conn.slot.input(protocol.DTYPES[dtype], shape))
+        if not conn.arena.layout.fits(math.prod(shape[1:]) * protocol.DTYPES[dtype].itemsize,
+                                      model.manifest.num_outputs, rows):
+            return protocol.NOT_READY, 0, f"model {model.key} does not fit this connection's arena: reconnect"
+        segment = _Segment(conn, slot, conn.arena.input(slot, protocol.DTYPES[dtype], shape))
         try:
-            self.queues[index].put(Queued(request, rows, deadline))
+            self.queues[index].put(Queued(segment, rows, deadline, now, requests))
         except QueueFull as exc:
-            self._answer(conn, protocol.INFER, protocol.QUEUE_FULL, message=exc.message)
-            return
-        conn.pending = True
+            return protocol.QUEUE_FULL, 0, exc.message
+        conn.pending.add(slot)
+        return None
 
-    def _answer(self, conn: _Connection, kind: int, status: int, rows: int = 0, message: str = "") -> None:
-        conn.pending = False
-        try:
-            protocol.answer(conn.sock, kind, status, rows, message)
-        except OSError:  # the worker left: its connection goes, nothing else is affected
-            self._drop(conn)
+    def _result(self, segment: _Segment, status: int, rows: int = 0, text: str = "") -> None:
+        conn = segment.conn
+        conn.pending.discard(segment.slot)
+        conn.results.append((segment.slot, status, rows, text))
+        self._answering.add(conn)
+
+    def _send_results(self) -> None:
+        """One message per connection for every result of this step (a batch, or a group read)."""
+        for conn in self._answering:
+            results, conn.results = conn.results, []
+            for message in protocol.answers(results):
+                try:
+                    conn.sock.send(message)
+                except OSError:  # the worker left (or stopped reading): its connection goes
+                    self._drop_later.append(conn)
+                    break
+        self._answering.clear()
+        while self._drop_later:
+            self._drop(self._drop_later.pop())
 
     # --- batches -----------------------------------------------------------------------------------------
     def _run_batch(self) -> None:
@@ -253,21 +301,22 @@ class RuntimeServer:
             return
         index = self.queues.index(min(waiting, key=lambda q: q.oldest or 0.0))
         queue = self.queues[index]
-        expired: list[Queued[_Request]] = []
+        expired: list[Queued[_Segment]] = []
         batch = queue.take(time.monotonic(), expired)
         while batch and (wait := queue.wait_s(batch, time.monotonic())) > 0:
             self._poll(wait)  # concurrent traffic: a little more company, for no longer than a pass
             if not queue.top_up(batch, time.monotonic(), expired) and len(queue):
                 break  # the next request does not fit: run what we have
         batch = [r for r in batch if r.item.conn.sock.fileno() in self._connections]  # callers still there
-        self.observers[index].queue_depth(len(queue))  # what still waits while this batch runs
-        for request in expired:
-            self._answer(request.item.conn, protocol.INFER, protocol.DEADLINE,
-                         message=f"model {queue.name}: the deadline passed in the queue")
+        self.observers[index].queue_depth(queue.requests)  # what still waits while this batch runs
+        for entry in expired:
+            self._result(entry.item, protocol.DEADLINE,
+                         text=f"model {queue.name}: the deadline passed in the queue")
         if batch:
             self._execute(index, batch)
+        self._send_results()
 
-    def _execute(self, index: int, batch: list[Queued[_Request]]) -> None:
+    def _execute(self, index: int, batch: list[Queued[_Segment]]) -> None:
         model, queue = self.models[index], self.queues[index]
         assert model is not None, "a model with requests queued is not dropped"
         started = time.monotonic()
@@ -278,24 +327,25 @@ class RuntimeServer:
                 raise ValueError(f"the model returned shape {out.shape} for {total} inputs")
         except Exception as exc:
             log.exception("batch of %d rows for %s failed", total, model.key)
-            for request in batch:
-                self._answer(request.item.conn, protocol.INFER, protocol.FAILED,
-                             message=f"inference failed for model {model.key}: {type(exc).__name__}")
+            for entry in batch:
+                self._result(entry.item, protocol.FAILED,
+                             text=f"inference failed for model {model.key}: {type(exc).__name__}")
             self._report(index, batch, total, started, time.monotonic() - started, failed=True)
             return
         took = time.monotonic() - started
         queue.pass_done(took)
         offset = 0
-        for request in batch:
-            request.item.conn.slot.output(out[offset:offset + request.rows].shape)[:] = \
-                out[offset:offset + request.rows]
-            offset += request.rows
-            self._answer(request.item.conn, protocol.INFER, protocol.OK, request.rows)
+        for entry in batch:
+            segment = entry.item
+            logits = out[offset:offset + entry.rows]
+            segment.conn.arena.output(segment.slot, logits.shape)[:] = logits
+            offset += entry.rows
+            self._result(segment, protocol.OK, entry.rows)
         self._report(index, batch, total, started, took, failed=False)
 
-    def _report(self, index: int, batch: list[Queued[_Request]], total: int, started: float, took: float,
+    def _report(self, index: int, batch: list[Queued[_Segment]], total: int, started: float, took: float,
                 failed: bool) -> None:
-        stats = BatchStats(rows=total, requests=len(batch), compute_s=took, failed=failed,
+        stats = BatchStats(rows=total, requests=sum(r.requests for r in batch), compute_s=took, failed=failed,
                            queue_wait_s=tuple(started - r.queued_at for r in batch))
         try:
             self.observers[index].batch_done(stats)

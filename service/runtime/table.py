@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import mmap
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from service.runtime import protocol
 from service.runtime.batching import BatchQueue, BatchStats
@@ -50,20 +49,35 @@ class Change:
         return bool(self.added or self.retired or self.refused is not None or self.reply)
 
 
-def slot_layout(models: list[LoadedModel], max_batch_size: int) -> protocol.SlotLayout:
-    """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits."""
-    example = max((int(np.prod(m.manifest.input.shape)) for m in models), default=1)
+# A connection's arena: this many slots at most, and no more address space than ARENA_BYTES unless a slot
+# alone is larger (a slot costs memory only once written: a worker that sends single images touches a
+# page or two of each).
+ARENA_SLOTS = 256
+ARENA_BYTES = 256 << 20
+MIN_SLOTS = 4
+
+
+def arena_layout(models: list[LoadedModel], max_batch_size: int,
+                 at_least: protocol.ArenaLayout | None = None) -> protocol.ArenaLayout:
+    """A slot holds ``max_batch_size`` float32 examples of the largest model, and their logits (and never
+    less than ``at_least``'s slot: an arena sent before still fits every model its catalog names)."""
+    example = max((math.prod(m.manifest.input.shape) for m in models), default=1)
     classes = max((m.manifest.num_outputs for m in models), default=1)
-    return protocol.SlotLayout(input_bytes=max_batch_size * example * 4,
-                               output_bytes=max_batch_size * classes * 4)
+    input_bytes, output_bytes = max_batch_size * example * 4, max_batch_size * classes * 4
+    if at_least is not None:
+        input_bytes = max(input_bytes, at_least.input_bytes)
+        output_bytes = max(output_bytes, at_least.output_bytes)
+    slot_size = protocol.ArenaLayout(input_bytes, output_bytes, 1).slot_size
+    return protocol.ArenaLayout(input_bytes, output_bytes,
+                                max(MIN_SLOTS, min(ARENA_SLOTS, ARENA_BYTES // slot_size)))
 
 
-def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.SlotLayout,
+def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.ArenaLayout,
             max_batch_size: int, refused: dict[str, str], started: float, epoch: int) -> dict[str, Any]:
     """What a new connection learns: the listed models with their indices and devices, the retiring ones
-    (a request resolved before the change may still address them), and the slot layout."""
+    (a request resolved before the change may still address them), and the arena's layout."""
     return {"pid": os.getpid(), "started": started, "epoch": epoch, "max_batch_size": max_batch_size,
-            "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes,
+            "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes, "slots": layout.slots,
             "models": [{"index": index, "manifest": m.manifest.to_dict(), "device": str(m.device),
                         "load_seconds": m.load_seconds, "format": m.format} for index, m in listed.items()],
             "retiring": retiring, "refused": refused}
@@ -72,11 +86,11 @@ def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: pr
 class ModelTable:
     """The models by index, their queues and observers, and the catalog (see the module docstring)."""
 
-    def __init__(self, max_batch_size: int, max_batch_delay_s: float, max_queue: int,
+    def __init__(self, max_batch_size: int, max_batch_delay_s: float, max_queue: int, max_wait_s: float,
                  observe: Callable[[LoadedModel], Observer] | None = None,
                  forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0) -> None:
         self.max_batch_size = max_batch_size
-        self._batching = (max_batch_delay_s, max_queue)
+        self._batching = (max_batch_delay_s, max_queue, max_wait_s)
         self._observe = observe or (lambda model: Observer())
         self._forget = forget or (lambda model: None)
         self.grace_s = grace_s
@@ -87,7 +101,7 @@ class ModelTable:
         self.listed: dict[int, LoadedModel] = {}  # in the catalog
         self.retiring: dict[int, float] = {}  # index -> when it may be dropped (once its queue is empty)
         self.refused: dict[str, str] = {}
-        self.layout = protocol.SlotLayout(0, 0)
+        self.layout: protocol.ArenaLayout | None = None
         self.started = time.time()
         self.epoch = 0
         self.catalog: dict[str, Any] = {}
@@ -121,9 +135,7 @@ class ModelTable:
     def _publish(self) -> None:
         """A new catalog, and its epoch in the state page, for every worker to see."""
         live = [m for m in self.models if m is not None]
-        grown = slot_layout(live, self.max_batch_size)  # never shrinks: older slots stay valid
-        self.layout = protocol.SlotLayout(max(self.layout.input_bytes, grown.input_bytes),
-                                          max(self.layout.output_bytes, grown.output_bytes))
+        self.layout = arena_layout(live, self.max_batch_size, at_least=self.layout)
         self.epoch += 1
         retiring = {self.keys[i]: i for i in self.retiring}
         self.catalog = catalog(self.listed, retiring, self.layout, self.max_batch_size, self.refused,

@@ -28,7 +28,8 @@ from service.server.preflight import preflight
 log = logging.getLogger("service.launch")
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
-APP = "service.web.app:create_app"
+APP = "service.web.app:create_app"  # the Flask app alone: gunicorn's threads
+ASGI_APP = "service.web.asgi:create_asgi_app"  # the hot path on each worker's loop, the Flask app beside it
 # Runtime exit codes that a restart cannot fix (service/runtime/__main__.py): stop instead of looping.
 _FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
 
@@ -71,15 +72,13 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
     else:
         host, _, port = config.bind.rpartition(":")
         where = ["--host", host.strip("[]"), "--port", port]
-    return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP, *where,
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", ASGI_APP, *where,
             "--http", "1", "--no-ws", "--workers", str(config.worker_count), "--backlog", "2048",
-            # A client gets this long to send its headers (slow clients cannot hold a thread meanwhile);
-            # idle kept-alive connections close after it too.
+            # A client gets this long to send its headers; idle kept-alive connections close after it too.
             "--http1-header-read-timeout", "5000",
-            # Each WSGI call blocks its thread while the runtime computes, so a worker needs as many
-            # threads as requests it should hold; the rest wait in granian. (--backpressure bounds
-            # connections, not requests: below the kept-alive clients, requests hang.)
-            "--blocking-threads", str(config.threads),
+            # Requests a worker's loop holds at once (each costs a task, not a thread); the rest wait in
+            # granian until one finishes.
+            "--backpressure", str(config.loop_requests),
             "--respawn-failed-workers", "--respawn-interval", "1",
             "--workers-kill-timeout", str(max(1, round(config.graceful_timeout_s))),
             "--log-config", str(log_config), "--log-level", config.log_level]

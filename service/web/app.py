@@ -17,10 +17,9 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
-from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
-from service.web import encoding, operability
+from service.web import encoding, exchange, operability
 from service.web.api import docs, health, kserve, repository, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
@@ -67,7 +66,9 @@ def _config(test_config: ServiceConfig | Mapping[str, Any] | None) -> ServiceCon
 
 
 def _start_clock() -> None:
-    g.arrived = time.monotonic()
+    # Under the ASGI front end the request arrived, and its body was read, before Flask saw it.
+    g.asgi = request.environ.get("asgi.scope", {}).get("trainserve")
+    g.arrived = g.asgi["arrived"] if g.asgi else time.monotonic()
     plane().metrics.in_flight.inc()
 
 
@@ -83,11 +84,14 @@ def _bound_body() -> None:
     limit (413 beyond) and within the request's deadline (408 past it: a client that trickles its upload
     holds a thread no longer than that), and handed on as a sized in-memory body. (Werkzeug's own limit
     on a chunked body stops at the limit without saying so: the request went on cut.)"""
+    if g.asgi:  # read on the event loop (service/web/asgi.py), within the same limits
+        if g.asgi["body_error"] is not None:
+            raise g.asgi["body_error"]
+        return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     size = request.content_length
     if size is not None and size > limit:
-        raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit} bytes "
-                              "(TRAINSERVE_MAX_REQUEST_BYTES)")
+        raise exchange.declared_too_large(size, limit)
     if not size and not request.environ.get("wsgi.input_terminated"):
         return
     wanted = limit + 1 if size is None else size
@@ -108,15 +112,14 @@ def _bound_body() -> None:
             if total < wanted and time.monotonic() > deadline:
                 raise TimeoutError
     except TimeoutError:
-        raise RequestTimeout(f"the body was not received within the request deadline of {timeout_s:g} s "
-                             f"({total} bytes arrived)") from None
+        raise exchange.too_slow(timeout_s, total) from None
     finally:
         if client is not None:
             client.settimeout(None)
     if total > limit:
-        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (TRAINSERVE_MAX_REQUEST_BYTES)")
+        raise exchange.over_limit(limit)
     if size is not None and total < size:
-        raise InvalidInput(f"the body ended after {total} of the {size} bytes its Content-Length declares")
+        raise exchange.cut_short(total, size)
     request.environ["wsgi.input"] = io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     request.environ["CONTENT_LENGTH"] = str(total)
 

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from service.config import ServiceConfig
-from service.errors import ArtifactFileNotFound, InvalidInput
+from service.errors import ArtifactFileNotFound
 from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
+from service.web.exchange import finite
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -51,14 +52,7 @@ class DataPlane:
 
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
-        out = self.client.infer(model, inputs, arrived + self.config.request_timeout_s)
-        if not np.isfinite(out).all():
-            # Finite inputs the net overflows on (feature values far outside what it was trained on):
-            # the input's doing, and no probability can be given for it.
-            rows = np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist()
-            raise InvalidInput(f"the model's output is not finite for example(s) {rows[:10]}: their values "
-                               "are far outside what the model was trained on")
-        return out
+        return finite(self.client.infer(model, inputs, arrived + self.config.request_timeout_s))
 
     def report_files(self, model: ServedModel) -> list[str]:
         """The plots (PNG files) training wrote into this model's artifact folder: REPORT_FILES first."""

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from service.errors import ServiceError
+from service.web.exchange import error_body
 
 log = logging.getLogger(__name__)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The JSON body every error shares."""
-    response = jsonify(error=message)
-    response.status_code = status
+    response = Response(error_body(message), status=status, content_type="application/json")
     response.headers.update(headers or {})
     return response
 

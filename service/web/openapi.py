@@ -24,7 +24,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from service.manifest import InputSpec, Manifest
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
-from service.web.api.v1 import DATATYPE
+from service.web.exchange import DATATYPE
 from service.web.inference import DATATYPES, FLOAT32_MAX, example_shapes
 
 _ERRORS = {

@@ -37,9 +37,40 @@ def install(app: Flask) -> None:
     app.teardown_request(_forget_request_id)
 
 
+def take_request_id(given: str) -> str:
+    """The request's id: the client's or proxy's when it is safe to echo, else a new one."""
+    return given if _SAFE_ID.match(given) else os.urandom(16).hex()  # uuid4's randomness, cheaper
+
+
+def cors_headers(origin: str | None, origins: list[str]) -> dict[str, str]:
+    """The CORS headers of an answer to a request from ``origin`` (none when it sent no Origin or the origin
+    is not allowed); the Vary they need comes apart, as "Origin" in the second value."""
+    if origin is None or (allowed := allowed_origin(origin, origins)) is None:
+        return {}
+    headers = {"Access-Control-Allow-Origin": allowed, "Access-Control-Expose-Headers": _EXPOSED_HEADERS}
+    if allowed != "*":
+        headers["Vary"] = "Origin"
+    return headers
+
+
+def allowed_origin(origin: str, origins: list[str]) -> str | None:
+    """The Access-Control-Allow-Origin for ``origin``, or None when it may not call."""
+    if "*" in origins:
+        return "*"
+    return origin if origin and origin in origins else None
+
+
+def log_access(method: str, path: str, status: int, length: int | None, took_ms: float) -> None:
+    """One access-log line."""
+    # The query string is left out: it may carry what the client did not mean to have logged. The path is
+    # decoded (%0A is a newline): control characters are escaped so that it cannot forge a line.
+    safe_path = path[:300].encode("unicode_escape").decode("ascii")
+    access.info("%s %s %d %s %.1fms", method[:16], safe_path, status, length if length is not None else "-",
+                took_ms)
+
+
 def _take_request_id() -> Response | None:
-    given = request.headers.get(HEADER, "")
-    g.request_id = given if _SAFE_ID.match(given) else os.urandom(16).hex()  # uuid4's randomness, cheaper
+    g.request_id = take_request_id(request.headers.get(HEADER, ""))
     g.request_id_token = request_id.set(g.request_id)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return _preflight()
@@ -49,7 +80,7 @@ def _take_request_id() -> Response | None:
 def _preflight() -> Response:
     """Answer a CORS preflight: 204 with the allowed methods and headers, 403 for another origin."""
     origin = request.headers.get("Origin", "")
-    allowed = _allowed_origin(origin)
+    allowed = allowed_origin(origin, current_app.config["TRAINSERVE"].cors_origin_list)
     if allowed is None:
         raise Forbidden(f"origin {origin[:200]!r} may not call this service (TRAINSERVE_CORS_ORIGINS)")
     response = Response(status=204)
@@ -59,35 +90,20 @@ def _preflight() -> Response:
     return response
 
 
-def _allowed_origin(origin: str) -> str | None:
-    origins = current_app.config["TRAINSERVE"].cors_origin_list
-    if "*" in origins:
-        return "*"
-    return origin if origin and origin in origins else None
-
-
 def _headers(response: Response) -> Response:
     rid = g.get("request_id")
     if rid is not None:
         response.headers[HEADER] = rid
-    origin = request.headers.get("Origin")
-    if origin is not None and (allowed := _allowed_origin(origin)) is not None:
-        response.headers["Access-Control-Allow-Origin"] = allowed
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
-        if allowed != "*":
-            response.vary.add("Origin")
-    if current_app.config["TRAINSERVE"].access_log:
-        _log_access(response)
+    config = current_app.config["TRAINSERVE"]
+    for name, value in cors_headers(request.headers.get("Origin"), config.cors_origin_list).items():
+        if name == "Vary":
+            response.vary.add(value)
+        else:
+            response.headers[name] = value
+    if config.access_log:
+        took_ms = (time.monotonic() - g.get("arrived", time.monotonic())) * 1000
+        log_access(request.method, request.path, response.status_code, response.content_length, took_ms)
     return response
-
-
-def _log_access(response: Response) -> None:
-    took_ms = (time.monotonic() - g.get("arrived", time.monotonic())) * 1000
-    # The query string is left out: it may carry what the client did not mean to have logged. The path is
-    # decoded (%0A is a newline): control characters are escaped so that it cannot forge a line.
-    path = request.path[:300].encode("unicode_escape").decode("ascii")
-    access.info("%s %s %d %s %.1fms", request.method[:16], path, response.status_code,
-                response.content_length if response.content_length is not None else "-", took_ms)
 
 
 def _forget_request_id(exc: BaseException | None) -> None:

@@ -41,16 +41,17 @@ def test_a_gpu_that_is_not_there_is_a_setting_to_fix():
             runtime_devices(ServiceConfig(device="cuda"))
 
 
-def test_granian_serves_the_factory_with_bounded_header_reads(tmp_path):
-    config = ServiceConfig(bind="127.0.0.1:9000", workers=3, threads=16, graceful_timeout_s=7)
+def test_granian_serves_the_asgi_factory_with_bounded_header_reads(tmp_path):
+    config = ServiceConfig(bind="127.0.0.1:9000", workers=3, threads=16, graceful_timeout_s=7,
+                           loop_requests=500)
     cmd = front_end_command(config, tmp_path)
     assert cmd[:3] == [sys.executable, "-m", "granian"]
     flags = dict(itertools.pairwise(cmd))  # each flag -> the word after it
-    assert flags["--interface"] == "wsgi" and flags["--factory"] == "service.web.app:create_app"
-    assert (flags["--host"], flags["--port"], flags["--workers"], flags["--blocking-threads"]) == \
-        ("127.0.0.1", "9000", "3", "16")
+    assert flags["--interface"] == "asgi" and flags["--factory"] == "service.web.asgi:create_asgi_app"
+    assert (flags["--host"], flags["--port"], flags["--workers"], flags["--backpressure"]) == \
+        ("127.0.0.1", "9000", "3", "500")
     assert flags["--http1-header-read-timeout"] == "5000" and flags["--workers-kill-timeout"] == "7"
-    assert "--respawn-failed-workers" in cmd and "--backpressure" not in cmd
+    assert "--respawn-failed-workers" in cmd
     assert Path(flags["--log-config"]).is_file()
     unix = front_end_command(ServiceConfig(bind="unix:/tmp/ts.sock"), tmp_path)
     assert unix[unix.index("--uds") + 1] == "/tmp/ts.sock"

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, Response, request, send_file
 
 from service.runtime.catalog import ServedModel
-from service.web.api.common import image_batch, json_body, logits, model, plane, respond
-from service.web.inference import parse_features, parse_tensor, predictions, threshold_for
-from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
+from service.web import exchange
+from service.web.api.common import image_batch, json_limit, logits, model, plane, respond, response
+from service.web.schemas import CLASSIFY_ARGS, load
 from service.web.stats import summarize
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
-
-DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
 
 
 def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
@@ -46,13 +43,10 @@ def list_models() -> Response:
 def predict(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for images sent as pixel lists, or for rows of named features."""
     found = model(name, version)
-    body = json_body(PREDICT_REQUEST)
-    spec = found.manifest.input
-    if spec.kind == "features" and body["dtype"] == "float32":
-        inputs = parse_features(body["instances"], spec)
-    else:
-        inputs = parse_tensor(body["instances"], DATATYPE[body["dtype"]], None, spec)
-    return _answer(found, inputs, body["top_k"], body["threshold"])
+    body = exchange.predict_request(request.mimetype, request.get_data(cache=False), json_limit())
+    inputs = exchange.predict_inputs(found, body)
+    answer = exchange.predictions_answer(found, logits(found, inputs), body["top_k"], body["threshold"])
+    return response(answer)
 
 
 @bp.post("/models/<name>:classify")
@@ -61,26 +55,10 @@ def classify(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for uploaded PNG/JPEG images (raw body or multipart files)."""
     found = model(name, version)
     # No query string (the usual case) needs no validation: a schema load costs more than the decode.
-    args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else CLASSIFY_DEFAULTS
+    args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else exchange.CLASSIFY_DEFAULTS
     inputs = image_batch(found)
-    return _answer(found, inputs, args["top_k"], shown=inputs if args["include_input"] else None)
-
-
-CLASSIFY_DEFAULTS = {"top_k": None, "include_input": False}
-
-
-def _answer(found: ServedModel, inputs: Any, top_k: int | None, threshold: float | None = None,
-            shown: np.ndarray | None = None) -> Response:
-    m = found.manifest
-    threshold = threshold_for(m, threshold)
-    answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
-    if m.task != "multiclass":
-        answer["threshold"] = threshold
-    answer["predictions"] = predictions(logits(found, inputs), m.labels, top_k, m.task, threshold)
-    if shown is not None:  # what preprocessing made of each image, as the model got it
-        for prediction, example in zip(answer["predictions"], shown, strict=True):
-            prediction["input"] = example
-    return respond(answer)
+    shown = inputs if args["include_input"] else None
+    return response(exchange.predictions_answer(found, logits(found, inputs), args["top_k"], shown=shown))
 
 
 @bp.get("/models/<name>/manifest")

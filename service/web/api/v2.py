@@ -5,10 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from service.errors import NotReady
-from service.web.api.common import check_named, infer_body, logits, model, plane, respond, respond_infer
-from service.web.binary import wants_binary
-from service.web.inference import oip_outputs, outputs_for, parse_tensor, threshold_for
-from service.web.schemas import INFER_REQUEST
+from service.web import exchange
+from service.web.api.common import infer_body, logits, model, plane, respond, response
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -58,17 +56,7 @@ def infer(name: str, version: str | None = None) -> Response:
     """One input tensor (images as FP32, UINT8 or another numeric type whose values fit; FP32 feature rows;
     JSON or binary), chosen outputs back."""
     found = model(name, version)
-    m = found.manifest
-    body = infer_body(INFER_REQUEST)
-    check_named(body, found, version)
-    tensor = body["inputs"][0]
-    threshold = threshold_for(m, body["parameters"].get("threshold"))
-    inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], m.input)
-    requested = body["outputs"] or [{"name": output} for output in outputs_for(m.task)]
-    outputs = oip_outputs(logits(found, inputs), requested, m.labels, m.task, threshold)
-    answer = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
-    if m.task != "multiclass":
-        answer["parameters"] = {"task": m.task, "threshold": threshold}
-    if "id" in body:
-        answer["id"] = body["id"]
-    return respond_infer(answer, [wants_binary(o, body["parameters"]) for o in requested])
+    body = infer_body()
+    exchange.check_named(body, found, version)
+    inputs, threshold = exchange.infer_inputs(found, body)
+    return response(exchange.infer_answer(found, body, logits(found, inputs), threshold))
