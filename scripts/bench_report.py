@@ -28,6 +28,8 @@ def report(row: dict[str, Any]) -> str:
                + (f" ({b['pass_ratio']:.2f} x in-process {b['in_process_pass_ms']:.2f} ms, same threads)"
                   if "pass_ratio" in b else "")
                + f", queue wait {b['queue_wait_ms']:.2f} ms" if (b := row.get("batches")) else "")
+            + (f"  CPU per request {c['total']:.0f} us (runtime {c['runtime']:.0f}, workers "
+               f"{c['workers']:.0f}, wrk {c['wrk']:.0f})" if (c := row.get("cpu_us_per_request")) else "")
             + (f"  connections per worker {_splits(row['worker_connections'])}"
                if row.get("worker_connections") else ""))
 

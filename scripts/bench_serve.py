@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -249,6 +250,8 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
     base = ["wrk", "-t1", f"-c{connections}", "--timeout", "10s", "-s", str(script), url]
     subprocess.run([*base, "-d1s"], capture_output=True, check=True)
     before = batch_totals(url)
+    cpu_before = cpu_seconds(master) if master is not None else None
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.Popen([*base, f"-d{seconds}s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     split = None
@@ -256,9 +259,16 @@ def wrk(url: str, content_type: str, headers: dict[str, str], body: Path, connec
         time.sleep(min(1.0, seconds / 2))
         split = worker_connections(master, urlsplit(url).port)
     out, err = run.communicate()
+    cpu_after = cpu_seconds(master) if master is not None else None
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise SystemExit(f"wrk failed: {err}")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    if cpu_before is not None and cpu_after is not None and result["requests"]:
+        result["cpu_us_per_request"] = cpu_per_request(cpu_before, cpu_after, result["requests"])
+        result["cpu_us_per_request"]["wrk"] = 1e6 * (
+            (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+        ) / result["requests"]
     batches = batch_stats(before, batch_totals(url))
     if split:
         result["worker_connections"] = split
@@ -305,6 +315,41 @@ def batch_stats(before: dict[str, float] | None, after: dict[str, float] | None)
             return None
         stats[key] = scale * (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / count
     return stats
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
+    """Every process under ``root`` (itself included): pid -> (role, CPU seconds so far, user + system,
+    every thread), from /proc. Roles: runtime (trainserve's model runtimes), workers (anything whose
+    command line names a front end or a peer's worker), other (launchers, masters)."""
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                        for c in (t / "children").read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
+        role = "runtime" if b"service.runtime" in cmdline else "other" if pid == root else "workers"
+        found[pid] = (role, (int(fields[11]) + int(fields[12])) / _TICK)  # utime, stime
+        todo.extend(children)
+    return found
+
+
+def cpu_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                    requests_done: int) -> dict[str, float]:
+    """Microseconds of CPU per request, by role and in all, between two ``cpu_seconds`` readings (a process
+    that started or ended in between counts what /proc showed of it)."""
+    spent: dict[str, float] = {"runtime": 0.0, "workers": 0.0, "other": 0.0}
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    per_request = {role: 1e6 * s / requests_done for role, s in spent.items()}
+    per_request["total"] = sum(per_request.values())
+    return per_request
 
 
 def worker_connections(master: int, port: int) -> list[int] | None:
@@ -460,6 +505,9 @@ def combine(kind: str, connections: int, runs: list[dict]) -> dict:
     splits = [r["worker_connections"] for r in runs if "worker_connections" in r]
     if splits:
         row["worker_connections"] = splits
+    cpu = [r["cpu_us_per_request"] for r in runs if "cpu_us_per_request" in r]
+    if cpu:  # medians over the rounds
+        row["cpu_us_per_request"] = {key: statistics.median(c[key] for c in cpu) for key in cpu[0]}
     batches = [r["batches"] for r in runs if "batches" in r]
     if batches:  # medians over the rounds, every round's figures kept
         row["batches"] = {key: statistics.median(b[key] for b in batches) for key in BATCH_METRICS}
@@ -518,7 +566,9 @@ def main() -> None:
             mosec, _ = start(cmd, dict(os.environ), f"{url}/")  # it listens once its workers are up
             args.peer["mosec"] = f"{url}/inference"
         with tempfile.TemporaryDirectory() as tmp:
-            masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None}
+            masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None,
+                       "torchserve": peer.pid if peer else None, "mosec": mosec.pid if mosec else None,
+                       "trainserve-gunicorn": second.pid if second else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
         for server in (proc, naive, peer, mosec, second, *formats):
             stop(server)

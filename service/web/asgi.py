@@ -17,7 +17,6 @@ gets 408 (a watchdog checks the bodies being read a few times a second; no timer
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -32,9 +31,8 @@ from service.web import encoding, exchange, operability
 from service.web.api.common import EXTENSION
 from service.web.app import create_app
 from service.web.dataplane import DataPlane
+from service.web.errors import log_error, log_unexpected
 from service.web.hot import ROUTES, Call, route
-
-log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -112,7 +110,7 @@ class HotPath:
             except ServiceError as exc:
                 answer = _error_answer(exc)
             except Exception:
-                log.exception("unhandled error")
+                log_unexpected()
                 answer = exchange.Answer(exchange.error_body("internal server error"), 500)
             await self._respond(send, call, answer)
         finally:
@@ -242,7 +240,5 @@ def _replay(body: bytes | bytearray) -> Receive:
 
 
 def _error_answer(exc: ServiceError) -> exchange.Answer:
-    # 500s are failures to look at; 503/504 are expected under overload or during a drain.
-    level = logging.WARNING if exc.status == 500 else logging.DEBUG
-    log.log(level, "%s: %s", type(exc).__name__, exc.message)
+    log_error(exc)
     return exchange.Answer(exchange.error_body(exc.message), exc.status, headers=exc.headers())

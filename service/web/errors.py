@@ -20,26 +20,37 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return response
 
 
+def log_error(exc: ServiceError) -> None:
+    """Every door's log line for an error it answers."""
+    # 500s are failures to look at; 503/504 are expected under overload or during a drain.
+    level = logging.WARNING if exc.status == 500 else logging.DEBUG
+    log.log(level, "%s: %s", type(exc).__name__, exc.message)
+
+
+def log_unexpected() -> None:
+    """Every door's log line, with the traceback, for an exception no ServiceError stands for."""
+    log.exception("unhandled error")
+
+
 def register_error_handlers(app: Flask) -> None:
     """Map ServiceError, werkzeug's HTTP errors and anything unexpected to JSON responses."""
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
-        # 500s are failures to look at; 503/504 are expected under overload or during a drain.
-        log.log(logging.WARNING if exc.status == 500 else logging.DEBUG, "%s: %s", type(exc).__name__,
-                exc.message)
+        log_error(exc)
         return error_response(exc.status, exc.message, exc.headers())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         # Unknown routes (404), wrong methods (405) and werkzeug's own 413 for oversized bodies.
-        headers = dict(exc.get_headers()) if exc.code == 405 else {}
-        headers.pop("Content-Type", None)
+        headers = {}
+        if exc.code == 405:  # the methods in a fixed order (werkzeug's come from a set)
+            headers["Allow"] = ", ".join(sorted(exc.valid_methods or []))
         return error_response(exc.code or 500, _message(exc), headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
+        log_unexpected()
         return error_response(500, "internal server error")
 
 

@@ -4,6 +4,7 @@ process behaviour. No torch mocking anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import os
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +21,14 @@ import numpy as np
 import pytest
 import requests
 import torch
+from flask import Flask, Response
 from torch import nn
+from werkzeug.test import EnvironBuilder
 
 from service.config import ServiceConfig
 from service.runtime.client import RuntimeClient
 from service.web.app import create_app
+from service.web.asgi import HotPath
 from training.config import TrainConfig
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.run import run
@@ -204,8 +209,8 @@ def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> di
 
 # Settings the model runtime reads (the rest are the HTTP side's).
 RUNTIME_SETTINGS = ("model_dir", "device", "model_format", "torch_threads", "max_batch_size",
-                    "max_batch_delay_ms", "max_queue", "version_policy", "model_control", "poll_interval_s",
-                    "request_timeout_s")
+                    "max_batch_delay_ms", "max_queue", "max_queue_wait_ms", "version_policy", "model_control",
+                    "poll_interval_s", "request_timeout_s")
 # The fixtures' folders hold several versions of a model, and the tests address each: every one is served
 # (the service's default policy serves only the newest; tests/service/test_hot_reload.py tests it).
 TEST_POLICY = "all"
@@ -273,10 +278,137 @@ def runtimes(tmp_path_factory: pytest.TempPathFactory,
         runtime.stop()
 
 
+class HotClient:
+    """Flask's test client's interface (the same arguments, a Flask response back) over the ASGI hot path,
+    in process: the request is built by werkzeug's EnvironBuilder, as the Flask test client builds it, and
+    sent to the ASGI application on an event loop of its own."""
+
+    def __init__(self, app: HotApp) -> None:
+        self.app = app
+
+    def open(self, path: str = "/", method: str = "GET", **kwargs: object) -> Response:
+        return self.send(EnvironBuilder(path=path, method=method, **kwargs).get_environ())
+
+    def send(self, environ: dict) -> Response:
+        """The answer to a request given as a WSGI environ."""
+        method = environ["REQUEST_METHOD"]
+        body = environ["wsgi.input"].read()
+        headers = [(key[5:].replace("_", "-").lower().encode(), str(value).encode("latin-1"))
+                   for key, value in environ.items() if key.startswith("HTTP_")]
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                headers.append((key.replace("_", "-").lower().encode(), environ[key].encode("latin-1")))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method.upper(),
+                 "scheme": "http", "path": environ["PATH_INFO"].encode("latin-1").decode("utf-8", "replace"),
+                 "raw_path": environ["PATH_INFO"].encode("latin-1"), "root_path": "",
+                 "query_string": environ["QUERY_STRING"].encode("latin-1"), "headers": headers,
+                 "client": ("127.0.0.1", 50000), "server": ("localhost", 80)}
+        status, answer_headers, chunks = asyncio.run_coroutine_threadsafe(
+            self._call(scope, body), self.app.loop).result(timeout=120)
+        return self.app.flask_app.response_class(b"".join(chunks), status=status, headers=[
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in answer_headers])
+
+    async def _call(self, scope: dict, body: bytes) -> tuple[int, list, list[bytes]]:
+        sent = False
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def receive() -> dict:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)  # the client stays; the app must not wait for it
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app.asgi(scope, receive, send)
+        return start["status"], start["headers"], chunks
+
+    def get(self, path: str = "/", **kwargs: object) -> Response:
+        return self.open(path, "GET", **kwargs)
+
+    def post(self, path: str = "/", **kwargs: object) -> Response:
+        return self.open(path, "POST", **kwargs)
+
+    def options(self, path: str = "/", **kwargs: object) -> Response:
+        return self.open(path, "OPTIONS", **kwargs)
+
+    def put(self, path: str = "/", **kwargs: object) -> Response:
+        return self.open(path, "PUT", **kwargs)
+
+    def delete(self, path: str = "/", **kwargs: object) -> Response:
+        return self.open(path, "DELETE", **kwargs)
+
+
+class HotApp:
+    """A Flask app behind the ASGI hot path (``service.web.asgi``), for the tests: ``test_client()`` talks to
+    the ASGI application; everything else is the Flask app's."""
+
+    def __init__(self, flask_app: Flask, loop: asyncio.AbstractEventLoop) -> None:
+        self.flask_app = flask_app
+        self.loop = loop
+        self.asgi = HotPath(flask_app.config["TRAINSERVE"], flask_app)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.flask_app, name)
+
+    def test_client(self) -> HotClient:
+        return HotClient(self)
+
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        """WSGI, for tools that drive an app that way (schemathesis): through the hot path all the same."""
+        answer = HotClient(self).send(environ)
+        start_response(answer.status, list(answer.headers.items()))
+        return [answer.get_data()]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.asgi.close)
+
+
+@pytest.fixture(scope="session")
+def hot_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop on a thread of its own, as an HTTP worker runs one, for the in-process hot path."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="hot-path-loop", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=30)
+    loop.close()
+
+
+@pytest.fixture(scope="module", params=["flask", "hot"])
+def door(request: pytest.FixtureRequest) -> str:
+    """Each way in: the Flask app alone (as gunicorn runs it), and the event-loop hot path beside it."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def through_door(door: str, hot_loop: asyncio.AbstractEventLoop) -> Iterator[Callable[[Flask], object]]:
+    """Wrap a Flask app for this module's door; the hot path's connections are closed at the end."""
+    wrapped: list[HotApp] = []
+
+    def wrap(app: Flask) -> object:
+        if door == "flask":
+            return app
+        wrapped.append(HotApp(app, hot_loop))
+        return wrapped[-1]
+
+    yield wrap
+    for app in wrapped:
+        app.close()
+
+
 @pytest.fixture
-def make_app(artifact_root: Path, runtimes: Callable[..., RuntimeProcess],
-             metrics_dir: Path) -> Iterator[Callable[..., object]]:
-    """Build apps through the factory (CPU, tiny model) over a real runtime; each is closed afterwards."""
+def make_app(artifact_root: Path, runtimes: Callable[..., RuntimeProcess], metrics_dir: Path,
+             through_door: Callable[[Flask], object]) -> Iterator[Callable[..., object]]:
+    """Build apps through the factory (CPU, tiny model) over a real runtime, behind each door in turn; each
+    is closed afterwards."""
     apps = []
 
     def build(**overrides: object) -> object:
@@ -286,7 +418,7 @@ def make_app(artifact_root: Path, runtimes: Callable[..., RuntimeProcess],
         runtime = {k: v for k, v in settings.items() if k in RUNTIME_SETTINGS}
         config = ServiceConfig(**settings, runtime_sockets=str(runtimes(**runtime).socket),
                                prometheus_multiproc_dir=metrics_dir)
-        app = create_app(config)
+        app = through_door(create_app(config))
         apps.append(app)
         return app
 
@@ -384,6 +516,12 @@ class Service:
                 self.proc.wait(timeout=10)
         self._fh.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def service_class() -> type[Service]:
+    """The whole service as a class, for modules that start several at once (start, wait_ready, stop)."""
+    return Service
 
 
 @pytest.fixture(params=["granian", "gunicorn"])

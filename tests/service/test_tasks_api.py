@@ -21,7 +21,7 @@ def task_client(task_root: dict[str, object], make_app_module: Callable[..., obj
 
 
 @pytest.fixture(scope="module")
-def make_app_module(runtimes, metrics_dir):  # one app for the whole module
+def make_app_module(runtimes, metrics_dir, through_door):  # one app per door for the whole module
     from service.config import ServiceConfig
     from service.web.app import create_app
 
@@ -32,8 +32,8 @@ def make_app_module(runtimes, metrics_dir):  # one app for the whole module
                     "request_timeout_s": 10.0} | overrides
         runtime = runtimes(model_dir=settings["model_dir"], device="cpu", torch_threads=1,
                            max_batch_delay_ms=2.0)
-        app = create_app(ServiceConfig(**settings, runtime_sockets=str(runtime.socket),
-                                       prometheus_multiproc_dir=metrics_dir))
+        app = through_door(create_app(ServiceConfig(**settings, runtime_sockets=str(runtime.socket),
+                                                    prometheus_multiproc_dir=metrics_dir)))
         apps.append(app)
         return app
 
