@@ -64,7 +64,7 @@ def main() -> None:
             client = RuntimeClient([sock])
             model = client.catalog().get(local.manifest.name, local.manifest.version)
             conn = client._acquire(0)  # the protocol's floor, on one slot
-            ping = median_us(lambda: conn.call(protocol.PING, 0, 0, 0, time.monotonic() + 5), args.requests)
+            ping = median_us(lambda: conn.control(protocol.PING, "", time.monotonic() + 5), args.requests)
             client._release(0, conn)
             print(f"{model.key}, {threads} torch thread(s); PING round trip {ping:.1f} us")
             rng = np.random.default_rng(0)

@@ -12,8 +12,12 @@ Contract:
   of the ServiceError the runtime answered. The request waits until the end of the loop turn; then every
   request of the turn is packed into *segments* (per runtime, model and dtype, at most the runtime's batch
   size in rows; a larger request spans several), each segment's rows are copied into a free slot of that
-  connection's shared arena, and the segments go as one GROUP message. A request that finds no free slot
-  waits for one (an answer frees its slot) until its deadline.
+  connection's shared arena, and the segments go as one GROUP message. A model has at most
+  ``segments_in_flight`` segments at a runtime per connection (one computing, one queued behind it): the
+  requests that arrive meanwhile wait in the worker and go together, as one segment, when an answer comes
+  back. So the runtime gets few, full segments under load (its forward pass costs far less per image in
+  a large batch), and a lone request at once. A request that finds no free slot, or its model's segments
+  all out, waits (until its deadline).
 - A request not answered by its deadline fails with DeadlineExceeded; a late answer is dropped.
 - A runtime that is lost fails what it had been sent with RuntimeUnavailable (503) when it is the only
   one; with several, what it had been sent goes to another (inference has no side effects: running it
@@ -90,6 +94,7 @@ class _Link:
         self.arena = protocol.Arena(fd, protocol.layout_of(message))
         self.free = list(range(self.arena.layout.slots - 1, -1, -1))
         self.in_flight: dict[int, _Segment] = {}
+        self.busy: dict[int, int] = {}  # model index -> its segments sent and not answered
         self.outbox: list[bytes] = []  # messages the socket had no room for yet
         self.retired = False  # a newer connection to the same runtime took over
 
@@ -101,11 +106,13 @@ class _Link:
 class GroupingClient:
     """Connections from one event loop to every runtime of this service (module docstring)."""
 
-    def __init__(self, paths: list[Path], connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, paths: list[Path], connect_timeout_s: float = 2.0,
+                 segments_in_flight: int = 2) -> None:
         if not paths:
             raise ValueError("no model runtime socket given")
         self.paths = paths
         self.connect_timeout_s = connect_timeout_s
+        self.segments_in_flight = segments_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: list[_Link | None] = [None] * len(paths)
         self._old: list[_Link] = []  # retired links still waiting for answers
@@ -291,8 +298,9 @@ class GroupingClient:
         while request.placed < len(inputs):
             segment = segments.get(key)
             if segment is None or segment.used == limit:
-                if not link.free:
+                if not link.free or link.busy.get(index, 0) >= self.segments_in_flight:
                     return False
+                link.busy[index] = link.busy.get(index, 0) + 1
                 slot = link.free.pop()
                 segment = segments[key] = _Segment(slot, index, inputs.dtype,
                                                    link.arena.input(slot, inputs.dtype, (limit, *shape)))
@@ -373,6 +381,7 @@ class GroupingClient:
         if segment is None:
             return
         link.free.append(slot)
+        link.busy[segment.index] -= 1
         if status == protocol.OK and rows != segment.used:
             status, text = protocol.FAILED, f"the model runtime answered {rows} rows for {segment.used}"
         if status != protocol.OK:
