@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.runtime", description=__doc__)
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
     parser.add_argument("--device", help="device for this runtime (default: TRAINSERVE_DEVICE)")
+    parser.add_argument("--crashed", metavar="SIGNAL",
+                        help="the previous runtime on this socket died of SIGNAL: refuse the artifact it was "
+                             "loading, if any (the launcher passes it)")
     args = parser.parse_args(argv)
     try:
         config = ServiceConfig.from_env()
@@ -49,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(config.prometheus_multiproc_dir)
     try:
         device = resolve_device(args.device or config.device, config.half)
-        control = _model_control(config, device, metrics)
-        models, refused = control.start_up()
+        control = _model_control(config, device, metrics, loading_marker(args.socket))
+        models, refused = control.start_up(crashed=args.crashed)
     except RegistryError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL
@@ -82,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics) -> ModelControl:
+def loading_marker(socket_path: Path) -> Path:
+    """The file naming the artifact this runtime is loading, beside its socket (the launcher's folder)."""
+    return socket_path.with_name(socket_path.name + ".loading")
+
+
+def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics,
+                   marker: Path) -> ModelControl:
     return ModelControl(config.model_dir, config.model_control, config.policy,
                         loader(device, config.half, config.max_batch_size, config.model_format),
                         config.poll_interval_s,
-                        on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc())
+                        on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc(),
+                        loading_marker=marker)
 
 
 def _hooks(metrics: Metrics, device: torch.device) -> tuple[Callable[[LoadedModel], Any],

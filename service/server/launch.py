@@ -31,6 +31,8 @@ GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.web.app:create_app"
 # Runtime exit codes that a restart cannot fix (service/runtime/__main__.py): stop instead of looping.
 _FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
+# How many times start-up starts a runtime again after it crashed while loading an artifact.
+_CRASHES_AT_START = 8
 
 
 def runtime_devices(config: ServiceConfig) -> list[str]:
@@ -85,6 +87,17 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
             "--log-config", str(log_config), "--log-level", config.log_level]
 
 
+# Deaths that are the process's own fault (native code that crashed), as opposed to a kill from outside:
+# the runtime started next refuses the artifact it was loading, if it was loading one.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT,
+                           signal.SIGSYS})
+
+
+def crash_signal(code: int | None) -> str | None:
+    """The signal's name when ``code`` (a Popen return code) is a death by a crash signal."""
+    return signal.Signals(-code).name if code is not None and -code in CRASH_SIGNALS else None
+
+
 class Runtime:
     """One model runtime process and its restart schedule."""
 
@@ -94,11 +107,16 @@ class Runtime:
         self.started = 0.0
         self.failures = 0
         self.restart_at: float | None = None
+        self.last_exit: int | None = None
 
     def start(self) -> None:
         """Start the process (it listens once its models are loaded and warmed up)."""
+        # The socket appears only once the new runtime listens: a dead one's file must not look ready.
+        self.socket_path.unlink(missing_ok=True)
+        crashed = crash_signal(self.last_exit)
         self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
-                                      str(self.socket_path), "--device", self.device], env=self.env)
+                                      str(self.socket_path), "--device", self.device,
+                                      *(["--crashed", crashed] if crashed else [])], env=self.env)
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -110,6 +128,7 @@ class Runtime:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if (code := self.proc.poll()) is not None:
+                    self.last_exit = code
                     return code
                 if self.socket_path.exists() and client.ready():
                     return None
@@ -119,11 +138,15 @@ class Runtime:
         raise TimeoutError(f"the model runtime on {self.device} was not ready after {timeout_s:.0f}s")
 
     def check(self, now: float) -> int | None:
-        """Schedule a restart when the process has died (returns its exit code then)."""
+        """Schedule a restart when the process has died (returns its exit code then).
+
+        A runtime that had been serving (its socket was there) is started again at once; one that keeps
+        dying before it serves waits 0.5 s, doubling to 30 s."""
         if self.proc is None or self.restart_at is not None or (code := self.proc.poll()) is None:
             return None
-        self.failures = 0 if now - self.started > 60 else self.failures + 1
-        delay = min(30.0, 0.5 * 2 ** self.failures)
+        self.last_exit = code
+        self.failures = 0 if self.socket_path.exists() else self.failures + 1
+        delay = min(30.0, 0.5 * 2 ** (self.failures - 1)) if self.failures else 0.0
         self.restart_at = now + delay
         log.error("model runtime %d on %s (pid %d) exited with %s; restarting in %.1fs", self.index,
                   self.device, self.proc.pid, code, delay)
@@ -205,6 +228,13 @@ class Launcher:
             runtime.start()
         for runtime in self.runtimes:
             code = runtime.wait_ready(timeout_s=600)
+            for _ in range(_CRASHES_AT_START):  # each new runtime refuses what the last one crashed on
+                if crash_signal(code) is None or self.stopping:
+                    break
+                log.error("model runtime %d on %s died of %s while loading; starting it again", runtime.index,
+                          runtime.device, crash_signal(code))
+                runtime.start()
+                code = runtime.wait_ready(timeout_s=600)
             if code is not None:
                 if code not in _FATAL:  # a fatal exit has already said why, in one line
                     print(f"trainserve: the model runtime on {runtime.device} exited with {code} while "
