@@ -9,9 +9,9 @@ import orjson
 from flask import Response, current_app, g, request
 from marshmallow import Schema
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, UnsupportedMediaType
 from service.runtime.catalog import ServedModel
-from service.web import binary, imaging
+from service.web import binary, imaging, limits
 from service.web.dataplane import DataPlane
 from service.web.schemas import load
 
@@ -76,16 +76,9 @@ def _load_json(schema: Schema, raw: bytes | memoryview) -> dict[str, Any]:
 
 
 def parse_json(raw: bytes | memoryview) -> Any:
-    """A JSON body or header within TRAINSERVE_MAX_JSON_BYTES (413 beyond), 400 when malformed."""
-    limit = current_app.config["TRAINSERVE"].max_json_bytes
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"the JSON is {len(raw)} bytes; the limit is {limit} bytes "
-                              "(TRAINSERVE_MAX_JSON_BYTES): send large tensors with the binary tensor "
-                              "extension, or images")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+    """A JSON body or header within TRAINSERVE_MAX_JSON_BYTES (413 beyond), 400 when malformed or when an
+    object repeats a key (``limits.parse_json``)."""
+    return limits.parse_json(raw, current_app.config["TRAINSERVE"].max_json_bytes)
 
 
 def _body_buffer() -> bytearray:
@@ -110,6 +103,9 @@ def image_batch(found: ServedModel) -> np.ndarray:
                            f"to /v1/models/{found.manifest.name}:predict")
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
+        # Counted before werkzeug parses: its own part limit would answer without saying which limit.
+        limits.check_parts(limits.multipart_parts(request.get_data(cache=True),
+                                                  request.mimetype_params.get("boundary", "")))
         blobs = [f.read() for _, f in request.files.items(multi=True)]
         if not blobs:
             raise InvalidInput("the multipart body holds no file")
