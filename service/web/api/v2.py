@@ -7,7 +7,7 @@ from flask import Blueprint, Response
 from service.errors import NotReady
 from service.web.api.common import check_named, infer_body, logits, model, plane, respond, respond_infer
 from service.web.binary import wants_binary
-from service.web.inference import oip_outputs, outputs_for, parse_tensor, threshold_for
+from service.web.inference import check_input_name, oip_outputs, outputs_for, parse_tensor, threshold_for
 from service.web.schemas import INFER_REQUEST
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -62,6 +62,7 @@ def infer(name: str, version: str | None = None) -> Response:
     body = infer_body(INFER_REQUEST)
     check_named(body, found, version)
     tensor = body["inputs"][0]
+    check_input_name(tensor["name"], m.input, m.name)
     threshold = threshold_for(m, body["parameters"].get("threshold"))
     inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], m.input)
     requested = body["outputs"] or [{"name": output} for output in outputs_for(m.task)]
