@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(config.prometheus_multiproc_dir)
     try:
         device = resolve_device(args.device or config.device, config.half)
-        control = _model_control(config, device, metrics, loading_marker(args.socket))
+        control = _model_control(config, device, metrics, args.socket)
         models, refused = control.start_up(crashed=args.crashed)
     except RegistryError as exc:
         log.error("%s", exc)
@@ -90,13 +90,18 @@ def loading_marker(socket_path: Path) -> Path:
     return socket_path.with_name(socket_path.name + ".loading")
 
 
+def crash_record(socket_path: Path) -> Path:
+    """The artifacts the service's runtimes crashed on, shared by every runtime beside this socket."""
+    return socket_path.with_name("crashed-artifacts.jsonl")
+
+
 def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics,
-                   marker: Path) -> ModelControl:
+                   socket_path: Path) -> ModelControl:
     return ModelControl(config.model_dir, config.model_control, config.policy,
                         loader(device, config.half, config.max_batch_size, config.model_format),
                         config.poll_interval_s,
                         on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc(),
-                        loading_marker=marker)
+                        loading_marker=loading_marker(socket_path), crash_record=crash_record(socket_path))
 
 
 def _hooks(metrics: Metrics, device: torch.device) -> tuple[Callable[[LoadedModel], Any],

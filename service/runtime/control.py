@@ -10,8 +10,9 @@ fails its checks is refused (a log line, a metric) and what already serves keeps
 
 An artifact is untrusted input: whatever reading, verifying, loading or warming it up raises refuses that
 version alone, and the scan goes on to the next. A crash in native code cannot be caught: the folder being
-loaded is written to a marker file meanwhile, and the runtime started after a crash refuses what the
-marker names (``start_up``'s ``crashed``).
+loaded is written to a marker file meanwhile; the runtime started after a crash (``start_up``'s
+``crashed``) adds what the marker names to a record every runtime of the service reads at start, and
+refuses what the record lists.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ModelControl:
     poll_interval_s: float = 2.0
     on_refused: Callable[[str, str], None] = lambda name, version: None  # a metric
     loading_marker: Path | None = None  # names the folder being loaded while it is (see the module docstring)
+    crash_record: Path | None = None  # the artifacts any runtime of this service crashed on, one per line
     loaded: dict[str, _Loaded] = field(default_factory=dict)  # "name/version" -> what was handed over
     refused: dict[str, tuple[Fingerprint, str]] = field(default_factory=dict)  # folder -> (print, why)
     wanted: set[str] | None = None  # explicit: the names to serve; otherwise every name on disk
@@ -82,8 +84,7 @@ class ModelControl:
         ``crashed``: the previous runtime died of this signal, so what it was loading is refused."""
         if not self.model_dir.is_dir():
             raise RegistryError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
-        if crashed is not None:
-            self._refuse_what_crashed(crashed)
+        self._refuse_what_crashed(crashed)
         change = self.reconcile(None)
         if self.mode == "explicit":
             self.wanted = {key.split("/")[0] for key in self.loaded}
@@ -231,19 +232,32 @@ class ModelControl:
         finally:
             self.loading_marker.unlink(missing_ok=True)
 
-    def _refuse_what_crashed(self, signal_name: str) -> None:
-        """The previous runtime died of ``signal_name``: refuse the artifact its marker names, if any."""
-        if self.loading_marker is None:
+    def _refuse_what_crashed(self, signal_name: str | None) -> None:
+        """Refuse every artifact a runtime of this service crashed on: the one the previous runtime was
+        loading when it died of ``signal_name`` (its marker), and those recorded before (every runtime of
+        the service shares the record, so none crashes on an artifact another already crashed on)."""
+        if self.loading_marker is None or self.crash_record is None:
             return
         try:
-            marked = json.loads(self.loading_marker.read_text())
-            folder, print_ = Path(marked["folder"]), tuple(marked["fingerprint"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # no marker (it was not loading), or one cut short by the crash itself
-        finally:
-            self.loading_marker.unlink(missing_ok=True)
-        self._refuse(folder.parent.name, folder.name, folder, print_,  # type: ignore[arg-type]
-                     f"the model runtime died of {signal_name} while loading it")
+            marked = json.loads(self.loading_marker.read_text()) if signal_name else None
+        except (OSError, ValueError):
+            marked = None  # it was not loading, or the crash cut the marker short
+        self.loading_marker.unlink(missing_ok=True)
+        if isinstance(marked, dict):
+            with self.crash_record.open("a") as fh:  # one short line per append: runtimes share the file
+                fh.write(json.dumps(marked | {"signal": signal_name}) + "\n")
+        try:
+            lines = self.crash_record.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                folder, print_ = Path(entry["folder"]), tuple(entry["fingerprint"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            self._refuse(folder.parent.name, folder.name, folder, print_,  # type: ignore[arg-type]
+                         f"a model runtime died of {entry.get('signal')} while loading it")
 
     def _retire(self, name: str, keep: set[str]) -> list[str]:
         gone = [key for key in self.loaded if key.split("/")[0] == name and key.split("/")[1] not in keep]
