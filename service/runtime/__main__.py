@@ -7,7 +7,9 @@ setting comes from the ``TRAINSERVE_*`` environment, as for the rest of the serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import logging
 import logging.config
 import os
@@ -35,12 +37,19 @@ EXIT_CONFIG, EXIT_NO_MODEL = 2, 3  # the launcher does not restart a runtime tha
 def main(argv: list[str] | None = None) -> int:
     """Load the models onto the device, then serve the socket until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m service.runtime", description=__doc__)
-    parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    parser.add_argument("--socket", type=Path, help="Unix socket to listen on")
     parser.add_argument("--device", help="device for this runtime (default: TRAINSERVE_DEVICE)")
     parser.add_argument("--crashed", metavar="SIGNAL",
                         help="the previous runtime on this socket died of SIGNAL: refuse the artifact it was "
                              "loading, if any (the launcher passes it)")
+    parser.add_argument("--spare", action="store_true",
+                        help="import torch, then wait for one JSON line on stdin giving socket, device and "
+                             "crashed (the launcher's spare runtime); end at once on an empty stdin")
     args = parser.parse_args(argv)
+    if args.spare and not _take_job(args):
+        return 0
+    if args.socket is None:
+        parser.error("--socket is required")
     try:
         config = ServiceConfig.from_env()
     except ConfigError as exc:
@@ -83,6 +92,29 @@ def main(argv: list[str] | None = None) -> int:
     args.socket.unlink(missing_ok=True)
     log.info("runtime %d stopped", os.getpid())
     return 0
+
+
+# A spare started with --spare names itself so once it has taken its job (/proc/PID/comm), for tools that
+# tell the runtimes from the spare.
+PROMOTED_NAME = "model-runtime"
+
+
+def _take_job(args: argparse.Namespace) -> bool:
+    """A spare's wait: everything imported, nothing loaded; the launcher's line says which runtime to be."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the launcher stops the spare
+    line = sys.stdin.readline()
+    _rename(PROMOTED_NAME)
+    if not line.strip():
+        return False  # the launcher is stopping (or gone)
+    job = json.loads(line)
+    args.socket, args.device, args.crashed = Path(job["socket"]), job["device"], job.get("crashed")
+    return True
+
+
+def _rename(name: str) -> None:
+    """Set this process's name as ps shows it (Linux only; elsewhere nothing)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(name)
 
 
 def loading_marker(socket_path: Path) -> Path:

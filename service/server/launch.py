@@ -109,14 +109,25 @@ class Runtime:
         self.restart_at: float | None = None
         self.last_exit: int | None = None
 
-    def start(self) -> None:
-        """Start the process (it listens once its models are loaded and warmed up)."""
+    def start(self, spare: subprocess.Popen[bytes] | None = None) -> None:
+        """Start the process, or make ``spare`` (a runtime that has imported torch and waits) this one; it
+        listens once its models are loaded and warmed up."""
         # The socket appears only once the new runtime listens: a dead one's file must not look ready.
         self.socket_path.unlink(missing_ok=True)
         crashed = crash_signal(self.last_exit)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
-                                      str(self.socket_path), "--device", self.device,
-                                      *(["--crashed", crashed] if crashed else [])], env=self.env)
+        self.proc = None
+        if spare is not None and spare.stdin is not None:
+            job = {"socket": str(self.socket_path), "device": self.device, "crashed": crashed}
+            try:
+                spare.stdin.write(json.dumps(job).encode() + b"\n")
+                spare.stdin.close()
+                self.proc = spare
+            except OSError:  # the spare died meanwhile: start a process as usual
+                _stop(spare, 1)
+        if self.proc is None:
+            self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
+                                          str(self.socket_path), "--device", self.device,
+                                          *(["--crashed", crashed] if crashed else [])], env=self.env)
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -218,6 +229,8 @@ class Launcher:
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
         self.front: subprocess.Popen[bytes] | None = None
+        self.spare: subprocess.Popen[bytes] | None = None
+        self.spare_retry_at = 0.0
         self.stopping = False
 
     def run(self) -> int:
@@ -270,7 +283,8 @@ class Launcher:
                     self._stop_all()
                     return 1
                 if runtime.restart_at is not None and now >= runtime.restart_at:
-                    runtime.start()
+                    runtime.start(self._take_spare())
+            self._keep_spare(now)
             assert self.front is not None
             if (code := self.front.poll()) is not None:
                 log.error("the %s front end exited with %s: stopping", self.config.server, code)
@@ -282,6 +296,26 @@ class Launcher:
             time.sleep(0.1)
         return self._drain()
 
+    def _take_spare(self) -> subprocess.Popen[bytes] | None:
+        spare, self.spare = self.spare, None
+        return spare if spare is not None and spare.poll() is None else None
+
+    def _keep_spare(self, now: float) -> None:
+        """Start a spare runtime when there is none (TRAINSERVE_SPARE_RUNTIME=1) and every runtime serves (it
+        then imports torch while nothing waits for the CPU); one that died by itself is started again
+        after 10 s, not in a loop."""
+        if not self.config.spare_runtime:
+            return
+        if self.spare is not None:
+            if self.spare.poll() is None:
+                return
+            self.spare, self.spare_retry_at = None, now + 10
+        serving = all(r.proc is not None and r.proc.poll() is None and r.socket_path.exists()
+                      for r in self.runtimes)
+        if serving and now >= self.spare_retry_at:
+            self.spare = subprocess.Popen([sys.executable, "-m", "service.runtime", "--spare"], env=self.env,
+                                          stdin=subprocess.PIPE)
+
     def _drain(self) -> int:
         for runtime in self.runtimes:  # readiness off first; the runtimes still serve
             if runtime.proc is not None and runtime.proc.poll() is None:
@@ -289,6 +323,7 @@ class Launcher:
         code = _stop(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
+        _stop(self.spare, 5)
         log.info("stopped")
         return 0 if code in (0, -signal.SIGTERM, None) else code
 
@@ -296,6 +331,7 @@ class Launcher:
         _stop(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
+        _stop(self.spare, 5)
 
 
 def main() -> int:
