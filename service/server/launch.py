@@ -1,9 +1,10 @@
 """``python -m service``: start the model runtimes, then the HTTP front end, and supervise both.
 
-Processes: this launcher; one model runtime per device (``service.runtime``), restarted with a back-off
-when it dies; the front end chosen by ``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the
-Flask app. SIGTERM drains: the runtimes turn readiness off, the front end stops accepting and finishes
-what it holds, then the runtimes finish their queues and stop.
+Processes: this launcher; one model runtime per device (``service.runtime``), replaced when it dies
+(``runtimes.py``), and a spare runtime that has imported torch to replace it with; the front end chosen by
+``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the Flask app. SIGTERM drains: the
+runtimes turn readiness off, the front end stops accepting and finishes what it holds, then the runtimes
+finish their queues and stop.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
-from service.runtime.client import RuntimeClient
 from service.server.preflight import preflight
+from service.server.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
 
 log = logging.getLogger("service.launch")
 
@@ -85,101 +86,6 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
             "--respawn-failed-workers", "--respawn-interval", "1",
             "--workers-kill-timeout", str(max(1, round(config.graceful_timeout_s))),
             "--log-config", str(log_config), "--log-level", config.log_level]
-
-
-# Deaths that are the process's own fault (native code that crashed), as opposed to a kill from outside:
-# the runtime started next refuses the artifact it was loading, if it was loading one.
-CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT,
-                           signal.SIGSYS})
-
-
-def crash_signal(code: int | None) -> str | None:
-    """The signal's name when ``code`` (a Popen return code) is a death by a crash signal."""
-    return signal.Signals(-code).name if code is not None and -code in CRASH_SIGNALS else None
-
-
-class Runtime:
-    """One model runtime process and its restart schedule."""
-
-    def __init__(self, index: int, device: str, socket_path: Path, env: dict[str, str]) -> None:
-        self.index, self.device, self.socket_path, self.env = index, device, socket_path, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-        self.failures = 0
-        self.restart_at: float | None = None
-        self.last_exit: int | None = None
-
-    def start(self, spare: subprocess.Popen[bytes] | None = None) -> None:
-        """Start the process, or make ``spare`` (a runtime that has imported torch and waits) this one; it
-        listens once its models are loaded and warmed up."""
-        # The socket appears only once the new runtime listens: a dead one's file must not look ready.
-        self.socket_path.unlink(missing_ok=True)
-        crashed = crash_signal(self.last_exit)
-        self.proc = None
-        if spare is not None and spare.stdin is not None:
-            job = {"socket": str(self.socket_path), "device": self.device, "crashed": crashed}
-            try:
-                spare.stdin.write(json.dumps(job).encode() + b"\n")
-                spare.stdin.close()
-                self.proc = spare
-            except OSError:  # the spare died meanwhile: start a process as usual
-                _stop(spare, 1)
-        if self.proc is None:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
-                                          str(self.socket_path), "--device", self.device,
-                                          *(["--crashed", crashed] if crashed else [])], env=self.env)
-        self.started = time.monotonic()
-        self.restart_at = None
-
-    def wait_ready(self, timeout_s: float) -> int | None:
-        """Block until the runtime answers a ping; its exit code if it exits first."""
-        client = RuntimeClient([self.socket_path], connect_timeout_s=5.0)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if (code := self.proc.poll()) is not None:
-                    self.last_exit = code
-                    return code
-                if self.socket_path.exists() and client.ready():
-                    return None
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise TimeoutError(f"the model runtime on {self.device} was not ready after {timeout_s:.0f}s")
-
-    def check(self, now: float) -> int | None:
-        """Schedule a restart when the process has died (returns its exit code then).
-
-        A runtime that had been serving (its socket was there) is started again at once; one that keeps
-        dying before it serves waits 0.5 s, doubling to 30 s."""
-        if self.proc is None or self.restart_at is not None or (code := self.proc.poll()) is None:
-            return None
-        self.last_exit = code
-        self.failures = 0 if self.socket_path.exists() else self.failures + 1
-        delay = min(30.0, 0.5 * 2 ** (self.failures - 1)) if self.failures else 0.0
-        self.restart_at = now + delay
-        log.error("model runtime %d on %s (pid %d) exited with %s; restarting in %.1fs", self.index,
-                  self.device, self.proc.pid, code, delay)
-        return code
-
-    def stop(self, timeout_s: float) -> None:
-        """SIGTERM (finish what is queued), then SIGKILL after ``timeout_s``."""
-        _stop(self.proc, timeout_s)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop within %.0fs: killing it", proc.pid, timeout_s)
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def prepare_metrics_dir(env: dict[str, str], run_dir: Path) -> Path:
@@ -313,25 +219,24 @@ class Launcher:
         serving = all(r.proc is not None and r.proc.poll() is None and r.socket_path.exists()
                       for r in self.runtimes)
         if serving and now >= self.spare_retry_at:
-            self.spare = subprocess.Popen([sys.executable, "-m", "service.runtime", "--spare"], env=self.env,
-                                          stdin=subprocess.PIPE)
+            self.spare = subprocess.Popen(SPARE_COMMAND, env=self.env, stdin=subprocess.PIPE)
 
     def _drain(self) -> int:
         for runtime in self.runtimes:  # readiness off first; the runtimes still serve
             if runtime.proc is not None and runtime.proc.poll() is None:
                 runtime.proc.send_signal(signal.SIGUSR1)
-        code = _stop(self.front, self.config.graceful_timeout_s + 5)
+        code = stop_process(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
-        _stop(self.spare, 5)
+        stop_process(self.spare, 5)
         log.info("stopped")
         return 0 if code in (0, -signal.SIGTERM, None) else code
 
     def _stop_all(self) -> None:
-        _stop(self.front, self.config.graceful_timeout_s + 5)
+        stop_process(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
-        _stop(self.spare, 5)
+        stop_process(self.spare, 5)
 
 
 def main() -> int:
