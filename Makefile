@@ -10,7 +10,7 @@ ARGS ?=
 # `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` installs the CPU-only build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup train test lint serve soak hot-reload bench bench-classic bench-torchserve bench-peers clean
+.PHONY: setup train test lint serve soak chaos hot-reload bench bench-classic bench-torchserve bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,14 @@ bench-torchserve: bench-peers
 SOAK_SECONDS ?= 600
 soak: setup
 	TRAINSERVE_DATA_DIR=$(DATA_DIR) $(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(ARGS)
+
+# Chaos (not in CI): mixed valid traffic for CHAOS_SECONDS while HTTP workers and model runtimes are killed
+# at random and good, broken and truncated versions are published into a copy of models/ and removed; prints
+# every status, requests lost, the time to ready after each kill and every process's RSS at start and end
+# (docs/operations.md#chaos). ARGS='--recovery 10' only kills the idle runtime. Results in bench-results/.
+CHAOS_SECONDS ?= 600
+chaos: setup
+	$(PY) scripts/chaos.py --seconds $(CHAOS_SECONDS) $(ARGS)
 
 # Hot reload under traffic: the service on a copy of models/, wrk at 100 requests/s, a real training run
 # publishing version 2; prints when it was served, every status and version wrk got (docs/serving.md).

@@ -81,6 +81,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def is_spare(pid: int) -> bool:
+    """Whether ``pid`` is the launcher's spare runtime, not yet made a runtime (service/runtime)."""
+    try:
+        return (b"--spare" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                and Path(f"/proc/{pid}/comm").read_text().strip() != "model-runtime")
+    except OSError:
+        return False
+
+
 def rss_mib(pids: list[int]) -> dict[str, float]:
     """Resident memory of each process, by pid and a short name."""
     out = {}
@@ -90,8 +99,8 @@ def rss_mib(pids: list[int]) -> dict[str, float]:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        kind = ("runtime" if b"service.runtime" in cmd else "front-end" if any(b"granian" in c or b"gunicorn"
-                in c for c in cmd) else "launcher")
+        kind = ("spare" if is_spare(pid) else "runtime" if b"service.runtime" in cmd else "front-end"
+                if any(b"granian" in c or b"gunicorn" in c for c in cmd) else "launcher")
         out[f"{kind}:{pid}"] = round(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024, 1)
     return out
 
@@ -125,7 +134,7 @@ def kill_one(kind: str, pids: list[int]) -> int:
     """kill -9 the runtime or one HTTP worker; the pid killed."""
     for pid in pids:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        is_runtime = b"service.runtime" in cmd
+        is_runtime = b"service.runtime" in cmd and not is_spare(pid)
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         is_worker = not is_runtime and b"service.runtime" not in cmd and parent in pids
         if (kind == "runtime" and is_runtime) or (kind == "worker" and is_worker and b"resource_tracker"

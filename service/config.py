@@ -84,6 +84,9 @@ class ServiceConfig:
     loop_requests: int = 2048
     # Model runtimes on the CPU (on CUDA: one per device, whatever this says).
     runtimes: int = 1
+    # A spare runtime process that has imported torch and waits: a runtime that dies is replaced by it, so
+    # that only loading the models stands between a crash and readiness (docs/operations.md#failures).
+    spare_runtime: bool = True
     # Intra-op threads of each runtime's torch; 0: a quarter of the cores per runtime, at least one (the
     # HTTP workers need the rest: a pass whose threads wait for a core is slower than one thread;
     # docs/benchmarks.md#cpu-threads).
@@ -243,6 +246,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "threads": (int, "an integer >= 1"),
     "loop_requests": (int, "an integer >= 1"),
     "runtimes": (int, "an integer >= 1"),
+    "spare_runtime": (_bool, "0 or 1"),
     "torch_threads": (int, "an integer >= 0 (0: a quarter of the cores per runtime)"),
     "runtime_sockets": (str, "socket paths, comma-separated"),
     "max_batch_size": (int, "an integer >= 1"),

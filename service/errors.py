@@ -62,6 +62,12 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class HeadersTooLarge(ServiceError):
+    """The request's header fields are over the service's limit (service/web/limits.py)."""
+
+    status = 431
+
+
 class RequestTimeout(ServiceError):
     """The client did not send its whole body within the request's deadline (a stalled upload). The
     front end closes the connection, whose body was not read to its end (an app may not set hop-by-hop

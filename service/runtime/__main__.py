@@ -7,7 +7,9 @@ setting comes from the ``TRAINSERVE_*`` environment, as for the rest of the serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import logging
 import logging.config
 import os
@@ -35,9 +37,19 @@ EXIT_CONFIG, EXIT_NO_MODEL = 2, 3  # the launcher does not restart a runtime tha
 def main(argv: list[str] | None = None) -> int:
     """Load the models onto the device, then serve the socket until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m service.runtime", description=__doc__)
-    parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    parser.add_argument("--socket", type=Path, help="Unix socket to listen on")
     parser.add_argument("--device", help="device for this runtime (default: TRAINSERVE_DEVICE)")
+    parser.add_argument("--crashed", metavar="SIGNAL",
+                        help="the previous runtime on this socket died of SIGNAL: refuse the artifact it was "
+                             "loading, if any (the launcher passes it)")
+    parser.add_argument("--spare", action="store_true",
+                        help="import torch, then wait for one JSON line on stdin giving socket, device and "
+                             "crashed (the launcher's spare runtime); end at once on an empty stdin")
     args = parser.parse_args(argv)
+    if args.spare and not _take_job(args):
+        return 0
+    if args.socket is None:
+        parser.error("--socket is required")
     try:
         config = ServiceConfig.from_env()
     except ConfigError as exc:
@@ -49,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(config.prometheus_multiproc_dir)
     try:
         device = resolve_device(args.device or config.device, config.half)
-        control = _model_control(config, device, metrics)
-        models, refused = control.start_up()
+        control = _model_control(config, device, metrics, args.socket)
+        models, refused = control.start_up(crashed=args.crashed)
     except RegistryError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL
@@ -82,11 +94,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics) -> ModelControl:
+# A spare started with --spare names itself so once it has taken its job (/proc/PID/comm), for tools that
+# tell the runtimes from the spare.
+PROMOTED_NAME = "model-runtime"
+
+
+def _take_job(args: argparse.Namespace) -> bool:
+    """A spare's wait: everything imported, nothing loaded; the launcher's line says which runtime to be."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the launcher stops the spare
+    line = sys.stdin.readline()
+    _rename(PROMOTED_NAME)
+    if not line.strip():
+        return False  # the launcher is stopping (or gone)
+    job = json.loads(line)
+    args.socket, args.device, args.crashed = Path(job["socket"]), job["device"], job.get("crashed")
+    return True
+
+
+def _rename(name: str) -> None:
+    """Set this process's name as ps shows it (Linux only; elsewhere nothing)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(name)
+
+
+def loading_marker(socket_path: Path) -> Path:
+    """The file naming the artifact this runtime is loading, beside its socket (the launcher's folder)."""
+    return socket_path.with_name(socket_path.name + ".loading")
+
+
+def crash_record(socket_path: Path) -> Path:
+    """The artifacts the service's runtimes crashed on, shared by every runtime beside this socket."""
+    return socket_path.with_name("crashed-artifacts.jsonl")
+
+
+def _model_control(config: ServiceConfig, device: torch.device, metrics: Metrics,
+                   socket_path: Path) -> ModelControl:
     return ModelControl(config.model_dir, config.model_control, config.policy,
                         loader(device, config.half, config.max_batch_size, config.model_format),
                         config.poll_interval_s,
-                        on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc())
+                        on_refused=lambda name, version: metrics.load_failures.labels(name, version).inc(),
+                        loading_marker=loading_marker(socket_path), crash_record=crash_record(socket_path))
 
 
 def _hooks(metrics: Metrics, device: torch.device) -> tuple[Callable[[LoadedModel], Any],

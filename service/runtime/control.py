@@ -7,10 +7,17 @@ have not been refused. Loading, verifying and warming up take seconds, so they r
 never on the loop's; the loop gets a ``Change`` to apply between batches. A new version is added before
 the versions it replaces are retired, so a request always finds a version to run on; a version that
 fails its checks is refused (a log line, a metric) and what already serves keeps serving.
+
+An artifact is untrusted input: whatever reading, verifying, loading or warming it up raises refuses that
+version alone, and the scan goes on to the next. A crash in native code cannot be caught: the folder being
+loaded is written to a marker file meanwhile; the runtime started after a crash (``start_up``'s
+``crashed``) adds what the marker names to a record every runtime of the service reads at start, and
+refuses what the record lists.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -62,6 +69,8 @@ class ModelControl:
     load: Callable[[Path], LoadedModel]  # load, verify and warm up one artifact folder
     poll_interval_s: float = 2.0
     on_refused: Callable[[str, str], None] = lambda name, version: None  # a metric
+    loading_marker: Path | None = None  # names the folder being loaded while it is (see the module docstring)
+    crash_record: Path | None = None  # the artifacts any runtime of this service crashed on, one per line
     loaded: dict[str, _Loaded] = field(default_factory=dict)  # "name/version" -> what was handed over
     refused: dict[str, tuple[Fingerprint, str]] = field(default_factory=dict)  # folder -> (print, why)
     wanted: set[str] | None = None  # explicit: the names to serve; otherwise every name on disk
@@ -70,10 +79,12 @@ class ModelControl:
     _commands: SimpleQueue[tuple[object, int, str]] = field(default_factory=SimpleQueue)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start_up(self) -> tuple[list[LoadedModel], dict[str, str]]:
-        """Load what the policy selects, before serving; RegistryError when nothing could be loaded."""
+    def start_up(self, crashed: str | None = None) -> tuple[list[LoadedModel], dict[str, str]]:
+        """Load what the policy selects, before serving; RegistryError when nothing could be loaded.
+        ``crashed``: the previous runtime died of this signal, so what it was loading is refused."""
         if not self.model_dir.is_dir():
             raise RegistryError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
+        self._refuse_what_crashed(crashed)
         change = self.reconcile(None)
         if self.mode == "explicit":
             self.wanted = {key.split("/")[0] for key in self.loaded}
@@ -197,15 +208,56 @@ class ModelControl:
             for version in todo:
                 folder, print_ = versions[version]
                 try:
-                    model = self.load(folder)
-                except (ManifestError, RuntimeError, ValueError, OSError) as exc:
-                    self.refused[str(folder)] = (print_, str(exc))
-                    log.error("refused artifact %s: %s", folder, exc)
-                    self.on_refused(name, version)
+                    model = self._load_marked(folder, print_)
+                except Exception as exc:  # untrusted input: whatever loading it raises refuses this version
+                    reason = str(exc) if isinstance(exc, ManifestError) else f"{type(exc).__name__}: {exc}"
+                    self._refuse(name, version, folder, print_, reason)
                     continue
                 self.refused.pop(str(folder), None)
                 self.loaded[model.key] = _Loaded(print_, folder)
                 added.append(model)
+
+    def _refuse(self, name: str, version: str, folder: Path, print_: Fingerprint, reason: str) -> None:
+        self.refused[str(folder)] = (print_, reason)
+        log.error("refused artifact %s: %s", folder, reason)
+        self.on_refused(name, version)
+
+    def _load_marked(self, folder: Path, print_: Fingerprint) -> LoadedModel:
+        """``load``, with the folder named in the loading marker while it runs."""
+        if self.loading_marker is None:
+            return self.load(folder)
+        self.loading_marker.write_text(json.dumps({"folder": str(folder), "fingerprint": print_}))
+        try:
+            return self.load(folder)
+        finally:
+            self.loading_marker.unlink(missing_ok=True)
+
+    def _refuse_what_crashed(self, signal_name: str | None) -> None:
+        """Refuse every artifact a runtime of this service crashed on: the one the previous runtime was
+        loading when it died of ``signal_name`` (its marker), and those recorded before (every runtime of
+        the service shares the record, so none crashes on an artifact another already crashed on)."""
+        if self.loading_marker is None or self.crash_record is None:
+            return
+        try:
+            marked = json.loads(self.loading_marker.read_text()) if signal_name else None
+        except (OSError, ValueError):
+            marked = None  # it was not loading, or the crash cut the marker short
+        self.loading_marker.unlink(missing_ok=True)
+        if isinstance(marked, dict):
+            with self.crash_record.open("a") as fh:  # one short line per append: runtimes share the file
+                fh.write(json.dumps(marked | {"signal": signal_name}) + "\n")
+        try:
+            lines = self.crash_record.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                folder, print_ = Path(entry["folder"]), tuple(entry["fingerprint"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            self._refuse(folder.parent.name, folder.name, folder, print_,  # type: ignore[arg-type]
+                         f"a model runtime died of {entry.get('signal')} while loading it")
 
     def _retire(self, name: str, keep: set[str]) -> list[str]:
         gone = [key for key in self.loaded if key.split("/")[0] == name and key.split("/")[1] not in keep]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from service.manifest import ModelFormat
+from service.manifest import ManifestError, ModelFormat
 
 # auto's choice, fastest first: the in-process measurements in docs/benchmarks.md#model-formats. On CUDA the
 # same order until a measurement there says otherwise.
@@ -99,31 +99,37 @@ def _check_aoti(entry: ModelFormat, meta: dict[str, str], device: torch.device) 
 
 
 def package_metadata(path: Path) -> dict[str, str]:
-    """The build metadata AOTInductor keeps in its package: device, platform, CPU ISA, compute capability."""
+    """The build metadata AOTInductor keeps in its package: device, platform, CPU ISA, compute capability.
+
+    A file that passed its checksum and holds none is a broken artifact (ManifestError), not one built for
+    another machine (FormatRefused)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("wrapper_metadata.json")]
             if len(names) != 1:
-                raise FormatRefused(f"{path.name} is not an AOTInductor package (no wrapper metadata)")
+                raise ManifestError(f"{path.name} is not an AOTInductor package (no wrapper metadata)")
             meta = json.loads(archive.read(names[0]))
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatRefused(f"{path.name} is not an AOTInductor package: {exc}") from None
+        raise ManifestError(f"{path.name} is not an AOTInductor package: {exc}") from None
     if not isinstance(meta, dict):
-        raise FormatRefused(f"{path.name}'s AOTInductor metadata is not an object")
+        raise ManifestError(f"{path.name}'s AOTInductor metadata is not an object")
     return {str(k): str(v) for k, v in meta.items()}
 
 
 def cpu_isa_flags() -> list[str]:
     """The vector instruction sets this CPU has, as inductor names them (``avx2``, ``avx512``, …).
 
-    Read from the CPU itself, not by test-compiling (inductor's own check needs a C++ compiler, which a
-    serving image does not have).
+    Asked of torch's own CPU probes, as inductor's ``x86_isa_checker`` does, without importing inductor
+    (a C++ toolchain's worth of modules: seconds of a runtime's start, docs/operations.md#failures) and
+    without test-compiling (a serving image has no compiler).
     """
     if platform.machine() not in ("x86_64", "AMD64"):
         return []
-    from torch._inductor.cpu_vec_isa import x86_isa_checker
-
-    return list(x86_isa_checker())
+    cpu = torch.cpu
+    avx512 = cpu._is_avx512_supported()
+    found = {"avx2": cpu._is_avx2_supported(), "avx512": avx512,
+             "avx512_vnni": avx512 and cpu._is_vnni_supported(), "amx_tile": cpu._is_amx_tile_supported()}
+    return [name for name, present in found.items() if present]
 
 
 def cuda_arch(device: torch.device) -> str:

@@ -18,13 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import (
-    Manifest,
-    ManifestError,
-    ModelFormat,
-    read_manifest,
-    verify_file,
-)
+from service.manifest import Manifest, ManifestError, ModelFormat, read_manifest, verify_file
 from service.runtime import formats
 
 log = logging.getLogger(__name__)
@@ -112,14 +106,19 @@ class LoadedModel:
 
 def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int,
                model_format: str = "auto") -> LoadedModel:
-    """Check the manifest, then load and warm up the first of its formats that passes its checks here.
+    """Check the manifest and every file's checksum, then load and warm up the first of its formats that
+    can run here.
 
     ``model_format`` (auto, torchscript, exported or aoti) is tried first (auto: the fastest on this device,
-    formats.AUTO_ORDER), then the other formats in the manifest's order; each one refused is logged.
+    formats.AUTO_ORDER), then the other formats in the manifest's order. Only a format that cannot run here
+    (formats.FormatRefused: another torch, device or CPU) passes to the next one, with a log line; a file that
+    fails its checksum, or one that passes and then fails to load or to warm up, is a broken artifact:
+    ArtifactError refuses the version whole (an artifact is untrusted input).
     """
     started = time.perf_counter()
     manifest = read_manifest(folder)
     entries = manifest.model_formats
+    paths = verify_files(folder, entries)
     if model_format != "auto" and model_format not in {e.format for e in entries}:
         log.warning("%s/%s has no %s file; trying %s", manifest.name, manifest.version, model_format,
                     ", ".join(e.format for e in entries))
@@ -127,13 +126,14 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     candidates = formats.candidates(entries, model_format, device.type)
     for position, entry in enumerate(candidates, 1):
         try:
-            model = load_format(folder, manifest, entry, device, half, warmup_batch)
-        except (formats.FormatRefused, ManifestError, RuntimeError, ValueError, OSError) as exc:
+            formats.check_runnable(entry, paths[entry.file], device, half, warmup_batch)
+        except formats.FormatRefused as exc:
             refusals.append(f"{entry.format}: {exc}")
             then = f"trying {candidates[position].format} next" if position < len(candidates) else "none left"
             log.warning("%s/%s: not serving its %s file %s: %s; %s", manifest.name, manifest.version,
                         entry.format, entry.file, exc, then)
             continue
+        model = _served(paths[entry.file], manifest, entry, device, half, warmup_batch)
         model.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s in %.2fs as %s from %s (%s, %d parameters)", model.key, device,
                  model.load_seconds, entry.format, entry.file, manifest.architecture, manifest.parameters)
@@ -141,11 +141,37 @@ def load_model(folder: Path, device: torch.device, half: bool, warmup_batch: int
     raise ManifestError(f"{folder}: no format of the model can be served here ({'; '.join(refusals)})")
 
 
+def verify_files(folder: Path, entries: Sequence[ModelFormat]) -> dict[str, Path]:
+    """Every format file's path once each has its manifest's sha256, before any is loaded: one that does
+    not (or is missing, or a link) refuses the version whole (ManifestError), as docs/operations.md says."""
+    return {entry.file: verify_file(folder, entry.file, entry.sha256) for entry in entries}
+
+
+class ArtifactError(ManifestError):
+    """A model file that passed its checksum and then failed to load or to warm up: the artifact is broken."""
+
+
 def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
-                 warmup_batch: int) -> LoadedModel:
-    """One format: checksum, compatibility, load, and a warm-up that must return the declared shape."""
+                warmup_batch: int) -> LoadedModel:
+    """One format on its own: checksum, compatibility (FormatRefused), then load and warm up."""
     path = verify_file(folder, entry.file, entry.sha256)
     formats.check_runnable(entry, path, device, half, warmup_batch)
+    return _served(path, manifest, entry, device, half, warmup_batch)
+
+
+def _served(path: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
+            warmup_batch: int) -> LoadedModel:
+    """Load a verified, runnable file and warm it up; any failure is an ArtifactError naming the file."""
+    try:
+        return _load_and_warm_up(path, manifest, entry, device, half, warmup_batch)
+    except Exception as exc:  # untrusted bytes: whatever the loader or the model raises refuses the version
+        log.debug("loading %s failed", path, exc_info=True)
+        raise ArtifactError(f"{entry.file} ({entry.format}) passed its checksum but cannot be served: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_and_warm_up(path: Path, manifest: Manifest, entry: ModelFormat, device: torch.device, half: bool,
+                      warmup_batch: int) -> LoadedModel:
     module = _load_torchscript(path, device, half) if entry.format == "torchscript" else \
         formats.load(entry, path, device)
     model = LoadedModel(manifest=manifest, module=module, device=device, half=half, format=entry.format)
@@ -156,8 +182,8 @@ def load_format(folder: Path, manifest: Manifest, entry: ModelFormat, device: to
         for rows in (warmup_batch, 1, warmup_batch):
             logits = model.forward([np.zeros((rows, *manifest.input.shape), dtype=dtype)])
             if logits.shape != (rows, manifest.num_outputs):
-                raise ManifestError(f"{entry.file}: warm-up returned shape {logits.shape}, "
-                                    f"expected {(rows, manifest.num_outputs)}")
+                raise ValueError(f"warm-up returned shape {logits.shape}, "
+                                 f"expected {(rows, manifest.num_outputs)}")
     return model
 
 

@@ -161,11 +161,22 @@ class ModelTable:
             if now >= after and not self.queues[index]:
                 model, self.models[index] = self.models[index], None
                 del self.retiring[index]
-                if model is not None:
-                    self._forget(model)
-                log.info("dropped %s", self.keys[index])  # after its metrics say so
+                self._dropped(index, model)
                 self._publish()
         return max(0.0, min(self.retiring.values()) - now) + 0.01 if self.retiring else None
+
+    def _dropped(self, index: int, model: LoadedModel | None) -> None:
+        """Forget a dropped model's metrics, unless another copy of the same version is in the table: a
+        version retired and added again (a rollback, a replaced artifact) is dropped by the timer set for
+        its old copy, whose labels are the new copy's too."""
+        key = self.keys[index]
+        other = next((i for i, m in enumerate(self.models) if m is not None and self.keys[i] == key), None)
+        if other is not None:
+            log.info("dropped an earlier copy of %s; the one at index %d stays", key, other)
+            return
+        if model is not None:
+            self._forget(model)
+        log.info("dropped %s", key)  # after its metrics say so
 
     def close(self) -> None:
         """Release the state page."""

@@ -8,6 +8,7 @@ import sys
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
+from service.web.limits import MAX_HEADER_BYTES
 
 try:
     _settings = ServiceConfig.from_env()
@@ -17,6 +18,11 @@ except ConfigError as _exc:
 # --- Server socket ---------------------------------------------------------------------------------------
 bind = [_settings.bind]
 backlog = 2048
+
+# --- Security ----------------------------------------------------------------------------------------
+# One header field may be as large as the app's limit on all of them, so the app answers it with its JSON
+# 431 (service/web/limits.py); gunicorn's own default (8190 bytes) would answer first, in HTML.
+limit_request_field_size = MAX_HEADER_BYTES
 
 # --- Workers ---------------------------------------------------------------------------------------------
 # gthread: each request thread blocks (GIL released) while the runtime computes, so threads bound how

@@ -1,9 +1,10 @@
 """``python -m service``: start the model runtimes, then the HTTP front end, and supervise both.
 
-Processes: this launcher; one model runtime per device (``service.runtime``), restarted with a back-off
-when it dies; the front end chosen by ``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the
-Flask app. SIGTERM drains: the runtimes turn readiness off, the front end stops accepting and finishes
-what it holds, then the runtimes finish their queues and stop.
+Processes: this launcher; one model runtime per device (``service.runtime``), replaced when it dies
+(``runtimes.py``), and a spare runtime that has imported torch to replace it with; the front end chosen by
+``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the Flask app. SIGTERM drains: the
+runtimes turn readiness off, the front end stops accepting and finishes what it holds, then the runtimes
+finish their queues and stop.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
-from service.runtime.client import RuntimeClient
 from service.server.preflight import preflight
+from service.server.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
 
 log = logging.getLogger("service.launch")
 
@@ -32,6 +33,8 @@ APP = "service.web.app:create_app"  # the Flask app alone: gunicorn's threads
 ASGI_APP = "service.web.asgi:create_asgi_app"  # the hot path on each worker's loop, the Flask app beside it
 # Runtime exit codes that a restart cannot fix (service/runtime/__main__.py): stop instead of looping.
 _FATAL = {2: "a bad setting", 3: "nothing it can serve on that device"}
+# How many times start-up starts a runtime again after it crashed while loading an artifact.
+_CRASHES_AT_START = 8
 
 
 def runtime_devices(config: ServiceConfig) -> list[str]:
@@ -84,69 +87,6 @@ def front_end_command(config: ServiceConfig, run_dir: Path) -> list[str]:
             "--log-config", str(log_config), "--log-level", config.log_level]
 
 
-class Runtime:
-    """One model runtime process and its restart schedule."""
-
-    def __init__(self, index: int, device: str, socket_path: Path, env: dict[str, str]) -> None:
-        self.index, self.device, self.socket_path, self.env = index, device, socket_path, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-        self.failures = 0
-        self.restart_at: float | None = None
-
-    def start(self) -> None:
-        """Start the process (it listens once its models are loaded and warmed up)."""
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.runtime", "--socket",
-                                      str(self.socket_path), "--device", self.device], env=self.env)
-        self.started = time.monotonic()
-        self.restart_at = None
-
-    def wait_ready(self, timeout_s: float) -> int | None:
-        """Block until the runtime answers a ping; its exit code if it exits first."""
-        client = RuntimeClient([self.socket_path], connect_timeout_s=5.0)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if (code := self.proc.poll()) is not None:
-                    return code
-                if self.socket_path.exists() and client.ready():
-                    return None
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise TimeoutError(f"the model runtime on {self.device} was not ready after {timeout_s:.0f}s")
-
-    def check(self, now: float) -> int | None:
-        """Schedule a restart when the process has died (returns its exit code then)."""
-        if self.proc is None or self.restart_at is not None or (code := self.proc.poll()) is None:
-            return None
-        self.failures = 0 if now - self.started > 60 else self.failures + 1
-        delay = min(30.0, 0.5 * 2 ** self.failures)
-        self.restart_at = now + delay
-        log.error("model runtime %d on %s (pid %d) exited with %s; restarting in %.1fs", self.index,
-                  self.device, self.proc.pid, code, delay)
-        return code
-
-    def stop(self, timeout_s: float) -> None:
-        """SIGTERM (finish what is queued), then SIGKILL after ``timeout_s``."""
-        _stop(self.proc, timeout_s)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop within %.0fs: killing it", proc.pid, timeout_s)
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 def prepare_metrics_dir(env: dict[str, str], run_dir: Path) -> Path:
     """PROMETHEUS_MULTIPROC_DIR, wiped (stale files would be counted again), or a private one."""
     given = env.get("PROMETHEUS_MULTIPROC_DIR")
@@ -194,6 +134,8 @@ class Launcher:
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
         self.front: subprocess.Popen[bytes] | None = None
+        self.spare: subprocess.Popen[bytes] | None = None
+        self.spare_retry_at = 0.0
         self.stopping = False
 
     def run(self) -> int:
@@ -204,6 +146,13 @@ class Launcher:
             runtime.start()
         for runtime in self.runtimes:
             code = runtime.wait_ready(timeout_s=600)
+            for _ in range(_CRASHES_AT_START):  # each new runtime refuses what the last one crashed on
+                if crash_signal(code) is None or self.stopping:
+                    break
+                log.error("model runtime %d on %s died of %s while loading; starting it again", runtime.index,
+                          runtime.device, crash_signal(code))
+                runtime.start()
+                code = runtime.wait_ready(timeout_s=600)
             if code is not None:
                 if code not in _FATAL:  # a fatal exit has already said why, in one line
                     print(f"trainserve: the model runtime on {runtime.device} exited with {code} while "
@@ -239,7 +188,8 @@ class Launcher:
                     self._stop_all()
                     return 1
                 if runtime.restart_at is not None and now >= runtime.restart_at:
-                    runtime.start()
+                    runtime.start(self._take_spare())
+            self._keep_spare(now)
             assert self.front is not None
             if (code := self.front.poll()) is not None:
                 log.error("the %s front end exited with %s: stopping", self.config.server, code)
@@ -251,20 +201,41 @@ class Launcher:
             time.sleep(0.1)
         return self._drain()
 
+    def _take_spare(self) -> subprocess.Popen[bytes] | None:
+        spare, self.spare = self.spare, None
+        return spare if spare is not None and spare.poll() is None else None
+
+    def _keep_spare(self, now: float) -> None:
+        """Start a spare runtime when there is none (TRAINSERVE_SPARE_RUNTIME=1) and every runtime serves (it
+        then imports torch while nothing waits for the CPU); one that died by itself is started again
+        after 10 s, not in a loop."""
+        if not self.config.spare_runtime:
+            return
+        if self.spare is not None:
+            if self.spare.poll() is None:
+                return
+            self.spare, self.spare_retry_at = None, now + 10
+        serving = all(r.proc is not None and r.proc.poll() is None and r.socket_path.exists()
+                      for r in self.runtimes)
+        if serving and now >= self.spare_retry_at:
+            self.spare = subprocess.Popen(SPARE_COMMAND, env=self.env, stdin=subprocess.PIPE)
+
     def _drain(self) -> int:
         for runtime in self.runtimes:  # readiness off first; the runtimes still serve
             if runtime.proc is not None and runtime.proc.poll() is None:
                 runtime.proc.send_signal(signal.SIGUSR1)
-        code = _stop(self.front, self.config.graceful_timeout_s + 5)
+        code = stop_process(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
+        stop_process(self.spare, 5)
         log.info("stopped")
         return 0 if code in (0, -signal.SIGTERM, None) else code
 
     def _stop_all(self) -> None:
-        _stop(self.front, self.config.graceful_timeout_s + 5)
+        stop_process(self.front, self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
+        stop_process(self.spare, 5)
 
 
 def main() -> int:

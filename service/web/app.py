@@ -17,9 +17,10 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
+from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
-from service.web import encoding, exchange, operability
+from service.web import encoding, exchange, limits, operability
 from service.web.api import docs, health, kserve, repository, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
@@ -38,6 +39,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes
+    app.config["MAX_FORM_PARTS"] = limits.MAX_PARTS  # checked first, with its own message (limits.py)
     app.config["TRAINSERVE"] = config
     metrics = Metrics(config.prometheus_multiproc_dir)
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
@@ -46,6 +48,7 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, v1.bp, kserve.bp, docs.bp, ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
+    app.before_request(_check_request)
     app.before_request(_bound_body)
     app.before_request(encoding.decode_body)  # the body as read, bounded, then decoded within the limit
     # after_request hooks run last-registered first: compression sees the final response.
@@ -76,6 +79,16 @@ def _request_gone(exc: BaseException | None) -> None:
     del exc
     if "arrived" in g:
         plane().metrics.in_flight.dec()
+
+
+def _check_request() -> None:
+    """The rules on what precedes the body: one Host, bounded header fields, query parameters given once
+    (service/web/limits.py)."""
+    environ = request.environ
+    limits.check_host(environ.get("SERVER_PROTOCOL", ""), environ.get("HTTP_HOST"))
+    limits.check_header_bytes(request.headers.items())
+    if environ.get("QUERY_STRING"):
+        limits.single_values(request.args.items(multi=True))
 
 
 def _bound_body() -> None:
@@ -113,6 +126,9 @@ def _bound_body() -> None:
                 raise TimeoutError
     except TimeoutError:
         raise exchange.too_slow(timeout_s, total) from None
+    except Exception as exc:  # the front end's reader found the framing broken (gunicorn: a bad chunk)
+        raise InvalidInput(f"the body's framing is malformed after {total} bytes "
+                           f"({type(exc).__name__}): check its chunked encoding") from None
     finally:
         if client is not None:
             client.settimeout(None)

@@ -27,7 +27,7 @@ from service.config import ServiceConfig
 from service.errors import InvalidInput, ServiceError
 from service.logs import request_id as request_id_var
 from service.runtime.grouping import GroupingClient
-from service.web import encoding, exchange, operability
+from service.web import encoding, exchange, limits, operability
 from service.web.api.common import EXTENSION
 from service.web.app import create_app
 from service.web.dataplane import DataPlane
@@ -105,6 +105,9 @@ class HotPath:
         self.metrics.in_flight.inc()
         try:
             try:
+                # The rules Flask's hook applies to what precedes the body (the hot routes take no query).
+                limits.check_host(f"HTTP/{scope['http_version']}", headers.get("host"))
+                limits.check_header_bytes(headers.items())
                 call.body = await self._read_body(receive, headers, arrived)
                 answer = await handler(self, call, *params)
             except ServiceError as exc:

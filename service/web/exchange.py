@@ -20,6 +20,7 @@ from service.runtime.catalog import ServedModel
 from service.web import binary, imaging
 from service.web.binary import wants_binary
 from service.web.inference import (
+    check_input_name,
     oip_outputs,
     outputs_for,
     parse_features,
@@ -27,6 +28,7 @@ from service.web.inference import (
     predictions,
     threshold_for,
 )
+from service.web.limits import parse_json
 from service.web.schemas import INFER_REQUEST, PREDICT_REQUEST, load
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -75,19 +77,6 @@ def cut_short(received: int, declared: int) -> InvalidInput:
 
 
 # --- requests ----------------------------------------------------------------------------------------------
-def parse_json(raw: Body, limit: int) -> Any:
-    """A JSON body or header within ``limit`` bytes (TRAINSERVE_MAX_JSON_BYTES: 413 beyond), 400 when
-    malformed."""
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"the JSON is {len(raw)} bytes; the limit is {limit} bytes "
-                              "(TRAINSERVE_MAX_JSON_BYTES): send large tensors with the binary tensor "
-                              "extension, or images")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-
-
 def json_request(schema: Any, mimetype: str, raw: Body, limit: int) -> dict[str, Any]:
     """A JSON body validated by ``schema`` (415 for another content type, 400 if malformed)."""
     if mimetype and mimetype != JSON and not mimetype.endswith("+json"):
@@ -163,6 +152,7 @@ def infer_inputs(found: ServedModel, request: dict[str, Any]) -> tuple[np.ndarra
     """An OIP request's input tensor as the model's input batch, and the decision threshold it asks for."""
     m = found.manifest
     tensor = request["inputs"][0]
+    check_input_name(tensor["name"], m.input, m.name)
     threshold = threshold_for(m, request["parameters"].get("threshold"))
     return parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], m.input), threshold
 

@@ -8,6 +8,7 @@ drawing only classifies well once it looks like that; these pure functions do it
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -55,6 +56,7 @@ def _decode_png(data: bytes, channels: int) -> np.ndarray | None:
     # IHDR is always the first chunk: width, height, bit depth and colour type at fixed offsets.
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     depth, colour = data[24], data[25]
+    _check_pixels(width, height)  # whichever decoder reads it, the same limit and the same answer
     if b"tRNS" in data:
         return None  # a transparent colour (pyspng does not apply it); a false match only costs speed
     alpha = colour in (4, 6)
@@ -83,8 +85,28 @@ def _decode_jpeg(data: bytes, channels: int) -> np.ndarray | None:
                                         min_height=-(-height * eighths // 8),
                                         min_width=-(-width * eighths // 8))
     except ValueError:
+        if (size := jpeg_size(data)) is not None:
+            _check_pixels(*size)  # a header libjpeg-turbo declines still states the size: the same limit
         return None  # CMYK, arithmetic coding and other rarities: Pillow
     return pixels[..., 0] if pixels.ndim == 3 and channels == 1 else pixels
+
+
+# Start-of-frame markers: every SOFn but DHT (C4), JPG (C8) and DAC (CC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, walking the segments before it; None if none."""
+    i = 2
+    while i + 9 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 def _check_pixels(width: int, height: int) -> None:
@@ -111,8 +133,13 @@ def _decode_pillow(data: bytes, channels: int) -> np.ndarray:
             transparent = image.mode in ("RGBA", "LA", "PA", "P")
             _check_size(image.width, image.height, len(image.getbands()) + (9 if transparent else 2))
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        # Pillow's own bound, checked as it opens the file (before _check_size can be): the same 413 as
+        # every other image over the limit.
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise PayloadTooLarge(f"the image has {pixels[1] if pixels else 'more'} pixels; the limit is "
+                              f"{MAX_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"cannot decode the image: {_reason(exc)}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return _flatten_alpha(np.asarray(image.convert("RGBA")), channels)

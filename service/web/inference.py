@@ -44,6 +44,12 @@ def example_shapes(spec: InputSpec) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(shapes))
 
 
+def check_input_name(name: str, spec: InputSpec, model: str) -> None:
+    """An OIP input must carry the name the model's metadata gives it (400 otherwise, as Triton)."""
+    if name != spec.name:
+        raise InvalidInput(f"unexpected input {name[:100]!r} for model {model!r}: its input is {spec.name!r}")
+
+
 def parse_tensor(data: Any, datatype: str, shape: Sequence[int] | None, spec: InputSpec) -> np.ndarray:
     """Validate request data (flat or nested) and return it as an array [N, *spec.shape].
 

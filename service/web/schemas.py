@@ -13,6 +13,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from service.errors import InvalidInput
 from service.manifest import FORMATS
 from service.web.inference import DATATYPES
+from service.web.limits import MAX_TOP_K
 
 
 def _list_only(value: Any) -> None:
@@ -184,7 +185,9 @@ class PredictRequest(_Strict):
     dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]),
                           metadata={"description": "float32: pixels in [0, 1] (feature values: any finite "
                                     "float32); uint8: pixels 0..255"})
-    top_k = WholeNumber(load_default=None, validate=validate.Range(min=1))
+    top_k = WholeNumber(load_default=None, validate=validate.Range(min=1, max=MAX_TOP_K),
+                        metadata={"description": "the k most probable labels (every label when k is more "
+                                  "than the model has)"})
     threshold = Number(load_default=None, validate=validate.Range(min=0.0, max=1.0),
                        metadata={"description": "binary and multilabel models only: the probability at "
                                  "which a label is predicted (default: the manifest's)"})
@@ -303,7 +306,7 @@ class ModelReady(Schema):
 class ClassifyArgs(_Strict):
     """Query string of the image upload endpoint."""
 
-    top_k = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    top_k = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_TOP_K))
     include_input = fields.Boolean(load_default=False, metadata={
         "description": "true: each prediction also carries the preprocessed input the model received"})
 

@@ -450,6 +450,15 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _spare(pid: int) -> bool:
+    """The launcher's spare runtime, not yet made a runtime (it names itself then)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        return b"--spare" in _cmdline(pid) and name != "model-runtime"
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -484,8 +493,12 @@ class Service:
         raise AssertionError(f"the service was not ready after {timeout}s:\n{self.log.read_text()}")
 
     def runtime_pids(self) -> list[int]:
-        """The model runtimes' processes."""
-        return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p)]
+        """The model runtimes' processes (not the spare waiting to replace one)."""
+        return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p) and not _spare(p)]
+
+    def spare_pids(self) -> list[int]:
+        """The spare runtime waiting to replace a runtime that dies (TRAINSERVE_SPARE_RUNTIME=1)."""
+        return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p) and _spare(p)]
 
     def worker_pids(self) -> list[int]:
         """The HTTP workers' processes (children of the front end)."""

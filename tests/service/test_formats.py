@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -88,23 +90,46 @@ def test_auto_serves_the_fastest_format_on_the_cpu(formats_root: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt, file", [("exported", "model.pt2"), ("aoti", AOTI_FILE)])
-def test_a_tampered_file_is_refused_and_the_next_format_served(artifact: Path, fmt: str, file: str,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_format_file_that_fails_its_checksum_refuses_the_version_whole(artifact: Path, fmt: str,
+                                                                          file: str) -> None:
     with (artifact / file).open("ab") as fh:
         fh.write(b"tampered")
-    with caplog.at_level(logging.WARNING, logger="service.runtime.registry"):
-        model = load_model(artifact, CPU, False, 8, model_format=fmt)
-    assert model.format == "torchscript"  # the next format the manifest lists
-    assert f"not serving its {fmt} file {file}" in caplog.text and "sha256" in caplog.text
-    assert "trying torchscript next" in caplog.text
+    for asked in (fmt, "torchscript"):  # whichever format would be served: none is
+        with pytest.raises(ManifestError, match=rf"{file} has sha256 [0-9a-f]{{64}}, the manifest says"):
+            load_model(artifact, CPU, False, 8, model_format=asked)
+
+
+@pytest.mark.parametrize("fmt, file", [("torchscript", "model.pt"), ("exported", "model.pt2"),
+                                       ("aoti", AOTI_FILE)])
+def test_a_file_that_passes_its_checksum_and_does_not_load_refuses_the_version(artifact: Path, fmt: str,
+                                                                               file: str) -> None:
+    path = artifact / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # cut short, its checksum rewritten
+    _edit_manifest(artifact, fmt, sha256=sha256_file(path))
+    if fmt == "torchscript":
+        data = json.loads((artifact / "manifest.json").read_text())
+        (artifact / "manifest.json").write_text(json.dumps(data | {"sha256": sha256_file(path)}))
+    broken = rf"{file}.* cannot be served|{file} is not an AOTInductor package"
+    with pytest.raises(ManifestError, match=broken):
+        load_model(artifact, CPU, False, 8, model_format=fmt)
+
+
+def test_the_cpu_instruction_sets_are_read_as_inductor_reads_them_without_importing_it() -> None:
+    from torch._inductor.cpu_vec_isa import x86_isa_checker
+
+    assert formats.cpu_isa_flags() == x86_isa_checker()
+    probe = ("import sys, torch; from service.runtime import formats; formats.cpu_isa_flags(); "
+             "print('torch._inductor' in sys.modules)")
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert imported.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("manifest_changes, package_changes, reason", [
     ({"torch_version": "2.13.0"}, {}, "was compiled by torch 2.13.0, this is torch"),
     ({"device": "cuda"}, {"AOTI_DEVICE_KEY": "cuda"}, "was compiled for cuda, this runtime serves on cpu"),
     ({"cpu_isa": "neon"}, {"AOTI_CPU_ISA": "NEON"}, "this CPU lacks neon"),
-    # An ISA no x86 or Arm package is built for: it never matches what the package says.
-    ({"cpu_isa": "vsx"}, {}, "the manifest says CPU instruction set 'vsx', the package says"),
+    ({"cpu_isa": "amx_tile"}, {}, "the manifest says CPU instruction set 'amx_tile', the package says"),
     ({}, {"AOTI_MACHINE": "aarch64"}, "was compiled for linux/aarch64"),
 ])
 def test_an_aoti_package_built_for_another_torch_device_or_cpu_is_refused(
@@ -129,15 +154,6 @@ def test_half_precision_is_refused_by_the_compiled_formats(artifact: Path) -> No
     entry = next(f for f in read_manifest(artifact).formats if f.format == "aoti")
     with pytest.raises(formats.FormatRefused, match="TorchScript only"):
         formats.check_runnable(entry, artifact / entry.file, CPU, half=True, max_batch=8)
-
-
-def test_an_artifact_whose_every_format_fails_is_refused_with_every_reason(artifact: Path) -> None:
-    for file in ("model.pt", "model.pt2", AOTI_FILE):
-        with (artifact / file).open("ab") as fh:
-            fh.write(b"x")
-    with pytest.raises(ManifestError, match=r"no format of the model can be served here \(aoti: .*"
-                                            r"torchscript: .*exported: "):
-        load_model(artifact, CPU, False, 8)
 
 
 def test_a_manifest_from_before_formats_serves_its_torchscript_file(

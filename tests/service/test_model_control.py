@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from service.config import ConfigError, ServiceConfig
 from service.manifest import ManifestError
 from service.runtime import protocol
-from service.runtime.control import ModelControl
+from service.runtime.control import ModelControl, scan
 from service.runtime.policy import Rule, VersionPolicy
 from service.runtime.registry import RegistryError
 
@@ -50,7 +51,7 @@ class FakeModel:
         self.key = f"{folder.parent.name}/{folder.name}"
 
 
-def artifact(root: Path, name: str, version: str, good: bool = True) -> Path:
+def artifact(root: Path, name: str, version: str, good: bool | str = True) -> Path:
     folder = root / name / version
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"good": good}))
@@ -71,7 +72,10 @@ def control(root: Path, policy: str = "latest:1", mode: str = "poll") -> tuple[M
 
     def load(folder: Path) -> FakeModel:
         asked.append(f"{folder.parent.name}/{folder.name}")
-        if not json.loads((folder / "manifest.json").read_text())["good"]:
+        good = json.loads((folder / "manifest.json").read_text())["good"]
+        if good == "zip":  # what torch's loaders raise for a cut file whose checksum matches
+            raise zipfile.BadZipFile("File is not a zip file")
+        if not good:
             raise ManifestError(f"{folder}: model.pt sha256 does not match the manifest")
         return FakeModel(folder)
 
@@ -178,3 +182,47 @@ def test_load_and_unload_are_refused_unless_model_control_is_explicit(tmp_path: 
         ctl, _ = control(tmp_path, mode=mode)
         ctl.start_up()
         assert "TRAINSERVE_MODEL_CONTROL=explicit" in ctl.command(object(), protocol.LOAD, "m")
+
+
+def test_whatever_loading_raises_refuses_that_version_alone(tmp_path: Path) -> None:
+    artifact(tmp_path, "m", "1")
+    cut = artifact(tmp_path, "m", "2", good="zip")
+    ctl, _ = control(tmp_path)
+    models, refused = ctl.start_up()  # a valid version beside it: start-up serves that one
+    assert keys(models) == ["m/1"] and refused == {str(cut): "BadZipFile: File is not a zip file"}
+    artifact(tmp_path, "m", "3", good="zip")
+    artifact(tmp_path, "zz", "1")  # a valid model after the broken ones in the scan
+    change = ctl.reconcile(None)
+    assert keys(change.added) == ["zz/1"] and len(change.refused) == 2
+
+
+def _crashed_while_loading(ctl: ModelControl, folder: Path) -> None:
+    """What a runtime that died while loading ``folder`` leaves behind: its loading marker."""
+    name, version = folder.parent.name, folder.name
+    fingerprint = scan(folder.parents[1])[name][version][1]
+    ctl.loading_marker.write_text(json.dumps({"folder": str(folder), "fingerprint": fingerprint}))
+
+
+def test_a_crash_while_loading_refuses_that_artifact_in_every_later_runtime(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    artifact(models, "m", "1")
+    crashing = artifact(models, "m", "2")
+
+    def runtime() -> ModelControl:
+        ctl, _ = control(models)
+        ctl.loading_marker, ctl.crash_record = tmp_path / "runtime-0.sock.loading", tmp_path / "crashed.jsonl"
+        return ctl
+
+    killed = runtime()  # killed from outside (SIGKILL) while loading: the artifact is not to blame
+    _crashed_while_loading(killed, crashing)
+    assert keys(killed.start_up(crashed=None)[0]) == ["m/2"]
+    crashed = runtime()
+    _crashed_while_loading(crashed, crashing)
+    served, refused = crashed.start_up(crashed="SIGSEGV")
+    assert keys(served) == ["m/1"]
+    assert refused == {str(crashing): "a model runtime died of SIGSEGV while loading it"}
+    assert not crashed.loading_marker.exists()
+    later = runtime()  # any later runtime of the service, crash or not
+    assert keys(later.start_up()[0]) == ["m/1"]
+    replace(crashing, good=True)  # a new artifact in its place is tried again
+    assert keys(later.reconcile(None).added) == ["m/2"]

@@ -108,7 +108,9 @@ def test_metrics_of_every_process_are_summed_in_one_scrape(serve, artifact_root,
 
 
 def test_a_crashed_runtime_answers_503_with_retry_after_then_is_restarted(serve, artifact_root):
-    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    # Without a spare: a new process must import torch before it serves, so the 503 is certain.
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1",
+                    "TRAINSERVE_SPARE_RUNTIME": "0"})
     url = f"{server.url}/v1/models/mnist-tiny:predict"
     assert requests.post(url, json=ZERO, timeout=30).status_code == 200
     text = requests.get(f"{server.url}/metrics", timeout=10).text
@@ -123,6 +125,23 @@ def test_a_crashed_runtime_answers_503_with_retry_after_then_is_restarted(serve,
     server.wait_ready()
     assert requests.post(url, json=ZERO, timeout=30).status_code == 200
     assert "restarting in" in server.log.read_text()
+
+
+def test_a_killed_runtime_is_replaced_by_the_spare_and_a_new_spare_is_started(serve, artifact_root):
+    server = serve({"TRAINSERVE_MODEL_DIR": str(artifact_root), "TRAINSERVE_WORKERS": "1"})
+    wait = time.monotonic() + 120  # the spare starts once the runtime serves
+    while not server.spare_pids() and time.monotonic() < wait:
+        time.sleep(0.1)
+    (spare,), (runtime,) = server.spare_pids(), server.runtime_pids()
+    os.kill(runtime, signal.SIGKILL)
+    server.wait_ready()
+    assert server.runtime_pids() == [spare]  # the spare, already past importing torch, became the runtime
+    assert requests.post(f"{server.url}/v1/models/mnist-tiny:predict", json=ZERO, timeout=30).ok
+    wait = time.monotonic() + 120
+    while not server.spare_pids() and time.monotonic() < wait:
+        time.sleep(0.1)
+    assert server.spare_pids() and server.spare_pids() != [spare]
+    assert server.stop() == 0
 
 
 def test_a_chunked_body_over_the_limit_is_413_and_one_within_it_is_served(serve, artifact_root, mnist):

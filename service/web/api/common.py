@@ -10,7 +10,7 @@ from flask import Response, current_app, g, request
 
 from service.errors import InvalidInput
 from service.runtime.catalog import ServedModel
-from service.web import binary, exchange
+from service.web import binary, exchange, limits
 from service.web.dataplane import DataPlane
 
 EXTENSION = "trainserve"
@@ -65,6 +65,9 @@ def image_batch(found: ServedModel) -> np.ndarray:
     """Uploaded images (a raw body, or one or many multipart files) as a uint8 batch [N, C, H, W]."""
     exchange.image_model(found)
     if request.mimetype == "multipart/form-data":
+        # Counted before werkzeug parses: its own part limit would answer without saying which limit.
+        limits.check_parts(limits.multipart_parts(request.get_data(cache=True),
+                                                  request.mimetype_params.get("boundary", "")))
         blobs = [f.read() for _, f in request.files.items(multi=True)]
         if not blobs:
             raise InvalidInput("the multipart body holds no file")
