@@ -17,7 +17,6 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
-from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
 from service.web import encoding, exchange, limits, operability
@@ -127,8 +126,7 @@ def _bound_body() -> None:
     except TimeoutError:
         raise exchange.too_slow(timeout_s, total) from None
     except Exception as exc:  # the front end's reader found the framing broken (gunicorn: a bad chunk)
-        raise InvalidInput(f"the body's framing is malformed after {total} bytes "
-                           f"({type(exc).__name__}): check its chunked encoding") from None
+        raise exchange.malformed_framing(total, type(exc).__name__) from None
     finally:
         if client is not None:
             client.settimeout(None)

@@ -186,8 +186,10 @@ class HotPath:
         try:
             while True:
                 message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise exchange.cut_short(total, size or total)
+                if message["type"] == "http.disconnect":  # the client left, or granian found bad framing
+                    if size is None:
+                        raise exchange.malformed_framing(total, "the stream ended")
+                    raise exchange.cut_short(total, size)
                 chunk = message.get("body", b"")
                 total += len(chunk)
                 if total > limit:

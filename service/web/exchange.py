@@ -70,6 +70,13 @@ def too_slow(timeout_s: float, received: int) -> RequestTimeout:
                           f"({received} bytes arrived)")
 
 
+def malformed_framing(received: int, what: str) -> InvalidInput:
+    """A chunked body whose framing broke (a chunk size that is no number, garbage after a chunk, or a
+    stream that ended without its last chunk)."""
+    return InvalidInput(f"the body's framing is malformed after {received} bytes ({what}): check its chunked "
+                        "encoding")
+
+
 def cut_short(received: int, declared: int) -> InvalidInput:
     """A body that ended before its Content-Length."""
     return InvalidInput(f"the body ended after {received} of the {declared} bytes its Content-Length "
