@@ -11,7 +11,7 @@ from training.tasks import DEFAULT_LOSS, LOSSES, TASKS, loss_error
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "spiral")  # plus "folder:PATH" and "csv:PATH"
 FREEZE = ("none", "features")
-ARCHITECTURES = ("mlp", "cnn", "classic", "resnet")
+ARCHITECTURES = ("mlp", "cnn", "cnn4", "classic", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -63,11 +63,24 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only (Nesterov)
     weight_decay: float = 5e-4  # not applied to biases and norm weights
     schedule: str = "onecycle"
-    augment: bool = True  # small random affine jitter, batched on tensors
+    augment: bool = True  # random warps, batched on tensors (training/augment.py)
+    # MNIST-style digits (the others get the plain affine jitter): elastic distortion of up to this many
+    # pixels, the share of digits drawn with a thicker or thinner stroke, and whether each warped digit is
+    # fitted into 20x20 and centred by mass again, as the service prepares uploads (docs/training.md).
+    elastic: float = 1.5
+    stroke: float = 0.5
+    recentre: bool = False
     # The last epochs train on clean images, so the low-lr end of the schedule and the batch-norm statistics
     # match what the model will be shown (it lifts MNIST test accuracy a little: docs/training.md).
     clean_epochs: int = 1  # never all of them: a one-epoch run is jittered throughout
     seed: int = 1
+    # "Not a digit" (MNIST multiclass only: training/outliers.py). Each step also shows the net outlier_batch
+    # non-digits (Fashion-MNIST, generated blanks, noise, scribbles), whose cross-entropy against the uniform
+    # distribution, times outlier_weight, joins the loss (0: no outlier exposure). The score's threshold
+    # flags flag_rate of the validation digits (training/trust.py).
+    outlier_weight: float = 0.5
+    outlier_batch: int = 32
+    flag_rate: float = 0.005
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 0  # data-loader worker processes; the data is in memory, so 0 is right on CPU
@@ -100,6 +113,10 @@ class TrainConfig:
                   image_size=self.image_size, lr=self.lr)
         _check(bool(self.hidden) and all(h > 0 for h in self.hidden), "hidden must be positive widths")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        _check(self.elastic >= 0 and 0.0 <= self.stroke <= 1.0, "elastic must be >= 0 and stroke in [0, 1]")
+        _check(self.outlier_weight >= 0 and self.outlier_batch > 0,
+               "outlier_weight must be >= 0 and outlier_batch > 0")
+        _check(0.0 < self.flag_rate < 0.5, "flag_rate must be in (0, 0.5)")
         _check(self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0")
         _check(self.workers >= 0 and self.threads >= 0 and self.clean_epochs >= 0,
                "workers, threads and clean_epochs must be >= 0")
