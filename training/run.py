@@ -40,6 +40,7 @@ from training.tabular import FeatureClassifier
 from training.targets import TargetSpec
 from training.tasks import Objective
 from training.transfer import start_from
+from training.trust import Scorer, assess
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +158,34 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
     if "roc_auc" in metrics:
         log.info("test ROC AUC %.4f, F1 %.4f at threshold %g", metrics["roc_auc"] or float("nan"),
                  metrics["f1"], cfg.threshold)
-    files = outcome.draw(runlog, test, test_set, data, objective, model, metrics)
+    limit = DRY_RUN_BATCHES * cfg.eval_batch_size if cfg.dry_run else None
+    trust = assess(Scorer(model, device, _layout(cfg.arch), cfg.eval_batch_size), data, objective,
+                   runlog.path.parent, odd=odd, flag_rate=cfg.flag_rate, limit=limit)
+    metrics |= trust.metrics
+    files = outcome.draw(runlog, test, test_set, data, objective, model, metrics) + trust.figures
     info = ArtifactInfo(
         name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
-        input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(), dataset=data.identity(),
+        input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(),
+        dataset=data.identity() | _outlier_identity(odd, cfg),
         ink=data.source.ink, image_preprocessing=data.source.image_preprocessing,
         extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
                "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device),
                **({"init_from": origin} if origin else {})},
         task=cfg.task, threshold=cfg.threshold, features=data.features, scaling=_scaling(data),
+        calibration=trust.calibration, outliers=trust.outliers,
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
                                                     test.accuracy, cfg.publish)
     return export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
+
+
+def _outlier_identity(odd: OutlierSets | None, cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest's ``dataset.outliers``: what the net was shown as "none of the classes"."""
+    if odd is None:
+        return {}
+    return {"outliers": {"fashion_mnist": odd.source, "generated": outliers.GENERATED_TRAIN,
+                         "train_examples": len(odd.train) if cfg.outlier_weight > 0 else 0}}
 
 
 def _scaling(data: DataSplits) -> dict[str, Any]:
