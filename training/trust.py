@@ -74,7 +74,7 @@ def assess(scorer: Scorer, data: DataSplits, objective: Objective, folder: Path,
     metrics = {"test_ece": round(curves["test split"].ece, 6),
                "test_ece_uncalibrated": round(_curve(test_logits, test.labels, objective).ece, 6)}
     if odd is not None:  # a digit model: other people's digits
-        drawn = _cap(render_digits(RENDER_PER_FONT, TEST_SEED), limit)
+        drawn = _cap(render_digits(RENDER_PER_FONT if limit is None else 1, TEST_SEED), limit)
         drawn_logits = scorer(drawn.images)
         curves["other-style digits"] = _curve(drawn_logits, drawn.labels, objective, temperature)
         metrics |= {"other_style_accuracy": round((drawn_logits.argmax(1) == drawn.labels).double().mean()

@@ -25,6 +25,7 @@ from service.manifest import InputSpec, Manifest
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
 from service.web.api.v1 import DATATYPE
+from service.web.confidence import OUTLIER_OUTPUTS
 from service.web.inference import DATATYPES, FLOAT32_MAX, example_shapes
 
 _ERRORS = {
@@ -214,6 +215,9 @@ def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str,
     manifests = [model.manifest for model in catalog]
     _narrow(components, [m.input for m in manifests])
     _narrow_tasks(components, manifests)
+    if manifests and all(m.outliers is None for m in manifests):  # no model has the outputs to ask for
+        name = components["RequestedOutput"]["properties"]["name"]
+        name["enum"] = [output for output in name["enum"] if output not in OUTLIER_OUTPUTS]
     # A body that names its model must name the one in the path (not expressible: the description says so).
     named = components["InferRequest"]["properties"]
     named["model_name"] |= {"enum": names} if names else {}

@@ -9,7 +9,9 @@ import numpy as np
 from flask import Blueprint, Response, request, send_file
 
 from service.runtime.catalog import ServedModel
+from service.web import confidence
 from service.web.api.common import image_batch, json_body, logits, model, plane, respond
+from service.web.confidence import annotate, calibrated, judge
 from service.web.inference import parse_features, parse_tensor, predictions, threshold_for
 from service.web.schemas import CLASSIFY_ARGS, PREDICT_REQUEST, load
 from service.web.stats import summarize
@@ -29,7 +31,7 @@ def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
         summary["features"] = list(m.input.features)
     if m.task != "multiclass":
         summary["threshold"] = m.threshold
-    return summary
+    return summary | confidence.describe(m)
 
 
 @bp.get("/models")
@@ -52,7 +54,7 @@ def predict(name: str, version: str | None = None) -> Response:
         inputs = parse_features(body["instances"], spec)
     else:
         inputs = parse_tensor(body["instances"], DATATYPE[body["dtype"]], None, spec)
-    return _answer(found, inputs, body["top_k"], body["threshold"])
+    return _answer(found, inputs, body["top_k"], body["threshold"], plain=body["plain"])
 
 
 @bp.post("/models/<name>:classify")
@@ -63,20 +65,23 @@ def classify(name: str, version: str | None = None) -> Response:
     # No query string (the usual case) needs no validation: a schema load costs more than the decode.
     args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else CLASSIFY_DEFAULTS
     inputs = image_batch(found)
-    return _answer(found, inputs, args["top_k"], shown=inputs if args["include_input"] else None)
+    return _answer(found, inputs, args["top_k"], shown=inputs if args["include_input"] else None,
+                   plain=args["plain"])
 
 
-CLASSIFY_DEFAULTS = {"top_k": None, "include_input": False}
+CLASSIFY_DEFAULTS = {"top_k": None, "include_input": False, "plain": False}
 
 
 def _answer(found: ServedModel, inputs: Any, top_k: int | None, threshold: float | None = None,
-            shown: np.ndarray | None = None) -> Response:
+            shown: np.ndarray | None = None, plain: bool = False) -> Response:
     m = found.manifest
     threshold = threshold_for(m, threshold)
     answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
     if m.task != "multiclass":
         answer["threshold"] = threshold
-    answer["predictions"] = predictions(logits(found, inputs), m.labels, top_k, m.task, threshold)
+    scaled = calibrated(logits(found, inputs), m)
+    answered = predictions(scaled, m.labels, top_k, m.task, threshold)
+    answer["predictions"] = annotate(answered, judge(scaled, m), plain)
     if shown is not None:  # what preprocessing made of each image, as the model got it
         for prediction, example in zip(answer["predictions"], shown, strict=True):
             prediction["input"] = example

@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from service.errors import NotReady
 from service.web.api.common import check_named, infer_body, logits, model, plane, respond, respond_infer
 from service.web.binary import wants_binary
+from service.web.confidence import calibrated, judge
 from service.web.inference import oip_outputs, outputs_for, parse_tensor, threshold_for
 from service.web.schemas import INFER_REQUEST
 
@@ -64,8 +65,11 @@ def infer(name: str, version: str | None = None) -> Response:
     tensor = body["inputs"][0]
     threshold = threshold_for(m, body["parameters"].get("threshold"))
     inputs = parse_tensor(tensor["data"], tensor["datatype"], tensor["shape"], m.input)
-    requested = body["outputs"] or [{"name": output} for output in outputs_for(m.task)]
-    outputs = oip_outputs(logits(found, inputs), requested, m.labels, m.task, threshold)
+    scaled = calibrated(logits(found, inputs), m)
+    verdict = judge(scaled, m)
+    requested = body["outputs"] or [{"name": output} for output in outputs_for(m.task, verdict is not None)]
+    outputs = oip_outputs(scaled, requested, m.labels, m.task, threshold, verdict,
+                          body["parameters"].get("plain", False))
     answer = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
     if m.task != "multiclass":
         answer["parameters"] = {"task": m.task, "threshold": threshold}
