@@ -15,6 +15,7 @@ ARCHITECTURES = ("mlp", "cnn", "cnn4", "classic", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
+NAME_FAMILY = {"cnn4": "cnn"}  # architectures whose artifacts are versions of the same model name
 EXTRA_FORMATS = ("exported", "aoti")  # written beside the TorchScript file (training/formats.py)
 
 # Adam-family optimisers diverge at SGD's learning rates, so --lr defaults per optimiser. With onecycle the
@@ -160,7 +161,9 @@ class TrainConfig:
 
 def default_name(dataset: str, arch: str, task: str = "multiclass") -> str:
     """The artifact name a run gets unless --name says otherwise: ``<dataset>-<arch>``, or
-    ``<dataset>-<task>-<arch>`` for binary and multilabel (never a new version of a multiclass model)."""
+    ``<dataset>-<task>-<arch>`` for binary and multilabel (never a new version of a multiclass model). The
+    compact CNNs share the name ``cnn``: a run of the default cnn4 is the next version of ``mnist-cnn``."""
+    arch = NAME_FAMILY.get(arch, arch)
     if dataset.startswith("folder:"):
         dataset = Path(dataset.removeprefix("folder:")).resolve().name
     elif dataset.startswith("csv:"):
