@@ -92,6 +92,9 @@ _CLASSIFY_QUERY = [
     {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}},
     {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
      "description": "true: each prediction carries `input`, the preprocessed image as the model received it"},
+    {"name": "plain", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "true: an image flagged as an outlier (\"not a digit\") still gets its label, otherwise "
+                    "null; the flag and the score are given either way"},
 ]
 _PREDICT_EXAMPLE = ('{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
                     '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}')
