@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_oip_gives_the_flag_and_the_score_as_outputs(manifest) -> None:
     assert outputs["label"]["data"] == ["3", ""] and outputs["outlier"]["datatype"] == "BOOL"
     assert outputs["outlier"]["data"].tolist() == [False, True] and outputs["outlier_score"]["shape"] == [2]
     asked = oip_outputs(logits, [{"name": "label"}], LABELS, verdict=judge(logits, m), plain=True)
-    assert asked[0]["data"] == ["3", "3"]
+    assert asked[0]["data"] == ["3", "0"]  # the second one's best guess, all ten being equal
 
 
 def test_the_shipped_model_says_how_it_was_calibrated_and_where_it_flags(manifest) -> None:
@@ -124,3 +125,27 @@ def test_the_service_flags_a_blank_and_clothes_and_answers_a_digit(serve, fashio
                     "data": np.concatenate([np.zeros(784, np.uint8), digit.ravel()]).tolist()}]}).json()
     outputs = {o["name"]: o["data"] for o in oip["outputs"]}
     assert outputs["outlier"] == [True, False] and outputs["label"] == ["", "7"]
+
+
+@pytest.mark.parametrize(("entry", "value", "named"), [
+    ("calibration", {"temperature": 0}, "temperature"),
+    ("calibration", {"temperature": 1.5, "method": "platt"}, "method"),
+    ("outliers", {"threshold": 1.5}, "threshold"),
+    ("outliers", {"threshold": 0.5, "score": "energy"}, "score"),
+])
+def test_a_manifest_with_a_bad_calibration_or_threshold_is_refused(entry, value, named) -> None:
+    from service.manifest import Manifest, ManifestError
+
+    data = json.loads((SHIPPED / "1" / "manifest.json").read_text()) | {entry: value}
+    with pytest.raises(ManifestError, match=named):
+        Manifest.from_dict(data)
+
+
+def test_old_manifests_load_with_the_documented_defaults() -> None:
+    from service.manifest import Manifest
+
+    data = json.loads((SHIPPED / "1" / "manifest.json").read_text())
+    assert "calibration" not in data and "outliers" not in data  # written before issue 26
+    m = Manifest.from_dict(data)
+    assert m.calibration == Calibration() and m.outliers is None
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m  # a re-written one reads the same
