@@ -33,7 +33,9 @@ def applies(dataset: str, task: str) -> bool:
 class OutlierSets:
     """Non-digits to train on, and the held-out ones the export measures the score on."""
 
-    train: torch.Tensor  # uint8 [N, 1, 28, 28]: Fashion-MNIST train + generated
+    # uint8 [N, 1, 28, 28] each: Fashion-MNIST's training split, and generated non-digits; a batch draws
+    # from both alike, so that the few kinds of generated images are not lost among 60,000 clothes.
+    train: tuple[torch.Tensor, ...]
     fashion_test: torch.Tensor  # uint8 [N, 1, 28, 28]
     generated_test: torch.Tensor  # uint8 [N, 1, 28, 28]
     generated_kinds: torch.Tensor  # int64 [N]: index into nondigits.KINDS
@@ -45,11 +47,14 @@ def load_outliers(data_dir: Path, download: bool) -> OutlierSets:
     fashion = load_idx_dataset(IDX_DATASETS[OUTLIER_DATASET], data_dir, download)
     generated, _ = nondigits.generate(GENERATED_TRAIN, TRAIN_SEED)
     test, kinds = nondigits.generate(GENERATED_TEST, TEST_SEED)
-    return OutlierSets(train=torch.cat([fashion.train.images, generated]), fashion_test=fashion.test.images,
+    return OutlierSets(train=(fashion.train.images, generated), fashion_test=fashion.test.images,
                        generated_test=test, generated_kinds=kinds, source=fashion.location)
 
 
-def batches(images: torch.Tensor, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless random batches of ``size`` images (drawn with replacement, so any length of run works)."""
+def batches(pools: tuple[torch.Tensor, ...], size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless random batches of ``size`` images, an equal share from each pool (drawn with replacement, so
+    any length of run works)."""
+    shares = [size // len(pools) + (k < size % len(pools)) for k in range(len(pools))]
     while True:
-        yield images[torch.randint(len(images), (size,), generator=generator)]
+        yield torch.cat([pool[torch.randint(len(pool), (n,), generator=generator)]
+                         for pool, n in zip(pools, shares, strict=True) if n])

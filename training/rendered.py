@@ -33,7 +33,6 @@ FONTS = {
     "fonts-humor-sans": ("truetype/humor-sans/Humor-Sans.ttf",),
     "fonts-dkg-handwriting": ("truetype/fifthhorseman/dkg.ttf", "truetype/fifthhorseman/dkgIt.ttf"),
     "fonts-breip": ("truetype/breip/Breip.ttf",),
-    "fonts-femkeklaver": ("truetype/femkeklaver/femkeklaver.ttf",),
     "fonts-bwht": ("opentype/bwht/BecauseWeBuild-Regular.otf", "opentype/bwht/BecauseWeMentor-Regular.otf"),
 }
 RENDER_PACKAGES = tuple(FONTS)

@@ -185,7 +185,7 @@ def _outlier_identity(odd: OutlierSets | None, cfg: TrainConfig) -> dict[str, An
     if odd is None:
         return {}
     return {"outliers": {"fashion_mnist": odd.source, "generated": outliers.GENERATED_TRAIN,
-                         "train_examples": len(odd.train) if cfg.outlier_weight > 0 else 0}}
+                         "train_examples": sum(map(len, odd.train)) if cfg.outlier_weight > 0 else 0}}
 
 
 def _scaling(data: DataSplits) -> dict[str, Any]:
