@@ -15,7 +15,7 @@ from torch import nn
 
 from training.tasks import Evaluation, Objective, summarise
 
-__all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch"]
+__all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch", "uniform_loss"]
 
 MULTICLASS = Objective()  # softmax cross-entropy, what every run trained before tasks existed
 
@@ -74,9 +74,9 @@ def train_one_epoch(
 
     ``memory_format`` is the layout batches are handed to the model in (channels_last suits conv nets);
     ``objective`` is the task and loss. ``outliers`` (outlier exposure, multiclass only) gives a batch of
-    images that belong to no class for every step: they share the step's forward pass, and
-    ``outlier_weight`` times their cross-entropy against the uniform distribution is added to the loss,
-    which teaches the net to spread its probability over every class when it sees one (docs/training.md).
+    images that belong to no class for every step: ``outlier_weight`` times their cross-entropy against the
+    uniform distribution is added to the loss, which teaches the net to spread its probability over every
+    class when it sees one (docs/training.md).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -86,18 +86,12 @@ def train_one_epoch(
         x, y = pixels(images, device), labels.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x)
-        extra = 0
-        if outliers is not None:
-            odd = pixels(next(outliers), device)
-            extra = len(odd)
-            x = torch.cat([x, odd])
         x = x.contiguous(memory_format=memory_format)
         logits = model(x)
-        if extra:
-            logits, odd_logits = logits[:-extra], logits[-extra:]
         loss = objective.losses(logits, y).mean()
-        if extra:
-            loss = loss - outlier_weight * F.log_softmax(odd_logits, dim=1).mean()
+        if outliers is not None:
+            odd = pixels(next(outliers), device, memory_format)
+            loss = loss + outlier_weight * uniform_loss(model, odd)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -110,6 +104,25 @@ def train_one_epoch(
         if on_step is not None and step % report_every == 0:
             on_step(step, loss_sum.item() / examples, correct.item() / examples)
     return EpochStats(loss_sum=loss_sum.item(), correct=correct.item(), examples=examples)
+
+
+def uniform_loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's predictions for ``images`` against the uniform distribution.
+
+    Batch norm uses its running statistics for this pass, as it will at inference: the batch statistics and
+    the running ones stay the training digits' own, not a mixture with clothes and noise (which cost test
+    accuracy in our runs: docs/benchmarks.md#training). Under DDP the pass goes to the wrapped module, so
+    the wrapper sees one forward per step.
+    """
+    net = getattr(model, "module", model)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for norm in norms:
+        norm.eval()
+    try:
+        return -F.log_softmax(net(images), dim=1).mean()
+    finally:
+        for norm in norms:
+            norm.train()
 
 
 @torch.inference_mode()
