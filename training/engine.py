@@ -7,6 +7,7 @@ normalises itself), so the net trained is exactly the net exported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,14 @@ def train_one_epoch(
         if augment is not None:
             x = augment(x)
         x = x.contiguous(memory_format=memory_format)
-        logits = model(x)
-        loss = objective.losses(logits, y).mean()
-        if outliers is not None:
-            odd = pixels(next(outliers), device, memory_format)
-            loss = loss + outlier_weight * uniform_loss(model, odd)
+        if outliers is None:
+            logits = model(x)
+            loss = objective.losses(logits, y).mean()
+        else:
+            with digit_statistics(model):
+                logits = model(x)
+                odd = pixels(next(outliers), device, memory_format)
+                loss = objective.losses(logits, y).mean() + outlier_weight * uniform_loss(model, odd)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -106,16 +110,42 @@ def train_one_epoch(
     return EpochStats(loss_sum=loss_sum.item(), correct=correct.item(), examples=examples)
 
 
+def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    net = getattr(model, "module", model)
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            and m.track_running_stats and isinstance(m.momentum, float)]
+
+
+@contextmanager
+def digit_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside, the first forward pass in training mode leaves each batch norm's running statistics equal to
+    that batch's (for ``uniform_loss`` to normalise the outliers with); on the way out the running
+    statistics become what one ordinary step would have made them."""
+    norms = _norms(model)
+    saved = [(n.momentum, n.running_mean.clone(), n.running_var.clone()) for n in norms]
+    for norm in norms:
+        norm.momentum = 1.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, (momentum, mean, var) in zip(norms, saved, strict=True):
+                norm.running_mean.lerp_(mean, 1.0 - momentum)
+                norm.running_var.lerp_(var, 1.0 - momentum)
+                norm.momentum = momentum
+
+
 def uniform_loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the model's predictions for ``images`` against the uniform distribution.
 
-    Batch norm uses its running statistics for this pass, as it will at inference: the batch statistics and
-    the running ones stay the training digits' own, not a mixture with clothes and noise (which cost test
-    accuracy in our runs: docs/benchmarks.md#training). Under DDP the pass goes to the wrapped module, so
-    the wrapper sees one forward per step.
+    Batch norm normalises these images with the statistics of the step's digits (``digit_statistics``),
+    not its own batch's: as at inference, where the running statistics are the digits', and the digits'
+    statistics are never a mixture with clothes and noise (mixing both into one batch cost test accuracy
+    in our runs: docs/benchmarks.md#training). Under DDP the pass goes to the wrapped module, so the
+    wrapper sees one forward per step.
     """
     net = getattr(model, "module", model)
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    norms = _norms(model)
     for norm in norms:
         norm.eval()
     try:
