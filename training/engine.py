@@ -7,7 +7,7 @@ normalises itself), so the net trained is exactly the net exported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -88,16 +88,16 @@ def train_one_epoch(
         if augment is not None:
             x = augment(x)
         x = x.contiguous(memory_format=memory_format)
-        if outliers is None:
+        # The outlier pass reads the running statistics the digits' pass left: they are put back only once
+        # the backward pass has used them.
+        with digit_statistics(model) if outliers is not None else nullcontext():
             logits = model(x)
             loss = objective.losses(logits, y).mean()
-        else:
-            with digit_statistics(model):
-                logits = model(x)
+            if outliers is not None:
                 odd = pixels(next(outliers), device, memory_format)
-                loss = objective.losses(logits, y).mean() + outlier_weight * uniform_loss(model, odd)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+                loss = loss + outlier_weight * uniform_loss(model, odd)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
