@@ -7,7 +7,6 @@ normalises itself), so the net trained is exactly the net exported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 
 from training.tasks import Evaluation, Objective, summarise
 
-__all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch", "uniform_loss"]
+__all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch"]
 
 MULTICLASS = Objective()  # softmax cross-entropy, what every run trained before tasks existed
 
@@ -75,9 +74,10 @@ def train_one_epoch(
 
     ``memory_format`` is the layout batches are handed to the model in (channels_last suits conv nets);
     ``objective`` is the task and loss. ``outliers`` (outlier exposure, multiclass only) gives a batch of
-    images that belong to no class for every step: ``outlier_weight`` times their cross-entropy against the
-    uniform distribution is added to the loss, which teaches the net to spread its probability over every
-    class when it sees one (docs/training.md).
+    images that belong to no class for every step: they share the step's forward pass (and its batch-norm
+    statistics: a separate pass on the digits' statistics diverged in our runs, docs/benchmarks.md), and
+    ``outlier_weight`` times their cross-entropy against the uniform distribution is added to the loss,
+    which teaches the net to spread its probability over every class when it sees one (docs/training.md).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -87,17 +87,20 @@ def train_one_epoch(
         x, y = pixels(images, device), labels.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x)
+        extra = 0
+        if outliers is not None:
+            odd = pixels(next(outliers), device)
+            extra = len(odd)
+            x = torch.cat([x, odd])
         x = x.contiguous(memory_format=memory_format)
-        # The outlier pass reads the running statistics the digits' pass left: they are put back only once
-        # the backward pass has used them.
-        with digit_statistics(model) if outliers is not None else nullcontext():
-            logits = model(x)
-            loss = objective.losses(logits, y).mean()
-            if outliers is not None:
-                odd = pixels(next(outliers), device, memory_format)
-                loss = loss + outlier_weight * uniform_loss(model, odd)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        logits = model(x)
+        if extra:
+            logits, odd_logits = logits[:-extra], logits[-extra:]
+        loss = objective.losses(logits, y).mean()
+        if extra:
+            loss = loss - outlier_weight * F.log_softmax(odd_logits, dim=1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -108,51 +111,6 @@ def train_one_epoch(
         if on_step is not None and step % report_every == 0:
             on_step(step, loss_sum.item() / examples, correct.item() / examples)
     return EpochStats(loss_sum=loss_sum.item(), correct=correct.item(), examples=examples)
-
-
-def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    net = getattr(model, "module", model)
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-            and m.track_running_stats and isinstance(m.momentum, float)]
-
-
-@contextmanager
-def digit_statistics(model: nn.Module) -> Iterator[None]:
-    """Inside, the first forward pass in training mode leaves each batch norm's running statistics equal to
-    that batch's (for ``uniform_loss`` to normalise the outliers with); on the way out the running
-    statistics become what one ordinary step would have made them."""
-    norms = _norms(model)
-    saved = [(n.momentum, n.running_mean.clone(), n.running_var.clone()) for n in norms]
-    for norm in norms:
-        norm.momentum = 1.0
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for norm, (momentum, mean, var) in zip(norms, saved, strict=True):
-                norm.running_mean.lerp_(mean, 1.0 - momentum)
-                norm.running_var.lerp_(var, 1.0 - momentum)
-                norm.momentum = momentum
-
-
-def uniform_loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the model's predictions for ``images`` against the uniform distribution.
-
-    Batch norm normalises these images with the statistics of the step's digits (``digit_statistics``),
-    not its own batch's: as at inference, where the running statistics are the digits', and the digits'
-    statistics are never a mixture with clothes and noise (mixing both into one batch cost test accuracy
-    in our runs: docs/benchmarks.md#training). Under DDP the pass goes to the wrapped module, so the
-    wrapper sees one forward per step.
-    """
-    net = getattr(model, "module", model)
-    norms = _norms(model)
-    for norm in norms:
-        norm.eval()
-    try:
-        return -F.log_softmax(net(images), dim=1).mean()
-    finally:
-        for norm in norms:
-            norm.train()
 
 
 @torch.inference_mode()
