@@ -98,8 +98,12 @@ def test_manifest_route_gives_the_artifacts_manifest_and_its_plots(ui_client, ui
     body = ui_client.get("/v1/models/mnist-cnn/versions/1/manifest").json
     on_disk = json.loads((ui_root / "mnist-cnn" / "1" / "manifest.json").read_text())
     assert body.pop("reports") == ["curves.png", "confusion.png", "mistakes.png"]
-    # Written before manifests had a task: served with the defaults the service reads it with.
-    assert body == on_disk | {"task": "multiclass", "threshold": 0.5,
+    # Written before manifests had a task or a calibration: served with the defaults the service reads it
+    # with (temperature 1, no "not a digit" score).
+    calibration = {"temperature": 1.0, "method": "temperature", "fitted_on": "", "examples": 0,
+                   "val_loss_before": None, "val_loss_after": None}
+    assert body == on_disk | {"task": "multiclass", "threshold": 0.5, "calibration": calibration,
+                              "outliers": None,
                               "input": on_disk["input"] | {"kind": "image", "features": [], "scaling": {}}}
     assert ui_client.get("/v1/models/mnist-tiny/manifest").json["version"] == "2"
     assert ui_client.get("/v1/models/nope/manifest").status_code == 404
