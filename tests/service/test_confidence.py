@@ -108,14 +108,18 @@ def test_the_service_flags_a_blank_and_clothes_and_answers_a_digit(serve, fashio
     service = serve({"TRAINSERVE_MODEL_DIR": str(REPO / "models"), "TRAINSERVE_VERSION_POLICY": "latest:1"})
     url = f"{service.url}/v1/models/mnist-cnn:classify"
     digit = read_idx(datasets_dir / "mnist" / "t10k-images-idx3-ubyte.gz").numpy()[0]  # a 7
+    red, dot = io.BytesIO(), np.full((200, 200), 255, np.uint8)
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(red, format="JPEG")
+    dot[98:103, 98:103] = 0  # a single dot on the page: prepared for the model, a filled disc
     files = [("blank", _png(np.full((40, 40), 255, np.uint8))), ("shoe", _png(fashion[0])),
-             ("seven", _png(digit))]
+             ("seven", _png(digit)), ("red", red.getvalue()), ("dot", _png(dot))]
     body = requests.post(url, files=files, timeout=60).json()
     assert body["version"] == NEWEST.name
-    blank, shoe, seven = body["predictions"]
+    blank, shoe, seven, solid, spot = body["predictions"]
     assert blank["outlier"] and blank["label"] is None and blank["outlier_score"] > 0.5
     assert shoe["outlier"] and shoe["label"] is None
     assert not seven["outlier"] and seven["label"] == "7"
+    assert solid["outlier"] and spot["outlier"]  # the solid red JPEG and single dot
     plain = requests.post(f"{url}?plain=true", files=files[:1], timeout=60).json()["predictions"][0]
     assert plain["outlier"] and plain["label"] in LABELS
     clothes = requests.post(url, files=[(str(i), _png(f)) for i, f in enumerate(fashion)], timeout=60).json()
