@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from service.manifest import read_manifest, verify_checksum
+from service.runtime.formats import FormatRefused
 from service.runtime.registry import load_format
 from service.server.allocator import keep_freed_memory
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted, optimized_for_inference
@@ -46,7 +47,11 @@ def served_formats(folder: Path, label: str) -> dict[str, tuple[str, object]]:
     manifest = read_manifest(folder)
     loaded = {}
     for entry in manifest.model_formats:
-        model = load_format(folder, manifest, entry, torch.device("cpu"), half=False, warmup_batch=1)
+        try:
+            model = load_format(folder, manifest, entry, torch.device("cpu"), half=False, warmup_batch=1)
+        except FormatRefused as exc:  # e.g. an AOTInductor package built for another CPU: as the service does
+            print(f"{label} {entry.format}: skipped, {exc}", flush=True)
+            continue
         compiled = f", compiled in {entry.compile_seconds:.1f} s" if entry.compile_seconds else ""
         loaded[f"{label} {entry.format}{compiled}"] = (label, model.module)
     return loaded
