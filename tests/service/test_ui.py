@@ -128,7 +128,11 @@ def test_any_other_plot_training_adds_is_listed_and_served_after_the_usual_ones(
     shutil.copytree(ui_root / "mnist-cnn", root / "mnist-cnn")
     (root / "mnist-cnn" / "1" / "roc.png").write_bytes((root / "mnist-cnn" / "1" / "curves.png").read_bytes())
     client = make_app(model_dir=root).test_client()
-    assert client.get("/v1/models/mnist-cnn/manifest").json["reports"] == [*REPORT_FILES, "roc.png"]
+    first = client.get("/v1/models/mnist-cnn/versions/1/manifest").json
+    assert first["reports"] == [*REPORT_FILES, "roc.png"]
+    # Version 2 (issue 26) also has its reliability diagram and its "not a digit" scores.
+    assert client.get("/v1/models/mnist-cnn/versions/2/manifest").json["reports"] == [
+        *REPORT_FILES, "outliers.png", "reliability.png"]
     with client.get("/v1/models/mnist-cnn/versions/1/files/roc.png") as response:
         assert response.status_code == 200
     assert 'files/roc.png"' in client.get("/ui/models/mnist-cnn/1").get_data(as_text=True)
@@ -150,7 +154,7 @@ def test_model_page_shows_the_manifest_plots_and_live_figures(ui_client):
 
 
 def _stats(client) -> dict:
-    return client.get("/v1/models/mnist-cnn/versions/1/stats").json
+    return client.get("/v1/models/mnist-cnn/stats").json  # the default version's, which gets the requests
 
 
 def test_stats_count_this_models_requests_latency_and_batches(ui_client, mnist):
