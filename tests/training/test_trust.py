@@ -35,7 +35,8 @@ def small_run(mnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_the_manifest_records_the_temperature_the_threshold_and_what_they_measure(small_run: Path) -> None:
     manifest = read_manifest(small_run)
-    assert manifest.calibration.fitted_on == "validation split" and manifest.calibration.examples == 200
+    assert manifest.calibration.fitted_on == "validation split"
+    assert manifest.calibration.examples == manifest.dataset["val_examples"] > 150
     assert 0.05 <= manifest.calibration.temperature <= 20
     assert manifest.calibration.val_loss_after <= manifest.calibration.val_loss_before
     spec = manifest.outliers
