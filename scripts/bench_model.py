@@ -1,6 +1,7 @@
 """In-process throughput of every format of an artifact, side by side: images/s by batch size and threads.
 
     python scripts/bench_model.py models/mnist-cnn/1                 # its formats, and the classic net's
+    python scripts/bench_model.py models/mnist-cnn/1 models/mnist-cnn/2 --archs   # two versions side by side
     python scripts/bench_model.py models/mnist-cnn/1 --archs          # the artifact alone
     python scripts/bench_model.py models/mnist-cnn/1 --batch-sizes 1 8 64 256 --threads 1 2
     python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn classic resnet   # untrained nets too
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from service.manifest import read_manifest, verify_checksum
+from service.runtime.formats import FormatRefused
 from service.runtime.registry import load_format
 from service.server.allocator import keep_freed_memory
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted, optimized_for_inference
@@ -45,7 +47,11 @@ def served_formats(folder: Path, label: str) -> dict[str, tuple[str, object]]:
     manifest = read_manifest(folder)
     loaded = {}
     for entry in manifest.model_formats:
-        model = load_format(folder, manifest, entry, torch.device("cpu"), half=False, warmup_batch=1)
+        try:
+            model = load_format(folder, manifest, entry, torch.device("cpu"), half=False, warmup_batch=1)
+        except FormatRefused as exc:  # e.g. an AOTInductor package built for another CPU: as the service does
+            print(f"{label} {entry.format}: skipped, {exc}", flush=True)
+            continue
         compiled = f", compiled in {entry.compile_seconds:.1f} s" if entry.compile_seconds else ""
         loaded[f"{label} {entry.format}{compiled}"] = (label, model.module)
     return loaded
@@ -69,7 +75,8 @@ def untrained(arch: str, shape: tuple[int, ...], classes: int, root: Path) -> di
 def main() -> None:
     """Parse flags, load every format, print a table of images/s."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("artifact", type=Path, help="an artifact folder, e.g. models/mnist-cnn/1")
+    p.add_argument("artifacts", type=Path, nargs="+", metavar="artifact",
+                   help="artifact folders, e.g. models/mnist-cnn/1 (several: measured side by side)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="(default: 1 64)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default: 1 2)")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell (default: 2)")
@@ -87,17 +94,20 @@ def main() -> None:
     args = p.parse_args()
     if not args.malloc_defaults:
         keep_freed_memory()
-    manifest = read_manifest(args.artifact)
-    print(f"{manifest.name}/{manifest.version}: {manifest.architecture}, {manifest.parameters:,} parameters, "
-          f"{manifest.extra.get('macs_per_example', 0) / 1e6:.2f} M MACs/image, "
-          f"test accuracy {100 * manifest.metrics['test_accuracy']:.2f} %; torch {torch.__version__}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
-    models = served_formats(args.artifact, manifest.name)
-    if args.forms:
-        scripted = load_scripted(verify_checksum(manifest, args.artifact))
-        models |= {f"{manifest.name} torchscript as exported": (manifest.name, scripted),
-                   f"{manifest.name} torchscript optimize_for_inference": (manifest.name,
-                                                                           optimized_for_inference(scripted))}
+    models: dict[str, tuple[str, object]] = {}
+    for folder in args.artifacts:
+        manifest = read_manifest(folder)
+        label = f"{manifest.name}/{manifest.version}"
+        print(f"{label}: {manifest.architecture}, {manifest.parameters:,} parameters, "
+              f"{manifest.extra.get('macs_per_example', 0) / 1e6:.2f} M MACs/image, "
+              f"test accuracy {100 * manifest.metrics['test_accuracy']:.2f} %; torch {torch.__version__}, "
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+        models |= served_formats(folder, label)
+        if args.forms:
+            scripted = load_scripted(verify_checksum(manifest, folder))
+            models |= {f"{label} torchscript as exported": (label, scripted),
+                       f"{label} torchscript optimize_for_inference": (label,
+                                                                       optimized_for_inference(scripted))}
     shape = tuple(manifest.input.shape)
     with tempfile.TemporaryDirectory(prefix="bench-model-") as root:
         for arch in args.archs:

@@ -36,6 +36,8 @@ _FILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # no separators: the model fi
 # a sigmoid each, every label whose probability reaches the threshold (possibly none).
 TASKS = ("multiclass", "binary", "multilabel")
 INPUT_KINDS = ("image", "features")
+# The "not a digit" score: one minus the highest calibrated probability (OutlierSpec).
+OUTLIER_SCORE = "1 - max probability"
 
 
 class ManifestError(ValueError):
@@ -122,6 +124,49 @@ class ModelFormat:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """How the service turns logits into probabilities: each logit is divided by ``temperature`` first.
+
+    Temperature scaling never changes which label wins, only how sure the answer says it is. The default,
+    1, is the model's own probabilities: artifacts made before calibration existed are served unchanged.
+    """
+
+    temperature: float = 1.0
+    method: str = "temperature"
+    fitted_on: str = ""  # e.g. "validation split"
+    examples: int = 0  # how many examples it was fitted on
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.method == "temperature", f"calibration.method {self.method!r} must be 'temperature'")
+        _check(isinstance(self.temperature, (int, float)) and 0.0 < self.temperature < float("inf"),
+               f"calibration.temperature {self.temperature!r} must be a positive number")
+
+
+@dataclass(frozen=True)
+class OutlierSpec:
+    """A score for inputs unlike anything the model learned ("not a digit"), and where it flags them.
+
+    ``score`` "1 - max probability": one minus the highest calibrated probability, in [0, 1]; an input is
+    flagged when its score is at least ``threshold``. Multiclass image models only.
+    """
+
+    threshold: float
+    score: str = OUTLIER_SCORE
+    meaning: str = "not a digit"  # what a flagged input is, in words ("this does not look like a digit")
+    flag_rate: float | None = None  # the share of validation examples the threshold was chosen to flag
+    chosen_on: str = ""  # how the threshold was chosen, in words
+    inputs: str = "image"
+
+    def __post_init__(self) -> None:
+        _check(self.score == OUTLIER_SCORE, f"outliers.score {self.score!r} must be {OUTLIER_SCORE!r}")
+        _check(isinstance(self.threshold, (int, float)) and 0.0 < self.threshold <= 1.0,
+               f"outliers.threshold {self.threshold!r} must be in (0, 1]")
+        _check(self.inputs == "image", f"outliers.inputs {self.inputs!r} must be 'image'")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the service needs to know about one artifact, and how it was made."""
 
@@ -146,6 +191,10 @@ class Manifest:
     # Every format the folder holds, TorchScript included, in the exporter's order; empty in artifacts made
     # before there were other formats: then ``file`` alone (see ``model_formats``).
     formats: tuple[ModelFormat, ...] = ()
+    # Both optional, for artifacts made before them: temperature 1 (the model's own probabilities) and no
+    # "not a digit" score.
+    calibration: Calibration = field(default_factory=Calibration)
+    outliers: OutlierSpec | None = None
 
     def __post_init__(self) -> None:
         _check(self.schema_version == SCHEMA_VERSION,
@@ -165,6 +214,8 @@ class Manifest:
                "formats must list the TorchScript file once, with the manifest's file and sha256")
         files = [f.file for f in self.formats]
         _check(len(set(files)) == len(files), "formats must not share a file")
+        _check(self.outliers is None or (self.task == "multiclass" and self.input.kind == "image"),
+               "outliers is for multiclass image models only")
 
     @property
     def model_formats(self) -> tuple[ModelFormat, ...]:
@@ -217,6 +268,10 @@ class Manifest:
             formats = data.get("formats", [])
             _check(isinstance(formats, list), "formats must be a list")
             values["formats"] = tuple(_spec(ModelFormat, f) for f in formats)
+            if "calibration" in data:
+                values["calibration"] = _spec(Calibration, data["calibration"])
+            if data.get("outliers") is not None:
+                values["outliers"] = _spec(OutlierSpec, data["outliers"])
             return cls(**values)
         except KeyError as exc:
             raise ManifestError(f"manifest is missing {exc.args[0]!r}") from None

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"mlp only (default: {_D.activation})")
     _task_flags(p.add_argument_group("task"))
     _optimisation_flags(p.add_argument_group("optimisation"))
+    _outlier_flags(p.add_argument_group("not a digit"))
     _run_flags(p.add_argument_group("run"))
     return p
 
@@ -115,9 +116,28 @@ def _optimisation_flags(g: argparse._ArgumentGroup) -> None:
                    help=f"learning-rate schedule (default: {_D.schedule})")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=_D.augment,
                    help="random affine jitter: rotate, shift, zoom (default: on)")
+    g.add_argument("--elastic", type=float, default=_D.elastic, metavar="PX",
+                   help="digits: elastic distortion of up to PX pixels, 0 for none "
+                        f"(default: {_D.elastic:g})")
+    g.add_argument("--stroke", type=float, default=_D.stroke, metavar="P",
+                   help=f"digits: share drawn thicker or thinner (default: {_D.stroke:g})")
+    g.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=_D.recentre,
+                   help="digits: fit each warped digit into 20x20 and centre it by mass again, as the "
+                        f"service prepares uploads (default: {'on' if _D.recentre else 'off'})")
     g.add_argument("--clean-epochs", type=int, default=_D.clean_epochs, metavar="N",
                    help=f"last epochs without augmentation (default: {_D.clean_epochs})")
     g.add_argument("--seed", type=int, default=_D.seed, metavar="S", help=f"random seed (default: {_D.seed})")
+
+
+def _outlier_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--outlier-weight", type=float, default=_D.outlier_weight, metavar="W",
+                   help="MNIST: weight of outlier exposure (non-digits pushed towards uniform "
+                        f"probabilities), 0 for none (default: {_D.outlier_weight:g})")
+    g.add_argument("--outlier-batch", type=int, default=_D.outlier_batch, metavar="N",
+                   help=f"MNIST: non-digits per step (default: {_D.outlier_batch})")
+    g.add_argument("--flag-rate", type=float, default=_D.flag_rate, metavar="F",
+                   help="MNIST: the \"not a digit\" threshold flags this share of the validation digits "
+                        f"(default: {_D.flag_rate:g})")
 
 
 def _run_flags(g: argparse._ArgumentGroup) -> None:

@@ -6,10 +6,11 @@ normalises itself), so the net trained is exactly the net exported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.tasks import Evaluation, Objective, summarise
@@ -66,11 +67,17 @@ def train_one_epoch(
     report_every: int = 10,
     memory_format: torch.memory_format = torch.contiguous_format,
     objective: Objective = MULTICLASS,
+    outliers: Iterator[torch.Tensor] | None = None,
+    outlier_weight: float = 0.5,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``batches``; the scheduler, if any, steps once per batch.
 
     ``memory_format`` is the layout batches are handed to the model in (channels_last suits conv nets);
-    ``objective`` is the task and loss.
+    ``objective`` is the task and loss. ``outliers`` (outlier exposure, multiclass only) gives a batch of
+    images that belong to no class for every step: they share the step's forward pass (and its batch-norm
+    statistics: a separate pass on the digits' statistics diverged in our runs, docs/benchmarks.md), and
+    ``outlier_weight`` times their cross-entropy against the uniform distribution is added to the loss,
+    which teaches the net to spread its probability over every class when it sees one (docs/training.md).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -80,9 +87,18 @@ def train_one_epoch(
         x, y = pixels(images, device), labels.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x)
+        extra = 0
+        if outliers is not None:
+            odd = pixels(next(outliers), device)
+            extra = len(odd)
+            x = torch.cat([x, odd])
         x = x.contiguous(memory_format=memory_format)
         logits = model(x)
+        if extra:
+            logits, odd_logits = logits[:-extra], logits[-extra:]
         loss = objective.losses(logits, y).mean()
+        if extra:
+            loss = loss - outlier_weight * F.log_softmax(odd_logits, dim=1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

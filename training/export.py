@@ -24,9 +24,11 @@ from torch import nn
 
 from service.manifest import (
     MODEL_FILE,
+    Calibration,
     InputSpec,
     Manifest,
     ModelFormat,
+    OutlierSpec,
     OutputSpec,
     next_version,
     sha256_file,
@@ -90,6 +92,9 @@ class ArtifactInfo:
     # Feature-vector models: the names in input order, and the standardisation the module applies inside.
     features: tuple[str, ...] = ()
     scaling: dict[str, Any] = field(default_factory=dict)
+    # The manifest's calibration and outlier entries (training/trust.py); empty: temperature 1, no score.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    outliers: dict[str, Any] | None = None
 
 
 def export(
@@ -190,6 +195,8 @@ def _manifest(model: nn.Module, info: ArtifactInfo, version: str, entries: Seque
         formats=tuple(entries),
         task=info.task,
         threshold=info.threshold,
+        calibration=Calibration(**info.calibration),
+        outliers=OutlierSpec(**info.outliers) if info.outliers else None,
     )
 
 

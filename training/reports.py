@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 CURVES_FILE, CONFUSION_FILE, MISTAKES_FILE = "curves.png", "confusion.png", "mistakes.png"
+RELIABILITY_FILE, OUTLIERS_FILE = "reliability.png", "outliers.png"
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, loss_name: str = "cross-entropy") -> Path:
@@ -78,6 +79,46 @@ def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, predictions: torch
                      f"({confidence[i]:.2f})", fontsize=7)
     if not worst:
         axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_reliability(curves: dict[str, Any], path: Path) -> Path:
+    """Reliability diagrams, one per set: accuracy against confidence per bin (the diagonal is honest),
+    with each bin's share of the predictions and the set's ECE."""
+    fig = Figure(figsize=(4.2 * len(curves), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (name, curve) in zip(axes, curves.items(), strict=True):
+        bins = len(curve.counts)
+        centres = [(i + 0.5) / bins for i in range(bins)]
+        used = [i for i, n in enumerate(curve.counts) if n]
+        ax.bar([centres[i] for i in used], [curve.accuracy[i] for i in used], width=1 / bins, alpha=0.75,
+               edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.plot([curve.confidence[i] for i in used], [curve.confidence[i] for i in used], "r.", ms=4,
+                label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        share = ax.twinx()
+        total = max(sum(curve.counts), 1)
+        share.plot(centres, [n / total for n in curve.counts], "g-", lw=0.8, alpha=0.6)
+        share.set(yscale="log", ylim=(1e-4, 1.5), ylabel="share of predictions (green)")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{name}: ECE {100 * curve.ece:.2f} % ({total:,})")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_outliers(scores: dict[str, torch.Tensor], threshold: float, path: Path) -> Path:
+    """The "not a digit" score of each set as a histogram, with the threshold the service flags at."""
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    ax = fig.subplots()
+    edges = torch.linspace(0, 1, 51).tolist()
+    for name, values in scores.items():
+        ax.hist(values.clamp(0, 1).numpy(), bins=edges, histtype="step", lw=1.4, density=True, label=name)
+    ax.axvline(threshold, color="red", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set(yscale="log", xlabel="score: 1 - the highest calibrated probability", ylabel="density",
+           title="not a digit: flagged at or over the threshold")
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
     return path
 

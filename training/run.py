@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from service.manifest import next_version
-from training import outcome
-from training.augment import AffineJitter
+from training import outcome, outliers
+from training.augment import AffineJitter, DigitJitter
 from training.config import ConfigError, TrainConfig
 from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
@@ -33,12 +33,14 @@ from training.engine import Diverged, EpochStats, StepCallback, evaluate, train_
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.nets import build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
+from training.outliers import OutlierSets, load_outliers
 from training.publish import publish_root
 from training.runlog import RunLog
 from training.tabular import FeatureClassifier
 from training.targets import TargetSpec
 from training.tasks import Objective
 from training.transfer import start_from
+from training.trust import Scorer, assess
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     with process_group(world, device):
         data = _load_data(cfg, world)
+        odd = load_outliers(cfg.data_dir, cfg.download) if outliers.applies(cfg.dataset, cfg.task) else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         model, cfg, origin = _initial_model(cfg, data)
         model = model.to(device, memory_format=_layout(cfg.arch))
@@ -76,11 +79,11 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
                          "parameters, %s, run folder %s", cfg.name, cfg.task, cfg.arch, data.source.name,
                          len(data.train), len(data.val), len(data.test), cfg.loss, count_parameters(model),
                          device, dest.run_folder)
-            epochs = fit(cfg, world, device, data, model, runlog)
+            epochs = fit(cfg, world, device, data, model, runlog, odd)
             if not world.is_main:
                 return None
             return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started,
-                           origin)
+                           origin, odd)
 
 
 def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
@@ -100,7 +103,7 @@ def _objective(cfg: TrainConfig) -> Objective:
 
 
 def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, model: nn.Module,
-        runlog: RunLog | None) -> int:
+        runlog: RunLog | None, odd: OutlierSets | None = None) -> int:
     """The epoch loop; rank 0 validates after every epoch and logs one summary line. Returns epochs run."""
     loader = make_loader(data.train, cfg.batch_size // world.size, shuffle=True, seed=cfg.seed,
                          workers=cfg.workers, pin_memory=device.type == "cuda", rank=world.rank,
@@ -110,7 +113,11 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
     trained = _parallel(model, world, device)
     optimizer = build_optimizer(cfg.optimizer, trained, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps * epochs)
-    augment = _augmentation(cfg, world)
+    augment = _augmentation(cfg, world, data)
+    exposure = None
+    if odd is not None and cfg.outlier_weight > 0:
+        draws = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + world.rank)
+        exposure = outliers.batches(odd.train, cfg.outlier_batch // world.size or 1, draws)
     for epoch in range(1, epochs + 1):
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         started = time.perf_counter()
@@ -118,7 +125,8 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         with _progress(f"epoch {epoch}/{epochs}", steps, enabled=runlog is not None) as on_step:
             stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
                                     augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch),
-                                    objective=_objective(cfg))
+                                    objective=_objective(cfg), outliers=exposure,
+                                    outlier_weight=cfg.outlier_weight)
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
         if not math.isfinite(stats.loss):
             raise Diverged(f"epoch {epoch}: the training loss is {stats.loss}, the run diverged; lower --lr "
@@ -135,7 +143,8 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
 
 
 def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module, runlog: RunLog,
-            dest: Destination, epochs: int, seconds: float, origin: dict[str, Any]) -> Path:
+            dest: Destination, epochs: int, seconds: float, origin: dict[str, Any],
+            odd: OutlierSets | None) -> Path:
     """Rank 0 after training: test once, draw the reports, export the artifact."""
     objective = _objective(cfg)
     test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
@@ -149,20 +158,34 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
     if "roc_auc" in metrics:
         log.info("test ROC AUC %.4f, F1 %.4f at threshold %g", metrics["roc_auc"] or float("nan"),
                  metrics["f1"], cfg.threshold)
-    files = outcome.draw(runlog, test, test_set, data, objective, model, metrics)
+    limit = DRY_RUN_BATCHES * cfg.eval_batch_size if cfg.dry_run else None
+    trust = assess(Scorer(model, device, _layout(cfg.arch), cfg.eval_batch_size), data, objective,
+                   runlog.path.parent, odd=odd, flag_rate=cfg.flag_rate, limit=limit)
+    metrics |= trust.metrics
+    files = outcome.draw(runlog, test, test_set, data, objective, model, metrics) + trust.figures
     info = ArtifactInfo(
         name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
-        input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(), dataset=data.identity(),
+        input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(),
+        dataset=data.identity() | _outlier_identity(odd, cfg),
         ink=data.source.ink, image_preprocessing=data.source.image_preprocessing,
         extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
                "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device),
                **({"init_from": origin} if origin else {})},
         task=cfg.task, threshold=cfg.threshold, features=data.features, scaling=_scaling(data),
+        calibration=trust.calibration, outliers=trust.outliers,
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
                                                     test.accuracy, cfg.publish)
     return export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
+
+
+def _outlier_identity(odd: OutlierSets | None, cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest's ``dataset.outliers``: what the net was shown as "none of the classes"."""
+    if odd is None:
+        return {}
+    return {"outliers": {"fashion_mnist": odd.source, "generated": outliers.GENERATED_TRAIN,
+                         "train_examples": sum(map(len, odd.train)) if cfg.outlier_weight > 0 else 0}}
 
 
 def _scaling(data: DataSplits) -> dict[str, Any]:
@@ -205,12 +228,15 @@ def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def _augmentation(cfg: TrainConfig, world: World) -> Any:
+def _augmentation(cfg: TrainConfig, world: World, data: DataSplits) -> Any:
     if not cfg.augment or cfg.feature_data:  # the jitter is an image transform
         return None
     # Each rank draws its own jitter; the seed keeps runs repeatable.
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + world.rank)
-    return functools.partial(AffineJitter(), generator=generator)
+    digits = data.source.image_preprocessing == "mnist" and data.input_shape[0] == 1
+    jitter = (DigitJitter(elastic=cfg.elastic, stroke=cfg.stroke, recentre=cfg.recentre) if digits
+              else AffineJitter())
+    return functools.partial(jitter, generator=generator)
 
 
 def _validate(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module) -> dict[str, float]:

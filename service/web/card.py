@@ -14,7 +14,7 @@ _PREPROCESSING = {"mnist": "crop to the ink, fit into 20x20, centre by mass in t
 # Manifest keys the sections below show; any other (a newer schema's) goes under "Other" as it is.
 _SHOWN = {"name", "version", "created", "architecture", "parameters", "input", "output", "labels", "metrics",
           "training", "dataset", "torch_version", "sha256", "file", "schema_version", "extra", "task",
-          "threshold"}
+          "threshold", "calibration", "outliers"}
 _TASK = {"multiclass": "multi-class (softmax: one label per example)",
          "binary": "binary (sigmoid: the second label when its probability reaches the threshold)",
          "multilabel": "multi-label (one sigmoid per label: every label that reaches the threshold)"}
@@ -33,7 +33,7 @@ def sections(manifest: Manifest) -> list[Section]:
     """The manifest as the model page shows it: model, input, results, training, settings, other."""
     data = manifest.to_dict()
     extra = data["extra"]
-    return [s for s in (_model(data), _input(data), _results(data), _training(data, extra),
+    return [s for s in (_model(data), _input(data), _results(data), _confidence(data), _training(data, extra),
                         Section("Training settings", [(k, _value(v)) for k, v in data["training"].items()]),
                         _other(data, extra)) if s.rows]
 
@@ -73,6 +73,20 @@ def _results(data: dict[str, Any]) -> Section:
     rows = [(_title(k), _percent(v) if k.endswith("accuracy") else _value(v)) for k, v in metrics.items()]
     rows += [(f"Accuracy, class {label}", _percent(v)) for label, v in per_class.items()]
     return Section("Test results", rows)
+
+
+def _confidence(data: dict[str, Any]) -> Section:
+    """How the probabilities are calibrated and when an input is flagged (absent from older manifests)."""
+    calibration, outliers = data.get("calibration") or {}, data.get("outliers")
+    rows = []
+    if calibration.get("fitted_on"):
+        fitted = f"{calibration['fitted_on']} ({calibration.get('examples', 0):,} examples)"
+        rows.append(("Calibration", f"temperature {calibration['temperature']:g}, fitted on the {fitted}"))
+    if outliers:
+        rows += [("Flagged as", outliers["meaning"]),
+                 ("When", f"{outliers['score']} >= {outliers['threshold']:g}"),
+                 ("Threshold chosen on", outliers["chosen_on"])]
+    return Section("Confidence", rows)
 
 
 def _training(data: dict[str, Any], extra: dict[str, Any]) -> Section:

@@ -17,6 +17,7 @@ from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
+from service.web.confidence import describe
 from service.web.exchange import finite
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
@@ -87,6 +88,7 @@ class DataPlane:
                       "test_accuracy": m.metrics.get("test_accuracy")}
         if m.task != "multiclass":
             parameters["threshold"] = m.threshold
+        parameters |= describe(m)
         return {"name": m.name, "versions": versions, "platform": PLATFORMS[model.format],
                 "inputs": [input_metadata(m.input)], "outputs": output_metadata(m), "parameters": parameters}
 
@@ -107,15 +109,24 @@ def output_metadata(m: Manifest) -> list[dict[str, Any]]:
     width = m.num_outputs
     activation = "softmax" if m.task == "multiclass" else "sigmoid"
     outputs = [
-        {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
+        {"name": "logits", "datatype": "FP32", "shape": [-1, width],
+         "parameters": {"meaning": "the model's logits divided by the calibration temperature",
+                        "temperature": m.calibration.temperature}},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, width],
-         "parameters": {"activation": activation, "labels": _scored_labels(m)}},
+         "parameters": {"activation": activation, "labels": _scored_labels(m),
+                        "temperature": m.calibration.temperature}},
         {"name": "label", "datatype": "BYTES", "shape": [-1],
          "parameters": {"meaning": _LABEL_MEANING[m.task]}},
     ]
     if m.task != "multiclass":
         outputs.append({"name": "decisions", "datatype": "BOOL", "shape": [-1, width],
                         "parameters": {"meaning": "probability >= threshold", "labels": _scored_labels(m)}})
+    if m.outliers is not None:
+        spec = m.outliers
+        outputs += [{"name": "outlier", "datatype": "BOOL", "shape": [-1],
+                     "parameters": {"meaning": f"{spec.meaning}: outlier_score >= {spec.threshold}"}},
+                    {"name": "outlier_score", "datatype": "FP32", "shape": [-1],
+                     "parameters": {"meaning": spec.score, "threshold": spec.threshold}}]
     return outputs
 
 

@@ -19,6 +19,7 @@ from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout, Unsupp
 from service.runtime.catalog import ServedModel
 from service.web import binary, imaging
 from service.web.binary import wants_binary
+from service.web.confidence import annotate, calibrated, judge
 from service.web.inference import (
     check_input_name,
     oip_outputs,
@@ -36,7 +37,7 @@ IMAGE_TYPES = ("image/", "application/octet-stream")
 BINARY_TYPES = ("", "application/octet-stream", "application/json")
 JSON = "application/json"
 DATATYPE = {"float32": "FP32", "uint8": "UINT8"}
-CLASSIFY_DEFAULTS: dict[str, Any] = {"top_k": None, "include_input": False}
+CLASSIFY_DEFAULTS: dict[str, Any] = {"top_k": None, "include_input": False, "plain": False}
 Body = bytes | bytearray | memoryview
 
 
@@ -182,14 +183,19 @@ def json_answer(payload: dict[str, Any], status: int = 200) -> Answer:
 
 
 def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None,
-                       threshold: float | None = None, shown: np.ndarray | None = None) -> Answer:
-    """The v1 answer (``:predict`` and ``:classify``): labels and probabilities per example."""
+                       threshold: float | None = None, shown: np.ndarray | None = None,
+                       plain: bool = False) -> Answer:
+    """The v1 answer (``:predict`` and ``:classify``): labels and calibrated probabilities per example, and
+    the "not a digit" verdict where the model has one (a flagged example's label withheld unless
+    ``plain``)."""
     m = found.manifest
     threshold = threshold_for(m, threshold)
     answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
     if m.task != "multiclass":
         answer["threshold"] = threshold
-    answer["predictions"] = predictions(logits, m.labels, top_k, m.task, threshold)
+    scaled = calibrated(logits, m)
+    answered = predictions(scaled, m.labels, top_k, m.task, threshold)
+    answer["predictions"] = annotate(answered, judge(scaled, m), plain)
     if shown is not None:  # what preprocessing made of each image, as the model got it
         for prediction, example in zip(answer["predictions"], shown, strict=True):
             prediction["input"] = example
@@ -199,8 +205,12 @@ def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None
 def infer_answer(found: ServedModel, request: dict[str, Any], logits: np.ndarray, threshold: float) -> Answer:
     """An OIP inference answer: JSON, or a JSON header and the outputs flagged binary as raw bytes."""
     m = found.manifest
-    requested = request["outputs"] or [{"name": output} for output in outputs_for(m.task)]
-    outputs = oip_outputs(logits, requested, m.labels, m.task, threshold)
+    scaled = calibrated(logits, m)
+    verdict = judge(scaled, m)
+    names = outputs_for(m.task, verdict is not None)
+    requested = request["outputs"] or [{"name": output} for output in names]
+    outputs = oip_outputs(scaled, requested, m.labels, m.task, threshold, verdict,
+                          request["parameters"].get("plain", False))
     answer: dict[str, Any] = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
     if m.task != "multiclass":
         answer["parameters"] = {"task": m.task, "threshold": threshold}

@@ -86,7 +86,7 @@ async def predict(app: HotPath, call: Call, name: str, version: str | None = Non
     body, inputs = await _prepare(call, _predict_inputs, found, call.mimetype, call.body,
                                   app.config.max_json_bytes)
     logits = await _logits(app, call, found, inputs)
-    return exchange.predictions_answer(found, logits, body["top_k"], body["threshold"])
+    return exchange.predictions_answer(found, logits, body["top_k"], body["threshold"], plain=body["plain"])
 
 
 def _predict_inputs(found: ServedModel, mimetype: str, raw: bytes | bytearray,

@@ -14,6 +14,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.manifest import InputSpec, Manifest
+from service.web.confidence import OUTLIER_OUTPUTS, Verdict, outlier_tensors, withheld_labels
 
 # Open Inference Protocol datatype -> numpy dtype, for the numeric inputs a request may send. The model
 # takes FP32 (or UINT8 pixels): other types are converted when every value fits, refused otherwise.
@@ -30,9 +31,10 @@ OUTPUTS = ("logits", "probabilities", "label")
 SIGMOID_OUTPUTS = (*OUTPUTS, "decisions")
 
 
-def outputs_for(task: str) -> tuple[str, ...]:
-    """The OIP outputs a model of ``task`` gives."""
-    return OUTPUTS if task == "multiclass" else SIGMOID_OUTPUTS
+def outputs_for(task: str, outliers: bool = False) -> tuple[str, ...]:
+    """The OIP outputs a model of ``task`` gives (with ``outliers``: its "not a digit" flag and score too)."""
+    names = OUTPUTS if task == "multiclass" else SIGMOID_OUTPUTS
+    return (*names, *OUTLIER_OUTPUTS) if outliers else names
 
 
 def example_shapes(spec: InputSpec) -> list[tuple[int, ...]]:
@@ -173,10 +175,14 @@ def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = N
 
 
 def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None, labels: Sequence[str],
-                task: str = "multiclass", threshold: float = 0.5) -> list[dict[str, Any]]:
-    """OIP output tensors: every output when none is requested; ``classification: k`` gives top-k strings."""
-    names = outputs_for(task)
+                task: str = "multiclass", threshold: float = 0.5, verdict: Verdict | None = None,
+                plain: bool = False) -> list[dict[str, Any]]:
+    """OIP output tensors: every output when none is requested; ``classification: k`` gives top-k strings.
+    With a ``verdict`` ("not a digit", service/web/confidence.py) a flagged example's label is "" unless
+    ``plain``, and the ``outlier`` and ``outlier_score`` outputs exist."""
+    names = outputs_for(task, verdict is not None)
     wanted = requested or [{"name": name} for name in names]
+    extra = outlier_tensors(verdict) if verdict is not None else {}
     tensors: dict[str, np.ndarray | None] = {"logits": logits, "probabilities": None}
     out = []
     for item in wanted:
@@ -186,9 +192,11 @@ def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None, 
         if name != "logits" and tensors["probabilities"] is None:
             tensors["probabilities"] = probabilities(logits, task)
         k = int((item.get("parameters") or {}).get("classification") or 0)
-        if name == "label":
-            out.append(_tensor(name, "BYTES", _label_strings(logits, tensors["probabilities"], labels, task,
-                                                            threshold)))
+        if name in extra:
+            out.append(_tensor(name, *extra[name]))
+        elif name == "label":
+            strings = _label_strings(logits, tensors["probabilities"], labels, task, threshold)
+            out.append(_tensor(name, "BYTES", withheld_labels(strings, verdict, plain)))
         elif name == "decisions":
             out.append(_tensor(name, "BOOL", tensors["probabilities"] >= threshold))
         elif k > 0:

@@ -24,6 +24,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from service.manifest import InputSpec, Manifest
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
+from service.web.confidence import OUTLIER_OUTPUTS
 from service.web.exchange import DATATYPE
 from service.web.inference import DATATYPES, FLOAT32_MAX, example_shapes
 
@@ -91,6 +92,9 @@ _CLASSIFY_QUERY = [
     {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}},
     {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
      "description": "true: each prediction carries `input`, the preprocessed image as the model received it"},
+    {"name": "plain", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "true: an image flagged as an outlier (\"not a digit\") still gets its label, otherwise "
+                    "null; the flag and the score are given either way"},
 ]
 _PREDICT_EXAMPLE = ('{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
                     '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}')
@@ -214,6 +218,9 @@ def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str,
     manifests = [model.manifest for model in catalog]
     _narrow(components, [m.input for m in manifests])
     _narrow_tasks(components, manifests)
+    if manifests and all(m.outliers is None for m in manifests):  # no model has the outputs to ask for
+        name = components["RequestedOutput"]["properties"]["name"]
+        name["enum"] = [output for output in name["enum"] if output not in OUTLIER_OUTPUTS]
     # A body that names its model must name the one in the path (not expressible: the description says so).
     named = components["InferRequest"]["properties"]
     named["model_name"] |= {"enum": names} if names else {}

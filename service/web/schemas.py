@@ -49,6 +49,8 @@ def _infer_parameters(value: Any) -> None:
         raise ValidationError("binary_data_output must be true or false")
     if "threshold" in value and not (_number(value["threshold"]) and 0 <= value["threshold"] <= 1):
         raise ValidationError("threshold must be a number in [0, 1]")
+    if not isinstance(value.get("plain", False), bool):
+        raise ValidationError("plain must be true or false")
 
 
 def _output_parameters(value: Any) -> None:
@@ -86,6 +88,11 @@ class Shape(fields.Raw):
         return [int(d) for d in value]
 
 
+OUTPUT_NAMES = ["logits", "probabilities", "label", "decisions", "outlier", "outlier_score"]
+_PLAIN = {"description": "true: the label even for an example flagged as an outlier (\"not a digit\"), "
+                         "whose label is otherwise null; the flag and the score are given either way"}
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -115,9 +122,10 @@ class RequestedOutput(_Strict):
     """One OIP output a client asks for; ``parameters.classification: k`` gives top-k strings."""
 
     name = fields.String(required=True,
-                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]),
+                         validate=validate.OneOf(OUTPUT_NAMES),
                          metadata={"description": "decisions (BOOL, probability >= threshold per output): "
-                                   "binary and multilabel models only"})
+                                   "binary and multilabel models only; outlier (BOOL) and outlier_score "
+                                   "(FP32): models with a \"not a digit\" score only"})
     parameters = fields.Raw(load_default=dict, validate=_output_parameters,
                             metadata={"type": "object", "description": "classification: k (top-k strings); "
                                       "binary_data: true (raw bytes after the JSON header)",
@@ -137,10 +145,13 @@ class InferRequest(_Strict):
                             metadata={"type": "object",
                                       "description": "binary_data_output: true (every output as raw bytes); "
                                       "threshold: a probability in [0, 1] that overrides the manifest's "
-                                      "decision threshold (binary and multilabel models only)",
+                                      "decision threshold (binary and multilabel models only); plain: true "
+                                      "gives the label of an input flagged as an outlier (\"not a digit\") "
+                                      "instead of \"\"",
                                       "properties": {"binary_data_output": {"type": "boolean"},
                                                      "threshold": {"type": "number", "minimum": 0,
-                                                                   "maximum": 1}}})
+                                                                   "maximum": 1},
+                                                     "plain": {"type": "boolean"}}})
     inputs = fields.List(fields.Nested(TensorInput), required=True, validate=validate.Length(equal=1))
     outputs = fields.List(fields.Nested(RequestedOutput), load_default=None)
 
@@ -148,8 +159,7 @@ class InferRequest(_Strict):
 class TensorOutput(Schema):
     """One OIP output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` raw bytes after it."""
 
-    name = fields.String(required=True,
-                         validate=validate.OneOf(["logits", "probabilities", "label", "decisions"]))
+    name = fields.String(required=True, validate=validate.OneOf(OUTPUT_NAMES))
     datatype = fields.String(required=True, validate=validate.OneOf(["FP32", "BYTES", "BOOL"]),
                              metadata={"example": "FP32"})
     shape = fields.List(fields.Integer(), required=True)
@@ -191,12 +201,20 @@ class PredictRequest(_Strict):
     threshold = Number(load_default=None, validate=validate.Range(min=0.0, max=1.0),
                        metadata={"description": "binary and multilabel models only: the probability at "
                                  "which a label is predicted (default: the manifest's)"})
+    plain = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata=_PLAIN)
 
 
 class Prediction(Schema):
     """One example's answer."""
 
-    label = fields.String(metadata={"description": "multiclass and binary: the predicted label"})
+    label = fields.String(allow_none=True, metadata={
+        "description": "multiclass and binary: the predicted label; null for an example flagged as an "
+                       "outlier (\"not a digit\") unless the request asked for the plain answer"})
+    outlier = fields.Boolean(metadata={"description": "models with a \"not a digit\" score: whether this "
+                                       "example looks like none of the labels (outlier_score >= the "
+                                       "model's threshold)"})
+    outlier_score = fields.Float(metadata={"description": "models with a \"not a digit\" score: one minus "
+                                           "the highest calibrated probability, in [0, 1]"})
     labels = fields.List(fields.String(), metadata={"description": "binary and multilabel: the predicted "
                                                     "label set (probability >= threshold)"})
     probabilities = fields.Dict(keys=fields.String(), values=fields.Float(), required=True,
@@ -229,6 +247,10 @@ class ModelSummary(Schema):
     input_kind = fields.String(required=True, validate=validate.OneOf(["image", "features"]))
     features = fields.List(fields.String(), metadata={"description": "feature models: the names, in order"})
     threshold = fields.Float(metadata={"description": "binary and multilabel: the decision threshold"})
+    temperature = fields.Float(required=True, metadata={
+        "description": "the calibration temperature every logit is divided by before probabilities"})
+    outliers = fields.Dict(metadata={"description": "models with a \"not a digit\" score: its score, "
+                                     "threshold and meaning"})
     test_accuracy = fields.Float(required=True, allow_none=True)
     format = fields.String(required=True, validate=validate.OneOf(FORMATS),
                            metadata={"description": "the model file served (TRAINSERVE_MODEL_FORMAT)"})
@@ -309,6 +331,7 @@ class ClassifyArgs(_Strict):
     top_k = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_TOP_K))
     include_input = fields.Boolean(load_default=False, metadata={
         "description": "true: each prediction also carries the preprocessed input the model received"})
+    plain = fields.Boolean(load_default=False, metadata=_PLAIN)
 
 
 class Error(Schema):

@@ -24,6 +24,7 @@ from service.web.dataplane import PLATFORMS
 from service.web.inference import outputs_for
 
 _NS = 1e9
+_PER_EXAMPLE = ("label", "outlier", "outlier_score")  # one value per example, not one per output
 
 
 def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) ->
     m = model.manifest
     gpu = model.device.startswith("cuda")
     types = {"logits": "TYPE_FP32", "probabilities": "TYPE_FP32", "label": "TYPE_STRING",
-             "decisions": "TYPE_BOOL"}
+             "decisions": "TYPE_BOOL", "outlier": "TYPE_BOOL", "outlier_score": "TYPE_FP32"}
     return {
         "name": m.name,
         "platform": PLATFORMS[model.format],
@@ -43,7 +44,8 @@ def model_config(model: ServedModel, catalog: Catalog, config: ServiceConfig) ->
                    "format": "FORMAT_NONE" if m.input.kind == "features" else "FORMAT_NCHW",
                    "dims": list(m.input.shape)}],
         "output": [{"name": name, "data_type": types[name],
-                    "dims": [1] if name == "label" else [m.num_outputs]} for name in outputs_for(m.task)],
+                    "dims": [1] if name in _PER_EXAMPLE else [m.num_outputs]}
+                   for name in outputs_for(m.task, m.outliers is not None)],
         "dynamic_batching": {
             "max_queue_delay_microseconds": round(config.max_batch_delay_ms * 1000),
             "preserve_ordering": True,

@@ -164,6 +164,16 @@ def test_uploading_an_image_classifies_it(tab, mnist, tmp_path, kind):
     assert tab.preview().max() == 255  # the digit, stretched to full contrast as the model got it
 
 
+def test_an_image_of_no_digit_is_said_not_to_look_like_one(tab, tmp_path):
+    tab.open("/")
+    path = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(path)  # a blank page: the shipped model's "not a digit" flags it
+    before = tab.answered()
+    tab.page.get_by_label("Upload an image").set_input_files(str(path))
+    assert tab.wait_answer(before) == "this does not look like a digit"
+    assert "unlike anything it knows" in tab.page.inner_text("#confidence")
+
+
 def test_a_file_that_is_no_image_gets_the_services_reason_and_the_page_goes_on(tab, mnist, tmp_path):
     tab.open("/")
     text = tmp_path / "notes.txt"
@@ -200,7 +210,7 @@ def test_the_selector_lists_every_model_and_switching_asks_the_chosen_one(tab, s
     select = tab.page.get_by_label("Model", exact=True)
     values = select.locator("option").evaluate_all("options => options.map(o => o.value)")
     assert values == [f"{m['name']}/{m['version']}" for m in listed]
-    assert select.input_value() == "mnist-cnn/1"  # the first name's newest version
+    assert select.input_value() == "mnist-cnn/2"  # the first name's newest version
     before = tab.answered()
     tab.draw(SEVEN)
     tab.wait_answer(before)
@@ -221,7 +231,7 @@ def test_controls_are_labelled_and_reachable_from_the_keyboard(tab):
     assert {"model", "clear", "upload"} <= set(focused), focused
     page.get_by_label("Model", exact=True).focus()
     page.keyboard.press("ArrowDown")
-    assert page.get_by_label("Model", exact=True).input_value() != "mnist-cnn/1"
+    assert page.get_by_label("Model", exact=True).input_value() != "mnist-cnn/2"
     assert page.get_by_role("img", name="Drawing pad").count() == 1
 
 

@@ -43,9 +43,12 @@ def make_app_module(runtimes, metrics_dir, through_door):  # one app per door fo
 
 
 def _module_probabilities(root: Path, name: str, x: np.ndarray) -> np.ndarray:
-    """What the exported module itself says, through a sigmoid: the reference the service must match."""
+    """What the exported module itself says, divided by the manifest's calibration temperature, through a
+    sigmoid: the reference the service must match."""
+    temperature = read_manifest(root / name / "1").calibration.temperature
     with torch.inference_mode():
-        return torch.sigmoid(load_scripted(root / name / "1" / "model.pt")(torch.from_numpy(x))).numpy()
+        logits = load_scripted(root / name / "1" / "model.pt")(torch.from_numpy(x))
+    return torch.sigmoid(logits / temperature).numpy()
 
 
 def test_listing_and_metadata_describe_each_task(task_client):
@@ -60,7 +63,9 @@ def test_listing_and_metadata_describe_each_task(task_client):
     assert scaling["method"] == "standardize" and set(scaling["mean"]) == set(models["cancer"]["features"])
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["probabilities"]["shape"] == [-1, 1]
-    assert outputs["probabilities"]["parameters"] == {"activation": "sigmoid", "labels": ["malignant"]}
+    assert outputs["probabilities"]["parameters"] == {"activation": "sigmoid", "labels": ["malignant"],
+                                                      "temperature": meta["parameters"]["temperature"]}
+    assert meta["parameters"]["temperature"] > 0 and "outliers" not in meta["parameters"]  # images only
     assert outputs["decisions"]["datatype"] == "BOOL"
     assert meta["parameters"]["task"] == "binary" and meta["parameters"]["labels"] == ["not malignant",
                                                                                       "malignant"]

@@ -98,8 +98,12 @@ def test_manifest_route_gives_the_artifacts_manifest_and_its_plots(ui_client, ui
     body = ui_client.get("/v1/models/mnist-cnn/versions/1/manifest").json
     on_disk = json.loads((ui_root / "mnist-cnn" / "1" / "manifest.json").read_text())
     assert body.pop("reports") == ["curves.png", "confusion.png", "mistakes.png"]
-    # Written before manifests had a task: served with the defaults the service reads it with.
-    assert body == on_disk | {"task": "multiclass", "threshold": 0.5,
+    # Written before manifests had a task or a calibration: served with the defaults the service reads it
+    # with (temperature 1, no "not a digit" score).
+    calibration = {"temperature": 1.0, "method": "temperature", "fitted_on": "", "examples": 0,
+                   "val_loss_before": None, "val_loss_after": None}
+    assert body == on_disk | {"task": "multiclass", "threshold": 0.5, "calibration": calibration,
+                              "outliers": None,
                               "input": on_disk["input"] | {"kind": "image", "features": [], "scaling": {}}}
     assert ui_client.get("/v1/models/mnist-tiny/manifest").json["version"] == "2"
     assert ui_client.get("/v1/models/nope/manifest").status_code == 404
@@ -124,7 +128,11 @@ def test_any_other_plot_training_adds_is_listed_and_served_after_the_usual_ones(
     shutil.copytree(ui_root / "mnist-cnn", root / "mnist-cnn")
     (root / "mnist-cnn" / "1" / "roc.png").write_bytes((root / "mnist-cnn" / "1" / "curves.png").read_bytes())
     client = make_app(model_dir=root).test_client()
-    assert client.get("/v1/models/mnist-cnn/manifest").json["reports"] == [*REPORT_FILES, "roc.png"]
+    first = client.get("/v1/models/mnist-cnn/versions/1/manifest").json
+    assert first["reports"] == [*REPORT_FILES, "roc.png"]
+    # Version 2 (issue 26) also has its reliability diagram and its "not a digit" scores.
+    assert client.get("/v1/models/mnist-cnn/versions/2/manifest").json["reports"] == [
+        *REPORT_FILES, "outliers.png", "reliability.png"]
     with client.get("/v1/models/mnist-cnn/versions/1/files/roc.png") as response:
         assert response.status_code == 200
     assert 'files/roc.png"' in client.get("/ui/models/mnist-cnn/1").get_data(as_text=True)
@@ -146,7 +154,7 @@ def test_model_page_shows_the_manifest_plots_and_live_figures(ui_client):
 
 
 def _stats(client) -> dict:
-    return client.get("/v1/models/mnist-cnn/versions/1/stats").json
+    return client.get("/v1/models/mnist-cnn/stats").json  # the default version's, which gets the requests
 
 
 def test_stats_count_this_models_requests_latency_and_batches(ui_client, mnist):

@@ -39,3 +39,39 @@ def test_matrices_stay_within_the_limits() -> None:
     m = AffineJitter(degrees=0, translate=0.1, scale=0).matrices(1000, torch.Generator().manual_seed(0))
     torch.testing.assert_close(m[:, :, :2], torch.eye(2).expand(1000, 2, 2))
     assert m[:, :, 2].abs().max() <= 0.2  # 10 % of the image is 0.2 in grid coordinates
+
+
+def _mnist_digits(datasets_dir, count: int = 64) -> torch.Tensor:
+    from training.datasets import read_idx
+
+    return read_idx(datasets_dir / "mnist" / "t10k-images-idx3-ubyte.gz")[:count].unsqueeze(1).float() / 255
+
+
+def test_digit_jitter_is_repeatable_and_keeps_the_ink(datasets_dir) -> None:
+    from training.augment import DigitJitter
+
+    digits = _mnist_digits(datasets_dir)
+    a = DigitJitter()(digits, generator=torch.Generator().manual_seed(1))
+    b = DigitJitter()(digits, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, digits)
+    mass = a.sum(dim=(1, 2, 3)) / digits.sum(dim=(1, 2, 3))
+    assert ((mass > 0.4) & (mass < 2.5)).all(), mass  # thicker or thinner, never gone or doubled
+
+
+def test_recentre_matches_the_services_preparation_of_an_upload(datasets_dir) -> None:
+    import numpy as np
+
+    from service.web.imaging import mnist_style
+    from training.augment import AffineJitter, recentre
+
+    digits = _mnist_digits(datasets_dir)
+    moved = AffineJitter(degrees=0, translate=0.15, scale=0.25)(digits, torch.Generator().manual_seed(2))
+    ours = recentre(moved)
+    service = torch.stack([torch.from_numpy(mnist_style(np.asarray(m[0] * 255).round().astype(np.uint8)))
+                           for m in moved]).unsqueeze(1).float() / 255
+    # Both put the ink back where MNIST has it (the off-centre, resized digits were far from it).
+    assert (ours - service).abs().mean() < 0.5 * (moved - service).abs().mean()
+    assert (ours - digits).abs().mean() < 0.5 * (moved - digits).abs().mean()
+    blank = torch.zeros(1, 1, 28, 28)
+    assert torch.equal(recentre(blank), blank)

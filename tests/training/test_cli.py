@@ -21,7 +21,7 @@ def _train(repo_root: Path, *flags: str, **env_vars: str) -> subprocess.Complete
 
 def test_help_states_the_defaults() -> None:
     text = build_parser().format_help()
-    for expected in ("--dry-run", "--data-dir", "(default: cnn)", "(default: onecycle)", "0.2 for sgd"):
+    for expected in ("--dry-run", "--data-dir", "(default: cnn4)", "(default: onecycle)", "0.2 for sgd"):
         assert expected in " ".join(text.split())
 
 
@@ -62,9 +62,13 @@ def test_dry_run_end_to_end_on_an_mnist_slice(repo_root: Path, mnist_slice: Path
     (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
     names = {p.name for p in artifact.iterdir()}
     assert names == {"model.pt", "model.pt2", "model.aoti-cpu.pt2", "manifest.json", "metrics.jsonl",
-                     "curves.png", "confusion.png", "mistakes.png"}
+                     "curves.png", "confusion.png", "mistakes.png", "reliability.png", "outliers.png"}
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["extra"]["dry_run"] is True and manifest["dataset"]["test_examples"] == 300
+    # The recipe of issue 26, end to end: its net, outlier exposure, a temperature and a threshold.
+    assert manifest["architecture"] == "cnn4" and manifest["training"]["outlier_weight"] > 0
+    assert manifest["calibration"]["fitted_on"] == "validation split"
+    assert 0 < manifest["outliers"]["threshold"] <= 1 and "other_style_ece" in manifest["metrics"]
     assert manifest["training"]["dry_run"] is True
     assert [f["format"] for f in manifest["formats"]] == ["torchscript", "exported", "aoti"]
 

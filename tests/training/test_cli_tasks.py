@@ -25,8 +25,8 @@ def test_task_flags_become_a_config() -> None:
     assert cfg.arch == "mlp" and cfg.loss == "bce"  # feature data trains an mlp; bce suits multilabel
     assert cfg.name == "pets-multilabel-mlp"  # never a new version of a multiclass pets-mlp
     binary = _config("--task", "binary", "--positive", "7", "--loss", "mse")
-    assert (binary.positive, binary.loss, binary.arch) == (("7",), "mse", "cnn")
-    assert binary.name == "mnist-binary-cnn"
+    assert (binary.positive, binary.loss, binary.arch) == (("7",), "mse", "cnn4")
+    assert binary.name == "mnist-binary-cnn"  # cnn4 artifacts are named as the compact cnn's were
     sets = _config("--task", "multilabel", "--label-set", "even=0,2,4,6,8", "--label-set", "prime=2,3,5,7")
     assert sets.label_set == ("even=0,2,4,6,8", "prime=2,3,5,7")
     transfer = _config("--dataset", "fashion-mnist", "--init-from", "models/mnist-cnn/1",

@@ -13,7 +13,7 @@ from training.config import ConfigError, TrainConfig, default_name
 
 def test_defaults_are_valid_and_frozen() -> None:
     cfg = TrainConfig()
-    assert (cfg.dataset, cfg.arch, cfg.schedule, cfg.name) == ("mnist", "cnn", "onecycle", "mnist-cnn")
+    assert (cfg.dataset, cfg.arch, cfg.schedule, cfg.name) == ("mnist", "cnn4", "onecycle", "mnist-cnn")
     with pytest.raises(FrozenInstanceError):
         cfg.epochs = 3  # type: ignore[misc]
 

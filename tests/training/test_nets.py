@@ -33,6 +33,10 @@ def test_parameter_counts_and_cost_on_mnist() -> None:
     assert count_parameters(classic) == 9 * 32 + 32 + 9 * 32 * 64 + 64 + 9216 * 128 + 128 + 128 * 10 + 10
     conv_macs = 26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9
     assert count_macs(classic, (1, 28, 28)) == conv_macs + 9216 * 128 + 128 * 10
+    cnn4 = build_net("cnn4", (1, 28, 28), 10)  # the default since issue 26: within 2.5x cnn's cost
+    assert count_parameters(cnn4) == 87_802
+    assert count_macs(cnn4, (1, 28, 28)) == 14 * 14 * (16 * 25 + 32 * 16 * 9) + 7 * 7 * 64 * 32 * 9 \
+        + 3 * 3 * 96 * 64 * 9 + 96 * 9 * 10 <= 2.5 * CNN_MACS
     resnet = build_net("resnet", (1, 28, 28), 10)
     assert count_parameters(resnet) == RESNET_PARAMETERS
     assert count_macs(resnet, (1, 28, 28)) > 10 * CNN_MACS  # the stronger, costlier one
@@ -51,7 +55,7 @@ def test_unknown_architecture() -> None:
         build_net("vgg", (1, 28, 28), 10)
 
 
-@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+@pytest.mark.parametrize("arch", ["cnn", "cnn4", "resnet"])
 def test_folding_batch_norm_keeps_the_outputs(arch: str) -> None:
     torch.manual_seed(0)
     net = build_net(arch, (1, 28, 28), 10)

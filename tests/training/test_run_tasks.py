@@ -99,7 +99,7 @@ def test_mse_on_one_hot_trains_a_multiclass_model(tmp_path: Path) -> None:
 
 def test_transfer_keeps_the_frozen_features_and_records_the_origin(tmp_path: Path, mnist_slice: Path) -> None:
     common = {"dataset": "mnist", "data_dir": mnist_slice, "download": False, "batch_size": 50,
-              "augment": False, "val_fraction": 0.0}
+              "augment": False, "val_fraction": 0.0, "arch": "cnn"}  # the compact net, whose head is net.7
     source = run(_cfg(tmp_path, epochs=1, name="base", **common))
     folder = run(_cfg(tmp_path, epochs=1, name="sevens", task="binary", positive=("7",), init_from=source,
                       freeze="features", **common))

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, request, send_file
 
 from service.runtime.catalog import ServedModel
-from service.web import exchange
+from service.web import confidence, exchange
 from service.web.api.common import image_batch, json_limit, logits, model, plane, respond, response
 from service.web.schemas import CLASSIFY_ARGS, load
 from service.web.stats import summarize
@@ -26,7 +26,7 @@ def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
         summary["features"] = list(m.input.features)
     if m.task != "multiclass":
         summary["threshold"] = m.threshold
-    return summary
+    return summary | confidence.describe(m)
 
 
 @bp.get("/models")
@@ -45,7 +45,8 @@ def predict(name: str, version: str | None = None) -> Response:
     found = model(name, version)
     body = exchange.predict_request(request.mimetype, request.get_data(cache=False), json_limit())
     inputs = exchange.predict_inputs(found, body)
-    answer = exchange.predictions_answer(found, logits(found, inputs), body["top_k"], body["threshold"])
+    answer = exchange.predictions_answer(found, logits(found, inputs), body["top_k"], body["threshold"],
+                                         plain=body["plain"])
     return response(answer)
 
 
@@ -58,7 +59,9 @@ def classify(name: str, version: str | None = None) -> Response:
     args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else exchange.CLASSIFY_DEFAULTS
     inputs = image_batch(found)
     shown = inputs if args["include_input"] else None
-    return response(exchange.predictions_answer(found, logits(found, inputs), args["top_k"], shown=shown))
+    answer = exchange.predictions_answer(found, logits(found, inputs), args["top_k"], shown=shown,
+                                         plain=args["plain"])
+    return response(answer)
 
 
 @bp.get("/models/<name>/manifest")

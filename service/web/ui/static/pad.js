@@ -127,11 +127,17 @@
     const probabilities = prediction.probabilities;
     const labels = model.labels.filter((label) => label in probabilities);
     const cut = threshold(model, prediction);
-    const picked = cut === null ? [prediction.label]
+    const picked = cut === null ? (prediction.label === null ? [] : [prediction.label])
       : (Array.isArray(prediction.labels) ? prediction.labels : labels.filter((l) => probabilities[l] >= cut));
     predictionBox.textContent = picked.length ? picked.join(", ") : "none";
     confidenceBox.textContent = cut === null ? percent(probabilities[prediction.label])
       : `labels at or over the threshold, ${cut}`;
+    if (prediction.outlier) {  // the model's "not a digit" score reached its threshold: no label is given
+      const meaning = (model.outliers && model.outliers.meaning) || "not one of its labels";
+      predictionBox.textContent = `this ${meaning.replace(/^not /, "does not look like ")}`;
+      confidenceBox.textContent = `${percent(prediction.outlier_score)} unlike anything it knows ` +
+        `(flagged from ${percent(model.outliers.threshold)})`;
+    }
     thresholdNote.hidden = cut === null;
     thresholdNote.textContent = cut === null ? "" : `The red mark is the decision threshold, ${cut}.`;
     latencyBox.textContent = `${Math.round(elapsed)} ms round trip (${model.name} v${model.version})`;
