@@ -25,6 +25,7 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 MODEL_FORMATS = ("auto", "torchscript", "exported", "aoti")  # auto, then service/manifest.py's FORMATS
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
+_GRPC_BIND_RE = re.compile(_BIND_RE.pattern + "|^off$")
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,13 @@ class ServiceConfig:
     # manifest lists, with a log line.
     model_format: str = "auto"
     bind: str = "127.0.0.1:8000"
+    # The Open Inference Protocol's gRPC service (Triton's port by default); "off": none.
+    grpc_bind: str = "127.0.0.1:8001"
+    # gRPC front-end processes; each runs one event loop and binds the same port (SO_REUSEPORT).
+    grpc_workers: int = 1
+    # Where the HTTP workers' readiness looks for the gRPC front end (set by the launcher when it starts
+    # one; empty: not checked).
+    grpc_probe: str = ""
     # The HTTP front end that runs the Flask app: granian (Rust HTTP, the default) or gunicorn.
     server: str = "granian"
     # HTTP worker processes (they parse, validate and decode; they hold no model); 0: one per core.
@@ -241,6 +249,9 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "half": (_bool, "0 or 1"),
     "model_format": (_choice(*MODEL_FORMATS), "auto, torchscript, exported or aoti"),
     "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
+    "grpc_bind": (_matching(_GRPC_BIND_RE), "HOST:PORT, unix:PATH or off"),
+    "grpc_workers": (int, "an integer >= 1"),
+    "grpc_probe": (str, "HOST:PORT or unix:PATH (set by the launcher)"),
     "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
     "threads": (int, "an integer >= 1"),
@@ -272,6 +283,8 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "device": lambda v: bool(_DEVICE_RE.match(v)),
     "bind": lambda v: bool(_BIND_RE.match(v)),
+    "grpc_bind": lambda v: bool(_GRPC_BIND_RE.match(v)),
+    "grpc_workers": lambda v: v >= 1,
     "server": lambda v: v in ("granian", "gunicorn"),
     "model_format": lambda v: v in MODEL_FORMATS,
     "workers": lambda v: v >= 0,

@@ -23,6 +23,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PROTOCOLS = ("http", "grpc")  # the doors: the protocol label's only values
 
 
 class Metrics:
@@ -32,14 +33,18 @@ class Metrics:
         self.multiproc_dir = multiproc_dir
         # In multiprocess mode values live in files, whatever registry the objects are attached to.
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
         r = self.registry
+        # protocol: http or grpc (PROTOCOLS). A gRPC call is counted under the endpoint of its REST twin
+        # (ModelInfer: v2.infer) with the HTTP status of the same outcome, so that alerts and dashboards
+        # on endpoint and status cover both doors (service/grpc/status.py).
         self.requests = Counter("trainserve_requests",
-                                "HTTP requests answered, by model, endpoint and status",
-                                ["model", "endpoint", "status"], registry=r)
+                                "Requests answered, by model, endpoint, status and protocol",
+                                ["model", "endpoint", "status", "protocol"], registry=r)
         self.request_seconds = Histogram("trainserve_request_duration_seconds",
-                                         "Time from request arrival to response, by model and endpoint",
-                                         ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+                                         "Time from request arrival to response, by model, endpoint and "
+                                         "protocol", ["model", "endpoint", "protocol"],
+                                         buckets=_LATENCY_BUCKETS, registry=r)
         # Triton's success/fail statistics per model version (GET /v2/models/stats): the request's whole
         # time in the service, as request_duration_seconds, by outcome (success: a 2xx answer).
         self.inference_seconds = Histogram("trainserve_inference_seconds",
@@ -85,15 +90,16 @@ class Metrics:
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
 
-    def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+    def request_done(self, model: str, endpoint: str, status: int, seconds: float,
+                     protocol: str = "http") -> None:
         """Count one answered request and its latency."""
-        # Label children are looked up once per (model, endpoint, status): labels() costs a lock and a
-        # tuple hash on every call, and the label sets are few (bounded, see the module docstring).
-        key = (model, endpoint, status)
+        # Label children are looked up once per (model, endpoint, status, protocol): labels() costs a lock
+        # and a tuple hash on every call, and the label sets are few (bounded, see the module docstring).
+        key = (model, endpoint, status, protocol)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(model, endpoint, str(status)),
-                        self.request_seconds.labels(model, endpoint))
+            children = (self.requests.labels(model, endpoint, str(status), protocol),
+                        self.request_seconds.labels(model, endpoint, protocol))
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)

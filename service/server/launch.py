@@ -2,9 +2,9 @@
 
 Processes: this launcher; one model runtime per device (``service.runtime``), replaced when it dies
 (``runtimes.py``), and a spare runtime that has imported torch to replace it with; the front end chosen by
-``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the Flask app. SIGTERM drains: the
-runtimes turn readiness off, the front end stops accepting and finishes what it holds, then the runtimes
-finish their queues and stop.
+``TRAINSERVE_SERVER`` (granian, or gunicorn), whose workers run the Flask app; the gRPC front end
+(``grpc_front.py``) unless ``TRAINSERVE_GRPC_BIND=off``. SIGTERM drains: the runtimes turn readiness off,
+both front ends stop accepting and finish what they hold, then the runtimes finish their queues and stop.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
+from service.server.grpc_front import GrpcFrontEnd, probe_address
 from service.server.preflight import preflight
 from service.server.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
 
@@ -133,6 +134,11 @@ class Launcher:
         self.runtimes = [Runtime(i, device, run_dir / f"runtime-{i}.sock", self.env)
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
+        self.grpc: GrpcFrontEnd | None = None
+        if config.grpc_bind != "off":
+            # The HTTP workers' readiness then covers the gRPC front end too (web/dataplane.py).
+            self.env["TRAINSERVE_GRPC_PROBE"] = probe_address(config.grpc_bind)
+            self.grpc = GrpcFrontEnd(config.grpc_workers, front_end_env(self.env))
         self.front: subprocess.Popen[bytes] | None = None
         self.spare: subprocess.Popen[bytes] | None = None
         self.spare_retry_at = 0.0
@@ -166,8 +172,11 @@ class Launcher:
             return 0
         self.front = subprocess.Popen(front_end_command(self.config, self.run_dir),
                                       env=front_end_env(self.env))
-        log.info("serving on %s: %s front end, %d runtime(s) on %s", self.config.bind, self.config.server,
-                 len(self.runtimes), ", ".join(r.device for r in self.runtimes))
+        if self.grpc is not None:
+            self.grpc.start()
+        log.info("serving on %s: %s front end, %d runtime(s) on %s; gRPC on %s", self.config.bind,
+                 self.config.server, len(self.runtimes), ", ".join(r.device for r in self.runtimes),
+                 self.config.grpc_bind)
         return self._supervise()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -190,6 +199,8 @@ class Launcher:
                 if runtime.restart_at is not None and now >= runtime.restart_at:
                     runtime.start(self._take_spare())
             self._keep_spare(now)
+            if self.grpc is not None:
+                self.grpc.check(now)
             assert self.front is not None
             if (code := self.front.poll()) is not None:
                 log.error("the %s front end exited with %s: stopping", self.config.server, code)
@@ -224,7 +235,11 @@ class Launcher:
         for runtime in self.runtimes:  # readiness off first; the runtimes still serve
             if runtime.proc is not None and runtime.proc.poll() is None:
                 runtime.proc.send_signal(signal.SIGUSR1)
+        if self.grpc is not None:  # both front ends drain at once
+            self.grpc.terminate()
         code = stop_process(self.front, self.config.graceful_timeout_s + 5)
+        if self.grpc is not None:
+            self.grpc.stop(self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
         stop_process(self.spare, 5)
@@ -232,7 +247,11 @@ class Launcher:
         return 0 if code in (0, -signal.SIGTERM, None) else code
 
     def _stop_all(self) -> None:
+        if self.grpc is not None:
+            self.grpc.terminate()
         stop_process(self.front, self.config.graceful_timeout_s + 5)
+        if self.grpc is not None:
+            self.grpc.stop(self.config.graceful_timeout_s + 5)
         for runtime in self.runtimes:
             runtime.stop(self.config.graceful_timeout_s + 5)
         stop_process(self.spare, 5)

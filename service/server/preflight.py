@@ -19,6 +19,11 @@ def preflight(config: ServiceConfig, devices: Sequence[str]) -> None:
     check_model_dir(config)
     check_half(config, devices)
     check_bind(config.bind)
+    if config.grpc_bind != "off":
+        if config.grpc_bind == config.bind:
+            raise ConfigError(f"TRAINSERVE_GRPC_BIND={config.grpc_bind} is TRAINSERVE_BIND as well: give "
+                              "gRPC a port of its own (Triton's is 8001), or TRAINSERVE_GRPC_BIND=off")
+        check_bind(config.grpc_bind, "TRAINSERVE_GRPC_BIND")
 
 
 def check_model_dir(config: ServiceConfig) -> None:
@@ -39,7 +44,7 @@ def check_half(config: ServiceConfig, devices: Sequence[str]) -> None:
                           "unset TRAINSERVE_HALF (float16 is slow on a CPU)")
 
 
-def check_bind(bind: str) -> None:
+def check_bind(bind: str, variable: str = "TRAINSERVE_BIND") -> None:
     """A TCP address the front end can listen on (port 0, a free one, and Unix sockets pass)."""
     if bind.startswith("unix:"):
         return
@@ -48,11 +53,11 @@ def check_bind(bind: str) -> None:
     if int(port) == 0:
         return
     if int(port) > 65535:
-        raise ConfigError(f"TRAINSERVE_BIND={bind}: a port is at most 65535")
+        raise ConfigError(f"{variable}={bind}: a port is at most 65535")
     try:
         family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
-        raise ConfigError(f"TRAINSERVE_BIND={bind}: cannot resolve {host} ({exc.strerror}); "
+        raise ConfigError(f"{variable}={bind}: cannot resolve {host} ({exc.strerror}); "
                           "use an address such as 127.0.0.1:8000 or 0.0.0.0:8000") from None
     # SO_REUSEADDR as both front ends set it: a socket left in TIME_WAIT by the last run is no conflict.
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -61,6 +66,6 @@ def check_bind(bind: str) -> None:
             probe.bind((host, int(port)))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"TRAINSERVE_BIND={bind}: the address is in use (is another trainserve "
+                raise ConfigError(f"{variable}={bind}: the address is in use (is another trainserve "
                                   "running?); stop that process or choose another port") from None
-            raise ConfigError(f"TRAINSERVE_BIND={bind}: cannot listen there ({exc.strerror})") from None
+            raise ConfigError(f"{variable}={bind}: cannot listen there ({exc.strerror})") from None

@@ -77,13 +77,19 @@ def attach_inputs(inputs: Sequence[dict[str, Any]], payload: memoryview) -> None
 
 
 def _read(tensor: Mapping[str, Any], raw: memoryview) -> np.ndarray:
+    return read_tensor(tensor, raw, "binary_data_size is")
+
+
+def read_tensor(tensor: Mapping[str, Any], raw: bytes | memoryview, what: str) -> np.ndarray:
+    """One input's raw little-endian bytes as an array of its shape (no copy); ``what`` names the size in
+    the message when it does not match."""
     name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
     dtype = _DTYPES.get(datatype)
     if dtype is None:
         raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not supported in binary form")
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
-        raise InvalidInput(f"input {name!r}: binary_data_size is {len(raw)} but shape {list(shape)} of "
+        raise InvalidInput(f"input {name!r}: {what} {len(raw)} but shape {list(shape)} of "
                            f"{datatype} needs {expected} bytes")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
@@ -103,14 +109,15 @@ def encode(header: dict[str, Any], binary: Sequence[bool]) -> tuple[list[bytes],
     chunks: list[bytes] = []
     for output, flag in zip(header["outputs"], binary, strict=True):
         if flag:
-            raw = _to_bytes(output.pop("data"), output["datatype"])
+            raw = tensor_bytes(output.pop("data"), output["datatype"])
             output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(raw)}
             chunks.append(raw)
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     return [head, *chunks], (len(head) if chunks else None)
 
 
-def _to_bytes(data: Any, datatype: str) -> bytes:
+def tensor_bytes(data: Any, datatype: str) -> bytes:
+    """A tensor's raw bytes as the binary extension (and gRPC's raw contents) carry them."""
     if datatype == "BYTES":
         encoded = [str(item).encode() for item in data]
         return b"".join(struct.pack("<I", len(e)) + e for e in encoded)

@@ -6,6 +6,7 @@ never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """True when every runtime answers, has its models warmed up, and is not draining."""
-        return self.client.ready()
+        """True when every runtime answers, has its models warmed up, and is not draining; and the gRPC
+        front end listens, when the launcher started one."""
+        return self.client.ready() and (not self.config.grpc_probe or listening(self.config.grpc_probe))
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         """The model a request addresses (ModelNotFound when there is none)."""
@@ -78,19 +80,36 @@ class DataPlane:
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
         """OIP model metadata: the real input and output tensors (-1: any batch size), task and labels."""
-        m = model.manifest
-        versions = sorted(self.registry.models[m.name], key=int)
-        # A request without a version gets the newest served one; the policy says which are served.
-        parameters = {"version": m.version, "default_version": max(versions, key=int),
-                      "version_policy": str(self.config.policy.rule(m.name)),
-                      "architecture": m.architecture, "task": m.task,
-                      "labels": list(m.labels), "device": model.device,
-                      "test_accuracy": m.metrics.get("test_accuracy")}
-        if m.task != "multiclass":
-            parameters["threshold"] = m.threshold
-        parameters |= describe(m)
-        return {"name": m.name, "versions": versions, "platform": PLATFORMS[model.format],
-                "inputs": [input_metadata(m.input)], "outputs": output_metadata(m), "parameters": parameters}
+        return model_metadata(model, self.registry, self.config)
+
+
+def model_metadata(model: ServedModel, catalog: Catalog, config: ServiceConfig) -> dict[str, Any]:
+    """OIP model metadata of ``model`` (every door's: the HTTP data plane's and gRPC's)."""
+    m = model.manifest
+    versions = sorted(catalog.models[m.name], key=int)
+    # A request without a version gets the newest served one; the policy says which are served.
+    parameters = {"version": m.version, "default_version": max(versions, key=int),
+                  "version_policy": str(config.policy.rule(m.name)),
+                  "architecture": m.architecture, "task": m.task,
+                  "labels": list(m.labels), "device": model.device,
+                  "test_accuracy": m.metrics.get("test_accuracy")}
+    if m.task != "multiclass":
+        parameters["threshold"] = m.threshold
+    parameters |= describe(m)
+    return {"name": m.name, "versions": versions, "platform": PLATFORMS[model.format],
+            "inputs": [input_metadata(m.input)], "outputs": output_metadata(m), "parameters": parameters}
+
+
+def listening(address: str, timeout_s: float = 0.5) -> bool:
+    """Whether a server accepts connections at ``address`` (HOST:PORT or unix:PATH)."""
+    if address.startswith("unix:"):
+        family, target = socket.AF_UNIX, address[len("unix:"):]
+    else:
+        host, _, port = address.rpartition(":")
+        family, target = (socket.AF_INET6 if ":" in host else socket.AF_INET), (host.strip("[]"), int(port))
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout_s)
+        return probe.connect_ex(target) == 0
 
 
 def input_metadata(spec: InputSpec) -> dict[str, Any]:

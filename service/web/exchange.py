@@ -204,6 +204,18 @@ def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None
 
 def infer_answer(found: ServedModel, request: dict[str, Any], logits: np.ndarray, threshold: float) -> Answer:
     """An OIP inference answer: JSON, or a JSON header and the outputs flagged binary as raw bytes."""
+    answer = infer_document(found, request, logits, threshold)
+    requested = request["outputs"] or [{"name": output["name"]} for output in answer["outputs"]]
+    chunks, header_length = binary.encode(answer, [wants_binary(o, request["parameters"]) for o in requested])
+    if header_length is None:
+        return Answer(chunks[0])
+    return Answer(b"".join(chunks), content_type="application/octet-stream",
+                  headers={binary.HEADER: str(header_length)})
+
+
+def infer_document(found: ServedModel, request: dict[str, Any], logits: np.ndarray,
+                   threshold: float) -> dict[str, Any]:
+    """An OIP inference answer as a document (outputs' ``data`` as arrays), before any door encodes it."""
     m = found.manifest
     scaled = calibrated(logits, m)
     verdict = judge(scaled, m)
@@ -216,11 +228,7 @@ def infer_answer(found: ServedModel, request: dict[str, Any], logits: np.ndarray
         answer["parameters"] = {"task": m.task, "threshold": threshold}
     if "id" in request:
         answer["id"] = request["id"]
-    chunks, header_length = binary.encode(answer, [wants_binary(o, request["parameters"]) for o in requested])
-    if header_length is None:
-        return Answer(chunks[0])
-    return Answer(b"".join(chunks), content_type="application/octet-stream",
-                  headers={binary.HEADER: str(header_length)})
+    return answer
 
 
 def error_body(message: str) -> bytes:

@@ -114,7 +114,7 @@ def test_slow_and_stalled_clients_do_not_starve_health_checks_or_predictions(ser
     finally:
         slow.close()
     assert slow.closed.count("upload") == 40
-    labels = {"endpoint": "v1.classify", "model": "", "status": "408"}
+    labels = {"endpoint": "v1.classify", "model": "", "protocol": "http", "status": "408"}
     assert _count(server.url, **labels) == 40
 
 

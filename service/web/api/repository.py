@@ -6,43 +6,23 @@ model folder directly under the model directory: never a path."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 import time
 
 import orjson
 from flask import Blueprint, Response, request
 
-from service.errors import Conflict, Forbidden, InvalidInput, ModelNotFound, Unauthorized
+from service.errors import InvalidInput
 from service.runtime import protocol
+from service.web import management
 from service.web.api.common import parse_json, plane
 from service.web.triton import repository_index
-
-# An artifact's name (service/manifest.py's rule): no separator, no "..", nothing but a folder's name.
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-# Loading verifies and warms up every version the policy selects: it may take far longer than inference.
-_LOAD_SECONDS = 120.0
 
 bp = Blueprint("repository", __name__, url_prefix="/v2/repository")
 
 
 @bp.before_request
 def _authorize() -> None:
-    token = plane().config.management_token
-    if not token:
-        raise Forbidden("the model repository API is off: the operator turns it on by setting "
-                        "TRAINSERVE_MANAGEMENT_TOKEN")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise Unauthorized("the model repository API needs an Authorization: Bearer <token> header")
-    # Digests of equal length, compared in constant time: neither the token nor its length leaks.
-    if not hmac.compare_digest(_digest(given.strip()), _digest(token)):
-        raise Forbidden("the bearer token is not the one this service accepts")
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    management.authorize(plane().config.management_token, request.headers.get("Authorization", ""))
 
 
 @bp.post("/index")
@@ -60,8 +40,9 @@ def index() -> Response:
 def load(name: str) -> Response:
     """Load (or reload) the versions of ``name`` the version policy selects, on every runtime."""
     parameters = _body().get("parameters") or {}
-    if not isinstance(parameters, dict) or any(k == "config" or k.startswith("file:") for k in parameters):
+    if not isinstance(parameters, dict):
         raise InvalidInput("a load takes no config override or files: the artifact's manifest is its config")
+    management.check_load_parameters(parameters)
     return _control(name, protocol.LOAD)
 
 
@@ -74,15 +55,8 @@ def unload(name: str) -> Response:
 
 def _control(name: str, kind: int) -> Response:
     config = plane().config
-    folder = config.model_dir / name
-    if not _NAME.match(name) or folder.is_symlink() or not folder.is_dir():
-        raise ModelNotFound(f"model {name[:100]!r} is not in the model repository")
-    if config.model_control != "explicit":
-        raise Conflict(f"model control is {config.model_control!r}: set TRAINSERVE_MODEL_CONTROL=explicit to "
-                       "load and unload through this API" +
-                       (" (poll serves what the model folder holds, as the version policy says)"
-                        if config.model_control == "poll" else ""))
-    messages = plane().client.control(kind, name, time.monotonic() + max(_LOAD_SECONDS,
+    management.check_control(config, name)
+    messages = plane().client.control(kind, name, time.monotonic() + max(management.LOAD_SECONDS,
                                                                           config.request_timeout_s))
     action = "load" if kind == protocol.LOAD else "unload"
     return Response(orjson.dumps({"name": name, "action": action, "runtimes": messages}),
