@@ -427,7 +427,8 @@ def service_memory(root: int) -> dict:
 
 
 def serve_env(url: str, model_dir: str) -> dict[str, str]:
-    return dict(os.environ, TRAINSERVE_BIND=url.split("//", 1)[1], TRAINSERVE_MODEL_DIR=model_dir,
+    return dict(os.environ, TRAINSERVE_BIND=url.split("//", 1)[1], TRAINSERVE_GRPC_BIND="off",
+                TRAINSERVE_MODEL_DIR=model_dir,
                 TRAINSERVE_LOG_LEVEL=os.environ.get("TRAINSERVE_LOG_LEVEL", "warning"))
 
 

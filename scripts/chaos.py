@@ -145,7 +145,8 @@ class Service:
 
     def __init__(self, checkout: Path, model_dir: Path, port: int, folder: Path, env: dict[str, str]) -> None:
         self.port, self.log_path = port, folder / "service.log"
-        env = os.environ | {"TRAINSERVE_BIND": f"127.0.0.1:{port}", "TRAINSERVE_MODEL_DIR": str(model_dir),
+        env = os.environ | {"TRAINSERVE_BIND": f"127.0.0.1:{port}", "TRAINSERVE_GRPC_BIND": "off",
+                            "TRAINSERVE_MODEL_DIR": str(model_dir),
                             "TRAINSERVE_POLL_INTERVAL_S": "1"} | env
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=checkout, env=env,

@@ -132,9 +132,9 @@ def vendor() -> None:
     for name, (dist, module, repo, path) in SOURCES.items():
         version = importlib.metadata.version(dist)
         header = [f"{name}: the Open Inference Protocol's gRPC messages and service, as {repo}",
-                  "publishes them
-                  f"({path}), printed back from the descriptor in the {dist} {version} wheel",
-                  f"({module}) by scripts/grpc_protos.py --vendor: the upstream comments are not kept.",
+                  f"publishes them ({path}), printed back from the descriptor in the",
+                  f"{dist} {version} wheel ({module}) by scripts/grpc_protos.py --vendor",
+                  "(the upstream comments are not kept).",
                   f"Licence: {LICENSES[dist]}."]
         (PROTO_DIR / name).write_text(proto_source(wheel_descriptor(dist, module), header))
         print(f"wrote {PROTO_DIR / name} from {dist} {version}")

@@ -83,6 +83,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{args.port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSERVE_", "PROMETHEUS_"))}
     env |= {"TRAINSERVE_MODEL_DIR": str(models), "TRAINSERVE_BIND": f"127.0.0.1:{args.port}",
+            "TRAINSERVE_GRPC_BIND": "off",
             "TRAINSERVE_DEVICE": "cpu", "TRAINSERVE_SERVER": args.server, "PYTHONPATH": str(REPO)}
     log = (work / "service.log").open("wb")
     service = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,

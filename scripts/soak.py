@@ -162,7 +162,7 @@ def main() -> None:
     script = folder / "soak.lua"
     script.write_text(LUA % {"png": folder / "digit.png"})
     base = f"http://127.0.0.1:{args.port}"
-    env = os.environ | {"TRAINSERVE_BIND": f"127.0.0.1:{args.port}"}
+    env = os.environ | {"TRAINSERVE_BIND": f"127.0.0.1:{args.port}", "TRAINSERVE_GRPC_BIND": "off"}
     log = (folder / "service.log").open("wb")
     service = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=log)
     try:

@@ -273,7 +273,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work(call: Call) -> pb.RepositoryModelLoadResponse:
             self._authorize(context)
             management.check_load_parameters(request.parameters.keys())
-            await self._control(protocol.LOAD, request.model_name)
+            await self._control(protocol.LOAD, _model_name(request))
             return pb.RepositoryModelLoadResponse()
         return await self._answer(context, "RepositoryModelLoad", "repository.load", work)
 
@@ -282,7 +282,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Stop serving every version of a model (requests already sent to it finish first)."""
         async def work(call: Call) -> pb.RepositoryModelUnloadResponse:
             self._authorize(context)
-            await self._control(protocol.UNLOAD, request.model_name)
+            await self._control(protocol.UNLOAD, _model_name(request))
             return pb.RepositoryModelUnloadResponse()
         return await self._answer(context, "RepositoryModelUnload", "repository.unload", work)
 
@@ -294,6 +294,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         management.check_control(self.config, name)
         deadline = time.monotonic() + max(management.LOAD_SECONDS, self.config.request_timeout_s)
         await asyncio.to_thread(self.control.control, kind, name, deadline)
+
+
+def _model_name(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> str:
+    # KServe's grpc_predict_v2.proto numbers model_name 1, where Triton's has repository_name (this service
+    # has one repository): a KServe client's name arrives there.
+    return request.model_name or request.repository_name
 
 
 def _inputs(found: ServedModel, request: pb.ModelInferRequest) -> tuple[dict[str, Any], np.ndarray, float]:

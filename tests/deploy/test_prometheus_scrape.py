@@ -98,6 +98,7 @@ def service(kit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     tiny_model(work / "models")
     port = free_port()
     env = {**os.environ, "TRAINSERVE_MODEL_DIR": str(work / "models"), "TRAINSERVE_BIND": f"127.0.0.1:{port}",
+           "TRAINSERVE_GRPC_BIND": f"127.0.0.1:{free_port()}",
            "TRAINSERVE_WORKERS": "2", "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_MAX_BATCH_SIZE": "8",
            "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")}
     cmd = [sys.executable, "-m", "service"]

@@ -471,8 +471,10 @@ class Service:
     def __init__(self, env: dict[str, str], tmp: Path, server: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{free_port()}"  # the gRPC front end's address (service/grpc)
         self.log = tmp / f"service-{self.port}.log"
         full_env = _clean_env() | {"TRAINSERVE_BIND": f"127.0.0.1:{self.port}", "TRAINSERVE_DEVICE": "cpu",
+                                   "TRAINSERVE_GRPC_BIND": self.grpc,
                                    "TRAINSERVE_TORCH_THREADS": "1", "TRAINSERVE_SERVER": server,
                                    "TRAINSERVE_THREADS": "8", "TRAINSERVE_VERSION_POLICY": TEST_POLICY} | env
         self._fh = self.log.open("wb")
@@ -496,13 +498,18 @@ class Service:
         """The model runtimes' processes (not the spare waiting to replace one)."""
         return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p) and not _spare(p)]
 
+    def grpc_pids(self) -> list[int]:
+        """The gRPC front end's processes."""
+        return [p for p in _children(self.proc.pid) if b"service.grpc" in _cmdline(p)]
+
     def spare_pids(self) -> list[int]:
         """The spare runtime waiting to replace a runtime that dies (TRAINSERVE_SPARE_RUNTIME=1)."""
         return [p for p in _children(self.proc.pid) if b"service.runtime" in _cmdline(p) and _spare(p)]
 
     def worker_pids(self) -> list[int]:
         """The HTTP workers' processes (children of the front end)."""
-        front = [p for p in _children(self.proc.pid) if b"service.runtime" not in _cmdline(p)]
+        front = [p for p in _children(self.proc.pid)
+                 if b"service.runtime" not in _cmdline(p) and b"service.grpc" not in _cmdline(p)]
         return [w for f in front for w in _children(f) if b"resource_tracker" not in _cmdline(w)]
 
     def in_flight(self) -> float:

@@ -212,7 +212,7 @@ def test_the_shipped_model_in_every_format_starts_without_torch_noise(serve, tmp
 
 def _start_up_output(env: dict[str, str]) -> tuple[int, str]:
     full_env = {"PATH": "/usr/bin:/bin", "TRAINSERVE_BIND": "127.0.0.1:0", "TRAINSERVE_WORKERS": "1",
-                "TRAINSERVE_DEVICE": "cpu"} | env
+                "TRAINSERVE_DEVICE": "cpu", "TRAINSERVE_GRPC_BIND": "off"} | env
     result = subprocess.run([sys.executable, "-m", "service"], cwd=Path(__file__).resolve().parents[2],
                             env=full_env, capture_output=True, timeout=120)
     return result.returncode, (result.stdout + result.stderr).decode()
@@ -230,6 +230,17 @@ def test_a_bad_setting_stops_start_up_with_one_clear_line(env, message):
     code, output = _start_up_output(env)
     assert code == 2
     assert output.splitlines() == [output.strip()] and message in output, output
+
+
+def test_a_grpc_port_in_use_stops_start_up_too():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bind = f"127.0.0.1:{taken.getsockname()[1]}"
+        code, output = _start_up_output({"TRAINSERVE_GRPC_BIND": bind})
+    assert code == 2
+    assert output.strip() == (f"trainserve: TRAINSERVE_GRPC_BIND={bind}: the address is in use (is another "
+                              "trainserve running?); stop that process or choose another port"), output
 
 
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])
