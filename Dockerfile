@@ -119,11 +119,13 @@ ENV PYTHONPATH=/app \
     XDG_RUNTIME_DIR=/run/trainserve \
     TRAINSERVE_MODEL_DIR=/models \
     TRAINSERVE_BIND=0.0.0.0:8000 \
+    TRAINSERVE_GRPC_BIND=0.0.0.0:8001 \
     TRAINSERVE_LOG_FORMAT=json \
     PROMETHEUS_MULTIPROC_DIR=/run/trainserve/metrics \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol's gRPC service (Triton's port).
+EXPOSE 8000 8001
 # Ready (models loaded and warmed), not merely alive: compose's depends_on waits for it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 CMD ["python", "/app/healthcheck.py"]
 ENTRYPOINT ["/app/entrypoint.sh"]

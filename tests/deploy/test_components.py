@@ -143,7 +143,7 @@ def without_predictor_changes(pod: dict[str, Any]) -> dict[str, Any]:
         pod.pop(key)
     (server,) = pod["containers"]
     server.pop("env")
-    server["name"], server["ports"][0]["name"] = "trainserve", "http"
+    server["name"], server["ports"][0]["name"], server["ports"][1]["name"] = "trainserve", "http", "grpc"
     server["startupProbe"]["httpGet"] = {"path": "/healthz", "port": "http"}
     server["livenessProbe"]["httpGet"] = {"path": "/healthz", "port": "http"}
     server["readinessProbe"]["httpGet"] = {"path": "/readyz", "port": "http"}
@@ -209,14 +209,17 @@ def test_the_custom_resources_pass_their_admission_webhooks(kit: Any, overlay: s
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_predictor_probes_hit_the_services_v2_health_routes(kit: Any, overlay: str, tmp_path: Path) -> None:
-    """KServe's port rules (the first port, named http1, is the one it routes to) and probes that ask the
-    service's own OIP live and ready routes on the port it listens on."""
+    """KServe's port rules (the first port, named http1, is the one it routes to; a custom predictor's gRPC
+    port is named h2c) and probes that ask the service's own OIP live and ready routes on the port it
+    listens on."""
     docs = render(kit, tmp_path, overlay, "kserve")
     server = predictor_container(kit.find(docs, "InferenceService"))
-    (port,) = server["ports"]
+    port, grpc_port = server["ports"]
     assert port["name"] == "http1" and port["protocol"] == "TCP"
-    bind = kit.find(docs, "ConfigMap")["data"]["TRAINSERVE_BIND"]
-    assert port["containerPort"] == int(bind.rsplit(":", 1)[1])
+    assert grpc_port["name"] == "h2c" and grpc_port["protocol"] == "TCP"
+    settings = kit.find(docs, "ConfigMap")["data"]
+    assert port["containerPort"] == int(settings["TRAINSERVE_BIND"].rsplit(":", 1)[1])
+    assert grpc_port["containerPort"] == int(settings["TRAINSERVE_GRPC_BIND"].rsplit(":", 1)[1])
     v2 = pytest.importorskip("service.web.api.v2", reason="service/web is not in this tree")
     app = flask.Flask("probes")
     app.register_blueprint(v2.bp)

@@ -69,6 +69,9 @@ def test_serving_stage_runs_unprivileged_with_a_health_check(dockerfile: str) ->
     assert 'ENTRYPOINT ["/app/entrypoint.sh"]' in serve
     assert "COPY --from=models /models /models" in serve
     assert any("TRAINSERVE_MODEL_DIR=/models" in ln for ln in serve)
+    # Both doors listen on every interface and are exposed: HTTP and the gRPC service.
+    assert any("TRAINSERVE_GRPC_BIND=0.0.0.0:8001" in ln for ln in serve)
+    assert [ln.split()[1:] for ln in serve if ln.startswith("EXPOSE ")] == [["8000", "8001"]]
     # Only the serving dependencies: the venv comes from serve-deps, never from the training stages.
     assert [ln for ln in serve if "/opt/venv" in ln] == ["COPY --from=serve-deps /opt/venv /opt/venv"]
 

@@ -98,6 +98,18 @@ def test_service_hpa_pdb_and_monitor_select_the_serving_pods(kit: Any, overlay: 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_grpc_port_is_served_and_named_for_http2(kit: Any, overlay: str,
+                                                     rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The pod listens for gRPC where TRAINSERVE_GRPC_BIND says; the Service names it grpc (appProtocol)."""
+    docs = rendered[overlay]
+    bind = kit.find(docs, "ConfigMap")["data"]["TRAINSERVE_GRPC_BIND"]
+    ports = {p["name"]: p for p in container(kit.find(docs, "Deployment"), "trainserve")["ports"]}
+    assert ports["grpc"]["containerPort"] == int(bind.rsplit(":", 1)[1])
+    exposed = {p["name"]: p for p in kit.find(docs, "Service")["spec"]["ports"]}["grpc"]
+    assert exposed["appProtocol"] == "grpc" and exposed["targetPort"] == "grpc"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_run_unprivileged_on_a_read_only_root(kit: Any, overlay: str,
                                                    rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Non-root, no privilege escalation, no capabilities, read-only root, for every container."""
