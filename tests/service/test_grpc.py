@@ -244,3 +244,112 @@ def test_grpc_requests_are_counted_with_their_protocol(service, client):
     assert grpc_lines and float(grpc_lines[0].split()[1]) >= 1
     assert {line.split('protocol="')[1].split('"')[0] for line in text.splitlines()
             if line.startswith("trainserve_requests_total{")} <= {"http", "grpc"}
+
+
+def _typed_request(document: dict) -> service_pb2.ModelInferRequest:
+    """An OIP JSON body as a ModelInferRequest with typed contents (service/grpc/tensors.py's fields)."""
+    from service.grpc.tensors import CONTENTS
+
+    request = service_pb2.ModelInferRequest(model_name="mnist-tiny", id=document.get("id", ""))
+    for given in document["inputs"]:
+        tensor = request.inputs.add(name=given["name"], datatype=given["datatype"], shape=given["shape"])
+        getattr(tensor.contents, CONTENTS[given["datatype"]]).extend(given["data"])
+    for output in document.get("outputs", []):
+        wanted = request.outputs.add(name=output["name"])
+        for key, value in output.get("parameters", {}).items():
+            wanted.parameters[key].int64_param = value
+    return request
+
+
+def _door_table() -> dict[str, dict]:
+    """OIP requests, good and bad, that both doors take: name -> JSON body."""
+    def body(shape, datatype="UINT8", data=None, name="input", **extra):
+        count = int(np.prod(shape))
+        return {"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                            "data": data if data is not None else [3] * count}], **extra}
+
+    return {
+        "uint8": body([2, 784], id="t-1"),
+        "fp32 image shape": body([1, 1, 28, 28], "FP32", [0.5] * 784),
+        "classification": body([1, 784], outputs=[{"name": "probabilities",
+                                                    "parameters": {"classification": 2}}]),
+        "one output": body([1, 784], outputs=[{"name": "label"}]),
+        "wrong shape": body([1, 783]),
+        "wrong name": body([1, 784], name="pixels"),
+        "out of range": body([1, 784], "FP32", [7.0] * 784),
+        "unknown output": body([1, 784], outputs=[{"name": "nope"}]),
+        "too many rows": body([65, 784]),
+        "bad datatype": body([1, 784], "BOOL", [True] * 784),
+        "int64": body([1, 784], "INT64"),
+        "data short of the shape": body([2, 784], data=[3] * 784),
+    }
+
+
+GRPC_FOR_HTTP = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}
+
+
+def test_the_same_requests_get_the_same_answers_through_http_and_grpc(service, client):
+    """Triton's way of proving its fronts equal: one table through both doors, answers compared."""
+    for name, document in _door_table().items():
+        http = requests.post(f"{service.url}/v2/models/mnist-tiny/infer", json=document, timeout=30)
+        try:
+            answer = client._client_stub.ModelInfer(_typed_request(document), timeout=30)
+            code, message = "OK", ""
+        except grpc.RpcError as exc:
+            code, message, answer = exc.code().name, exc.details(), None
+        assert GRPC_FOR_HTTP[http.status_code] == code, (name, http.text, message)
+        if answer is None:
+            assert message == http.json()["error"], name
+            continue
+        got = http.json()
+        assert answer.id == got.get("id", ""), name
+        assert [o.name for o in answer.outputs] == [o["name"] for o in got["outputs"]], name
+        for output, raw in zip(got["outputs"], answer.raw_output_contents, strict=True):
+            grpc_output = next(o for o in answer.outputs if o.name == output["name"])
+            assert (grpc_output.datatype, list(grpc_output.shape)) == (output["datatype"], output["shape"])
+            if output["datatype"] == "FP32":
+                grpc_values = np.frombuffer(raw, np.float32)
+                np.testing.assert_allclose(grpc_values, np.ravel(output["data"]), rtol=1e-6)
+
+
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+             "FP64", "BYTES", "BF16", "nonsense")
+CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+         grpc.StatusCode.NOT_FOUND}
+
+
+def test_fuzzed_model_infer_requests_get_ok_or_a_clean_status(service, client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    shapes = st.lists(st.integers(-2, 900), min_size=0, max_size=4)
+    tensors = st.tuples(st.sampled_from(["input", "", "x"]), st.sampled_from(DATATYPES), shapes,
+                        st.one_of(st.none(), st.binary(max_size=4096), st.integers(0, 3000).map(bytes)))
+
+    @given(inputs=st.lists(tensors, min_size=0, max_size=3), model=st.sampled_from(["mnist-tiny", "nope"]),
+           version=st.sampled_from(["", "1", "2", "9", "x"]))
+    @settings(max_examples=60, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def answered_cleanly(inputs, model, version):
+        request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+        for name, datatype, shape, raw in inputs:
+            request.inputs.add(name=name, datatype=datatype, shape=shape)
+            if raw is not None:
+                request.raw_input_contents.append(raw)
+        try:
+            client._client_stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() in CLEAN, (exc.code(), exc.details())
+            assert exc.details() and "Traceback" not in exc.details()
+
+    answered_cleanly()
+    assert client.is_server_ready() and client.is_model_ready("mnist-tiny")
+    assert requests.get(f"{service.url}/readyz", timeout=30).status_code == 200
+
+
+def test_a_passed_deadline_is_deadline_exceeded_and_the_service_stays_ready(client):
+    x = np.zeros((64, 784), np.uint8)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("mnist-tiny", [_input(x)], client_timeout=0.000001)
+    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert client.is_server_ready()
