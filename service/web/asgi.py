@@ -62,7 +62,7 @@ class HotPath:
         # Flask's threads only run the routes that are not hot; each waits for the runtime with the GIL
         # released, as under gunicorn.
         self.flask = WSGIMiddleware(flask_app, workers=config.threads)
-        self.client = GroupingClient(config.runtime_paths)
+        self.client = GroupingClient(config.runtime_paths, max_waiting=config.max_queue)
         self.decoder: asyncio.AbstractEventLoop | None = None
         self._reading: dict[asyncio.Task[Any], float] = {}  # bodies being read -> their deadline
         self._late: set[asyncio.Task[Any]] = set()
