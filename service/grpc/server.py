@@ -47,8 +47,9 @@ async def serve(config: ServiceConfig) -> int:
     """Serve on ``config.grpc_bind`` until SIGTERM or SIGINT; the exit status."""
     server = grpc.aio.server(options=server_options(config))
     metrics = Metrics(config.prometheus_multiproc_dir)
-    servicer = InferenceServicer(config, GroupingClient(config.runtime_paths),
-                                 RuntimeClient(config.runtime_paths), metrics)
+    # The HTTP hot path's limits (web/asgi.py): an overload is shed here, 429 as RESOURCE_EXHAUSTED.
+    client = GroupingClient(config.runtime_paths, max_waiting=config.max_queue)
+    servicer = InferenceServicer(config, client, RuntimeClient(config.runtime_paths), metrics)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
