@@ -10,7 +10,7 @@ ARGS ?=
 # `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` installs the CPU-only build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup train test lint serve soak chaos hot-reload bench bench-classic bench-torchserve bench-peers clean
+.PHONY: setup train test lint serve soak chaos hot-reload bench bench-classic bench-torchserve bench-peers bench-grpc clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ bench-peers: setup
 	$(PY) scripts/bench_serve.py --start $(PEERS) --payloads png --model-dir $(MODEL_DIR) \
 		--out bench-results/serve-peers.json $(ARGS)
 bench-torchserve: bench-peers
+
+# gRPC beside HTTP on the same service: the gRPC issue's targets (bench-results/grpc.json).
+bench-grpc: setup
+	$(PY) scripts/bench_grpc.py --model-dir $(MODEL_DIR) $(ARGS)
 
 # A bounded soak (not in CI): capacity, then twice the concurrency the service holds for SOAK_SECONDS, with
 # status counts, p50/p99 and every process's RSS at start and end (docs/operations.md; needs wrk).

@@ -1,9 +1,10 @@
 """The gRPC door under traffic, on a deliberately slow model: HTTP and gRPC requests that wait together land
-in one batch (the runtime's batch-size histogram shows it), and SIGTERM drains a stream in flight while new
-calls are refused with UNAVAILABLE."""
+in one batch (the runtime's batch-size histogram shows it); a gRPC process that dies is started again; and
+SIGTERM drains a stream in flight while new calls are refused with UNAVAILABLE."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -76,6 +77,25 @@ def test_http_and_grpc_requests_share_a_batch(service):
         client.close()
     assert _batches_over_8(service.url) > before, f"no batch held both an HTTP and a gRPC request: {errors}"
     assert all("429" in e or "RESOURCE_EXHAUSTED" in e for e in errors), errors
+
+
+def test_a_grpc_front_end_that_dies_is_started_again(service):
+    (old,) = service.grpc_pids()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    back = False
+    while not back and time.monotonic() < deadline:
+        client = tritongrpc.InferenceServerClient(service.grpc)
+        try:
+            back = client.is_server_ready(client_timeout=5)
+        except InferenceServerException:
+            pass  # not listening yet
+        finally:
+            client.close()
+        if not back:
+            time.sleep(0.2)
+    assert back and service.grpc_pids() and old not in service.grpc_pids()
+    assert requests.get(f"{service.url}/readyz", timeout=30).status_code == 200
 
 
 def test_sigterm_drains_a_stream_in_flight_and_refuses_new_calls(service):

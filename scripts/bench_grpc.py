@@ -1,0 +1,232 @@
+"""gRPC beside HTTP, one run, side by side: the figures of docs/benchmarks.md#grpc.
+
+    python scripts/bench_grpc.py --model-dir models                # starts the service itself
+    python scripts/bench_grpc.py --model-dir models --rounds 5 --duration 6
+
+It starts the service (``python -m service``, HTTP and gRPC on free ports) and, each round: measures the
+model's own batch-64 rate in this process (bench_serve.py's ``InProcess``), runs wrk against the HTTP binary
+OIP route with one 28x28 UINT8 image per request at 64 connections, then a gRPC load of the same request
+(``ModelInfer``, raw contents) at 64 calls in flight, then 64-image gRPC requests at 8 in flight. No gRPC
+load generator is packaged for this machine: the gRPC load is ``--clients`` processes of this script, each
+a bounded asyncio loop on grpc.aio, and their CPU is reported beside the service's. Printed per round and
+as medians: images/s, p50/p99, errors, the targets' ratios (gRPC 1-image / HTTP binary 1-image; gRPC
+64-image / in-process batch 64), CPU per request by role (runtime, HTTP workers, gRPC front end, client)
+and every process's RSS. Results also go to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_serve import InProcess, cpu_seconds, digit, free_port, service_memory, start, stop, wrk  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=os.environ.get("TRAINSERVE_MODEL_DIR", "models"),
+                        help="the model repository (default: %(default)s)")
+    parser.add_argument("--model", default="mnist-cnn", help="model name (default: %(default)s)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per load run (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every run (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=2,
+                        help="gRPC load processes; the calls in flight are split between them "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", default="bench-results/grpc.json", help="(default: %(default)s)")
+    parser.add_argument("--client", nargs=5, metavar=("TARGET", "MODEL", "IMAGES", "CALLS", "SECONDS"),
+                        help=argparse.SUPPRESS)  # one load process (the parent starts them)
+    return parser.parse_args()
+
+
+def infer_request(model: str, images: int):
+    """A ModelInferRequest of ``images`` UINT8 digits as raw contents, asking for the label only."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="input", datatype="UINT8", shape=[images, 1, 28, 28])
+    request.outputs.add(name="label")
+    request.raw_input_contents.append(np.tile(digit(), (images, 1, 1)).tobytes())
+    return request
+
+
+async def client_load(target: str, model: str, images: int, calls: int, seconds: float) -> dict:
+    """``calls`` loops, each sending the next request when its answer comes, for 1 s of warm-up then
+    ``seconds``; the requests, errors and latencies of the measured part, and this process's CPU."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    request = infer_request(model, images)
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        measuring_from = time.perf_counter() + 1.0
+        until = measuring_from + seconds
+
+        async def loop() -> None:
+            nonlocal errors
+            while (sent := time.perf_counter()) < until:
+                try:
+                    await stub.ModelInfer(request, timeout=10)
+                except grpc.RpcError:
+                    errors += sent >= measuring_from
+                    continue
+                if sent >= measuring_from:
+                    latencies.append(time.perf_counter() - sent)
+
+        cpu = time.process_time()
+        await asyncio.sleep(0)
+        await asyncio.gather(*(loop() for _ in range(calls)))
+    return {"requests": len(latencies), "errors": errors, "latencies": latencies,
+            "cpu_s": time.process_time() - cpu}
+
+
+def grpc_load(target: str, model: str, images: int, calls: int, seconds: int, clients: int) -> dict:
+    """The gRPC load, ``calls`` in flight over ``clients`` processes: images/s, p50/p99 ms, errors, the
+    clients' CPU seconds."""
+    share = [calls // clients + (i < calls % clients) for i in range(clients)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--client", target, model, str(images), str(n),
+                               str(seconds)], stdout=subprocess.PIPE, text=True) for n in share if n]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 120)
+        if proc.returncode:
+            raise SystemExit(f"a gRPC load process exited {proc.returncode}")
+        results.append(json.loads(out))
+    latencies = sorted(x for r in results for x in r["latencies"])
+    done = sum(r["requests"] for r in results)
+    return {"requests": done, "images_per_s": done * images / seconds,
+            "errors": sum(r["errors"] for r in results),
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None,
+            "client_cpu_s": sum(r["cpu_s"] for r in results)}
+
+
+def roles(root: int) -> dict[int, str]:
+    """pid -> runtime, grpc (the gRPC front end), http (the HTTP front end and its workers) or launcher."""
+    out = {}
+    for pid in cpu_seconds(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        out[pid] = ("launcher" if pid == root else "runtime" if b"service.runtime" in cmdline
+                    else "grpc" if b"service.grpc" in cmdline else "http")
+    return out
+
+
+def cpu_us(root: int, run, requests_of) -> tuple[dict, dict[str, float]]:
+    """Run ``run()``; its result and the service's CPU per request by role, microseconds."""
+    kinds = roles(root)
+    before = cpu_seconds(root)
+    result = run()
+    after = cpu_seconds(root)
+    spent: dict[str, float] = {}
+    for pid, (_, seconds) in after.items():
+        role = kinds.get(pid, "http")
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
+    done = max(requests_of(result), 1)
+    return result, {role: round(1e6 * s / done) for role, s in sorted(spent.items())}
+
+
+def http_body(model: str, folder: Path) -> tuple[str, dict[str, str], Path]:
+    """The HTTP binary OIP request of one image, as wrk sends it: (path, headers, body file)."""
+    image = digit().reshape(1, 1, 28, 28)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": image.nbytes}}],
+                         "outputs": [{"name": "label"}]}).encode()
+    body = folder / "bin1.body"
+    body.write_bytes(header + image.tobytes())
+    return f"/v2/models/{model}/infer", {"Inference-Header-Content-Length": str(len(header))}, body
+
+
+def one_round(args: argparse.Namespace, root: int, url: str, target: str, model: InProcess,
+              folder: Path) -> dict:
+    """The three runs of one round, beside the in-process batch-64 rate of the same moment."""
+    path, headers, body = http_body(args.model, folder)
+    batch64 = model.batch64_now()
+    http, http_cpu = cpu_us(root, lambda: wrk(url + path, "application/octet-stream", headers, body, 64,
+                                              args.duration, folder, master=root), lambda r: r["requests"])
+    http_cpu["client"] = round(http.pop("cpu_us_per_request", {}).get("wrk", 0))  # wrk's own, measured run
+    http["images_per_s"] = http["requests"] * 1e6 / http["duration_us"]
+    row = {"inprocess_batch64_images_per_s": batch64,
+           "http_bin1_c64": {**http, "cpu_us_per_request": http_cpu}}
+    for key, images, calls in (("grpc_1_c64", 1, 64), ("grpc_64_c8", 64, 8)):
+        def load(i: int = images, c: int = calls) -> dict:
+            return grpc_load(target, args.model, i, c, args.duration, args.clients)
+
+        result, cpu = cpu_us(root, load, lambda r: r["requests"])
+        cpu["client"] = round(1e6 * result["client_cpu_s"] / max(result["requests"], 1))
+        row[key] = {**result, "cpu_us_per_request": cpu}
+    row["grpc_1_vs_http_bin1"] = row["grpc_1_c64"]["images_per_s"] / row["http_bin1_c64"]["images_per_s"]
+    row["grpc_64_vs_inprocess_batch64"] = row["grpc_64_c8"]["images_per_s"] / batch64
+    return row
+
+
+def print_round(n: int, r: dict) -> None:
+    """One round's figures on one line."""
+    print(f"round {n + 1}: in-process b64 {r['inprocess_batch64_images_per_s']:.0f} img/s | "
+          f"HTTP bin 1 img c64 {r['http_bin1_c64']['images_per_s']:.0f} img/s | "
+          f"gRPC 1 img c64 {r['grpc_1_c64']['images_per_s']:.0f} img/s (x{r['grpc_1_vs_http_bin1']:.2f} of "
+          f"HTTP) | gRPC 64 img c8 {r['grpc_64_c8']['images_per_s']:.0f} img/s "
+          f"(x{r['grpc_64_vs_inprocess_batch64']:.2f} of in-process) | CPU us/request: HTTP "
+          f"{r['http_bin1_c64']['cpu_us_per_request']}, gRPC {r['grpc_1_c64']['cpu_us_per_request']}, "
+          f"gRPC 64 {r['grpc_64_c8']['cpu_us_per_request']}", flush=True)
+
+
+def main() -> int:
+    """Start the service, run the rounds, print and write the figures."""
+    args = parse_args()
+    if args.client:
+        target, model, images, calls, seconds = args.client
+        print(json.dumps(asyncio.run(client_load(target, model, int(images), int(calls), float(seconds)))))
+        return 0
+    url, target = f"http://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, TRAINSERVE_BIND=url.split("//")[1], TRAINSERVE_GRPC_BIND=target,
+               TRAINSERVE_MODEL_DIR=args.model_dir,
+               TRAINSERVE_LOG_LEVEL=os.environ.get("TRAINSERVE_LOG_LEVEL", "warning"))
+    proc, ready_s = start([sys.executable, "-m", "service"], env, f"{url}/readyz")
+    try:
+        memory = service_memory(proc.pid)
+        kinds = roles(proc.pid)
+        rss = {}
+        for p in memory["processes"]:
+            rss.setdefault(kinds.get(p["pid"], "http"), []).append(round(p["rss_mib"]))
+        print(f"service ready in {ready_s:.1f} s; RSS MiB by role: {rss}", flush=True)
+        model = InProcess(Path(args.model_dir), args.model)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in range(args.rounds):
+                rows.append(one_round(args, proc.pid, url, target, model, Path(tmp)))
+                print_round(n, rows[-1])
+        medians = {key: statistics.median(r[key] for r in rows)
+                   for key in ("grpc_1_vs_http_bin1", "grpc_64_vs_inprocess_batch64")}
+        print(f"median ratios: gRPC 1-image / HTTP binary 1-image {medians['grpc_1_vs_http_bin1']:.2f} "
+              f"(target >= 0.8); gRPC 64-image / in-process batch 64 "
+              f"{medians['grpc_64_vs_inprocess_batch64']:.2f} (target >= 0.85)")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"ready_s": ready_s, "rss_mib_by_role": rss, "memory": memory,
+                                   "rounds": rows, "medians": medians, "cpus": len(os.sched_getaffinity(0))},
+                                  indent=1))
+    finally:
+        stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
