@@ -51,8 +51,9 @@ def _sample(text: str, name: str, **labels: str) -> float:
 def test_metrics_count_requests_batches_and_describe_models(client, mnist):
     # Every process of the test session shares one multiprocess folder, as a service's do: count deltas.
     counted = [("trainserve_requests_total",
-                {"endpoint": "v1.predict", "model": "mnist-tiny", "status": "200"}),
-               ("trainserve_requests_total", {"endpoint": "v1.predict", "model": "", "status": "404"}),
+                {"endpoint": "v1.predict", "model": "mnist-tiny", "status": "200", "protocol": "http"}),
+               ("trainserve_requests_total",
+                {"endpoint": "v1.predict", "model": "", "status": "404", "protocol": "http"}),
                ("trainserve_inference_images_total", {"model": "mnist-tiny", "version": "2"})]
     before = client.get("/metrics").get_data(as_text=True)
     client.post("/v1/models/mnist-tiny:predict",
