@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_mp
@@ -20,6 +21,9 @@ from prometheus_client.metrics_core import Metric
 from service.runtime.batching import BatchStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# One answered request: model, endpoint, status, model version (None: not an inference of a known
+# version), seconds from arrival.
+Done = tuple[str, str, int, str | None, float]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -87,16 +91,34 @@ class Metrics:
 
     def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
+        counter, latency = self._request_children(model, endpoint, status)
+        counter.inc()
+        latency.observe(seconds)
+
+    def requests_done(self, done: list[Done], in_flight_change: int) -> None:
+        """What ``request_done`` and ``inference_done`` record, for an event loop's requests of one turn:
+        counters and the in-flight gauge written once per turn, each latency still observed."""
+        counts: dict[tuple[str, str, int], int] = {}
+        for model, endpoint, status, _, _ in done:
+            counts[model, endpoint, status] = counts.get((model, endpoint, status), 0) + 1
+        for (model, endpoint, status), count in counts.items():
+            self._request_children(model, endpoint, status)[0].inc(count)
+        for model, endpoint, status, version, seconds in done:
+            self._request_children(model, endpoint, status)[1].observe(seconds)
+            if version is not None:
+                self.inference_done(model, version, status < 400, seconds)
+        if in_flight_change:
+            self.in_flight.inc(in_flight_change)
+
+    def _request_children(self, model: str, endpoint: str, status: int) -> tuple[Any, Any]:
         # Label children are looked up once per (model, endpoint, status): labels() costs a lock and a
         # tuple hash on every call, and the label sets are few (bounded, see the module docstring).
         key = (model, endpoint, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(model, endpoint, str(status)),
-                        self.request_seconds.labels(model, endpoint))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+            children = self._children[key] = (self.requests.labels(model, endpoint, str(status)),
+                                              self.request_seconds.labels(model, endpoint))
+        return children
 
     def inference_done(self, model: str, version: str, success: bool, seconds: float) -> None:
         """Count one inference request of a known model version, by outcome."""
