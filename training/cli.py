@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mlp only: hidden layer widths (default: 256,128)")
     model.add_argument("--activation", choices=ACTIVATIONS, default=_D.activation,
                        help=f"mlp only (default: {_D.activation})")
+    model.add_argument("--widths", type=_widths, default=_D.widths, metavar="W,W,W[,W]",
+                       help="cnn (3) and cnn4 (4): channels of each convolution (default: the net's own, "
+                            "12,24,48 and 16,32,64,96)")
     _task_flags(p.add_argument_group("task"))
     _optimisation_flags(p.add_argument_group("optimisation"))
     _outlier_flags(p.add_argument_group("not a digit"))
@@ -114,6 +117,9 @@ def _optimisation_flags(g: argparse._ArgumentGroup) -> None:
                    help=f"on weights, not on biases or norms (default: {_D.weight_decay})")
     g.add_argument("--schedule", choices=SCHEDULES, default=_D.schedule,
                    help=f"learning-rate schedule (default: {_D.schedule})")
+    g.add_argument("--ema", type=float, default=_D.ema, metavar="DECAY",
+                   help="validate, test and export an exponential moving average of the weights with this "
+                        f"decay per step, 0 for the trained weights themselves (default: {_D.ema:g})")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=_D.augment,
                    help="random affine jitter: rotate, shift, zoom (default: on)")
     g.add_argument("--elastic", type=float, default=_D.elastic, metavar="PX",

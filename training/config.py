@@ -9,6 +9,8 @@ from typing import Any
 
 from training.tasks import DEFAULT_LOSS, LOSSES, TASKS, loss_error
 
+CONV_WIDTHS = {"cnn": 3, "cnn4": 4}  # the nets whose convolution widths --widths sets, and how many
+
 DATASETS = ("mnist", "fashion-mnist", "digits", "spiral")  # plus "folder:PATH" and "csv:PATH"
 FREEZE = ("none", "features")
 ARCHITECTURES = ("mlp", "cnn", "cnn4", "classic", "resnet")
@@ -55,6 +57,7 @@ class TrainConfig:
     arch: str = "cnn4"  # the recipe of issue 26 (docs/training.md); "cnn" is the compact net before it
     hidden: tuple[int, ...] = (256, 128)  # mlp only: hidden layer widths
     activation: str = "relu"  # mlp only
+    widths: tuple[int, ...] = ()  # cnn (3) and cnn4 (4): channels of each convolution; empty: the net's own
     # optimisation
     epochs: int = 9  # the recipe's: as many as fit in 3 minutes on a 2-core CPU (docs/benchmarks.md)
     batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N
@@ -64,6 +67,9 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only (Nesterov)
     weight_decay: float = 5e-4  # not applied to biases and norm weights
     schedule: str = "onecycle"
+    # An exponential moving average of the weights (and batch-norm statistics) with this decay per step is
+    # what the run validates, tests and exports (training/averaging.py); 0: the trained weights themselves.
+    ema: float = 0.0
     augment: bool = True  # random warps, batched on tensors (training/augment.py)
     # MNIST-style digits (the others get the plain affine jitter): elastic distortion of up to this many
     # pixels, the share of digits drawn with a thicker or thinner stroke, and whether each warped digit is
@@ -113,6 +119,11 @@ class TrainConfig:
         _positive(epochs=self.epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                   image_size=self.image_size, lr=self.lr)
         _check(bool(self.hidden) and all(h > 0 for h in self.hidden), "hidden must be positive widths")
+        _check(not self.widths or len(self.widths) == CONV_WIDTHS.get(self.arch),
+               f"widths: {self.arch} takes " + (f"{CONV_WIDTHS[self.arch]} convolution widths"
+                                                 if self.arch in CONV_WIDTHS else "none (cnn, cnn4 only)"))
+        _check(all(w > 0 for w in self.widths), "widths must be positive")
+        _check(0.0 <= self.ema < 1.0, "ema must be in [0, 1): a decay per step, 0 for none")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
         _check(self.elastic >= 0 and 0.0 <= self.stroke <= 1.0, "elastic must be >= 0 and stroke in [0, 1]")
         _check(self.outlier_weight >= 0 and self.outlier_batch > 0,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.averaging import WeightAverage
 from training.tasks import Evaluation, Objective, summarise
 
 __all__ = ["Diverged", "EpochStats", "Evaluation", "evaluate", "pixels", "train_one_epoch"]
@@ -69,6 +70,7 @@ def train_one_epoch(
     objective: Objective = MULTICLASS,
     outliers: Iterator[torch.Tensor] | None = None,
     outlier_weight: float = 0.5,
+    average: WeightAverage | None = None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``batches``; the scheduler, if any, steps once per batch.
 
@@ -78,6 +80,7 @@ def train_one_epoch(
     statistics: a separate pass on the digits' statistics diverged in our runs, docs/benchmarks.md), and
     ``outlier_weight`` times their cross-entropy against the uniform distribution is added to the loss,
     which teaches the net to spread its probability over every class when it sees one (docs/training.md).
+    ``average`` (``--ema``) is updated after every optimiser step.
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -102,6 +105,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(y)

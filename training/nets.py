@@ -18,15 +18,17 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "s
 
 
 def build_net(arch: str, input_shape: Sequence[int], num_classes: int, *,
-              hidden: Sequence[int] = (256, 128), activation: str = "relu") -> nn.Module:
-    """A fresh, randomly initialised net of kind ``arch`` (mlp | cnn | cnn4 | classic | resnet)."""
+              hidden: Sequence[int] = (256, 128), activation: str = "relu",
+              widths: Sequence[int] = ()) -> nn.Module:
+    """A fresh, randomly initialised net of kind ``arch`` (mlp | cnn | cnn4 | classic | resnet); ``widths``
+    are the channels of cnn's three or cnn4's four convolutions (empty: the net's own)."""
     channels = input_shape[0]
     if arch == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), num_classes, hidden, activation)
     if arch == "cnn":
-        return CompactCNN(channels, num_classes)
+        return CompactCNN(channels, num_classes, *([tuple(widths)] if widths else []))
     if arch == "cnn4":
-        return DigitCNN(channels, num_classes)
+        return DigitCNN(channels, num_classes, *([tuple(widths)] if widths else []))
     if arch == "classic":
         return ClassicCNN(channels, num_classes)
     if arch == "resnet":

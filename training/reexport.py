@@ -34,7 +34,8 @@ def eager_from_artifact(folder: Path, manifest: Manifest) -> nn.Module:
     cfg = manifest.training
     try:
         net = build_net(manifest.architecture, manifest.input.shape, manifest.num_classes,
-                        hidden=tuple(cfg.get("hidden", (256, 128))), activation=cfg.get("activation", "relu"))
+                        hidden=tuple(cfg.get("hidden", (256, 128))), activation=cfg.get("activation", "relu"),
+                        widths=tuple(cfg.get("widths", ())))
     except ValueError as exc:
         raise ExportError(f"{folder}: cannot rebuild the eager net ({exc})") from None
     channels = manifest.input.shape[0]

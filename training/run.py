@@ -26,6 +26,7 @@ from tqdm import tqdm
 from service.manifest import next_version
 from training import outcome, outliers
 from training.augment import AffineJitter, DigitJitter
+from training.averaging import WeightAverage
 from training.config import ConfigError, TrainConfig
 from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
@@ -79,7 +80,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
                          "parameters, %s, run folder %s", cfg.name, cfg.task, cfg.arch, data.source.name,
                          len(data.train), len(data.val), len(data.test), cfg.loss, count_parameters(model),
                          device, dest.run_folder)
-            epochs = fit(cfg, world, device, data, model, runlog, odd)
+            epochs, model = fit(cfg, world, device, data, model, runlog, odd)
             if not world.is_main:
                 return None
             return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started,
@@ -92,8 +93,10 @@ def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, Train
     outputs = 1 if cfg.task == "binary" else len(data.classes)
     if cfg.init_from is not None:
         start = start_from(cfg.init_from, data.input_shape, outputs, freeze=cfg.freeze == "features")
-        return start.model, dataclasses.replace(cfg, arch=start.architecture), start.origin
-    net = build_net(cfg.arch, data.input_shape, outputs, hidden=cfg.hidden, activation=cfg.activation)
+        cfg = dataclasses.replace(cfg, arch=start.architecture, widths=start.widths)
+        return start.model, cfg, start.origin
+    net = build_net(cfg.arch, data.input_shape, outputs, hidden=cfg.hidden, activation=cfg.activation,
+                    widths=cfg.widths)
     wrapper = FeatureClassifier if data.features else PixelClassifier
     return wrapper(net, data.mean, data.std), cfg, {}
 
@@ -103,8 +106,10 @@ def _objective(cfg: TrainConfig) -> Objective:
 
 
 def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, model: nn.Module,
-        runlog: RunLog | None, odd: OutlierSets | None = None) -> int:
-    """The epoch loop; rank 0 validates after every epoch and logs one summary line. Returns epochs run."""
+        runlog: RunLog | None, odd: OutlierSets | None = None) -> tuple[int, nn.Module]:
+    """The epoch loop; rank 0 validates after every epoch and logs one summary line. Returns the epochs
+    run and the model to test and export: with ``--ema``, the average of the trained weights (its validation
+    figures are the ones logged, the trained weights' beside them as ``raw_val_*``)."""
     loader = make_loader(data.train, cfg.batch_size // world.size, shuffle=True, seed=cfg.seed,
                          workers=cfg.workers, pin_memory=device.type == "cuda", rank=world.rank,
                          world_size=world.size)
@@ -114,6 +119,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
     optimizer = build_optimizer(cfg.optimizer, trained, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps * epochs)
     augment = _augmentation(cfg, world, data)
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     exposure = None
     if odd is not None and cfg.outlier_weight > 0:
         draws = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + world.rank)
@@ -126,7 +132,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
             stats = train_one_epoch(trained, islice(loader, steps), optimizer, device, scheduler=scheduler,
                                     augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch),
                                     objective=_objective(cfg), outliers=exposure,
-                                    outlier_weight=cfg.outlier_weight)
+                                    outlier_weight=cfg.outlier_weight, average=average)
         stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
         if not math.isfinite(stats.loss):
             raise Diverged(f"epoch {epoch}: the training loss is {stats.loss}, the run diverged; lower --lr "
@@ -135,11 +141,13 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         if runlog is not None:
             record = {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                       "train_examples": int(stats.examples),
-                      **_validate(cfg, device, data, model), "lr": current_lr(optimizer),
-                      "seconds": round(time.perf_counter() - started, 2)}
+                      **_validate(cfg, device, data, average.model if average else model),
+                      **({f"raw_{k}": v for k, v in _validate(cfg, device, data, model).items()}
+                         if average else {}),
+                      "lr": current_lr(optimizer), "seconds": round(time.perf_counter() - started, 2)}
             runlog.write(record, step=epoch)
             log.info(_summary(record, epochs))
-    return epochs
+    return epochs, average.model if average else model
 
 
 def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module, runlog: RunLog,
@@ -263,6 +271,8 @@ def _metrics(metrics: dict[str, Any], history: list[dict[str, Any]]) -> dict[str
 def _summary(record: dict[str, Any], epochs: int) -> str:
     val = (f"  val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"
            if "val_loss" in record else "")
+    if "raw_val_loss" in record:  # --ema: the average's figures, then the trained weights'
+        val += f" (raw {record['raw_val_loss']:.4f} {100 * record['raw_val_accuracy']:.2f}%)"
     return (f"epoch {record['epoch']:>2}/{epochs}  train loss {record['train_loss']:.4f} "
             f"acc {100 * record['train_accuracy']:.2f}%{val}  lr {record['lr']:.3g}  "
             f"{record['seconds']:.1f}s")

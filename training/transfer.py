@@ -32,6 +32,7 @@ class Start:
     model: nn.Module  # PixelClassifier or FeatureClassifier, with a new head
     architecture: str
     origin: dict[str, Any]
+    widths: tuple[int, ...] = ()  # the convolution widths the artifact's net was built with
 
 
 def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze: bool) -> Start:
@@ -45,9 +46,10 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
         raise ConfigError(f"--init-from {folder} takes inputs of shape {list(manifest.input.shape)}, this "
                           f"dataset's are {list(input_shape)}")
     training = manifest.training
+    widths = tuple(training.get("widths", ()))  # manifests before --widths: the net's own
     net = fold_batchnorm(build_net(manifest.architecture, input_shape, manifest.num_outputs,
                                    hidden=training.get("hidden", (256, 128)),
-                                   activation=training.get("activation", "relu")))
+                                   activation=training.get("activation", "relu"), widths=widths))
     width = input_shape[0]  # channels of an image, or features: one normalisation entry each
     wrapper_type = PixelClassifier if manifest.input.kind == "image" else FeatureClassifier
     model = wrapper_type(net, [0.0] * width, [1.0] * width)
@@ -61,7 +63,7 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
               else "none"}
     log.info("starting from %s/%s (%s), new %d-output head%s", manifest.name, manifest.version,
              manifest.architecture, outputs, ", features frozen" if freeze else "")
-    return Start(model=model, architecture=manifest.architecture, origin=origin)
+    return Start(model=model, architecture=manifest.architecture, origin=origin, widths=widths)
 
 
 def replace_head(net: nn.Module, outputs: int) -> None:

@@ -32,10 +32,20 @@ def test_defaults_are_valid_and_frozen() -> None:
     ("clean_epochs", -1, "clean_epochs"),
     ("name", "Has Spaces", "name"),
     ("version", "v2", "version"),
+    ("ema", 1.0, "ema"),
+    ("ema", -0.1, "ema"),
+    ("widths", (16, 32, 64), "cnn4 takes 4"),
+    ("widths", (16, 32, 0, 96), "positive"),
 ])
 def test_bad_settings_name_the_setting(field: str, value: object, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         replace(TrainConfig(), **{field: value})
+
+
+def test_widths_belong_to_the_compact_nets_only() -> None:
+    assert TrainConfig(arch="cnn", widths=(8, 16, 32)).widths == (8, 16, 32)
+    with pytest.raises(ConfigError, match="cnn, cnn4 only"):
+        TrainConfig(arch="resnet", widths=(8, 16, 32))
 
 
 def test_to_dict_is_plain_json() -> None:

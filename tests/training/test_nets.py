@@ -50,6 +50,15 @@ def test_mlp_hidden_layers_and_activation(activation: str, kind: type[nn.Module]
     assert sum(isinstance(m, kind) for m in net.modules()) == 3
 
 
+@pytest.mark.parametrize(("arch", "widths"), [("cnn", (8, 16, 24)), ("cnn4", (16, 32, 64, 128))])
+def test_widths_set_each_convolution(arch: str, widths: tuple[int, ...]) -> None:
+    net = build_net(arch, (1, 28, 28), 10, widths=widths)
+    assert tuple(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)) == widths
+    assert net[-1].in_features == widths[-1] * 9  # the last 3x3 map, flattened
+    assert build_net(arch, (1, 28, 28), 10, widths=()).state_dict().keys() == \
+        build_net(arch, (1, 28, 28), 10).state_dict().keys()
+
+
 def test_unknown_architecture() -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
         build_net("vgg", (1, 28, 28), 10)

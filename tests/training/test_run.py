@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from PIL import Image
 
 from service.manifest import read_manifest, verify_checksum
 from training.config import TrainConfig
+from training.data import load_data, make_loader
 from training.datasets import IDX_DATASETS, load_idx_dataset
+from training.engine import evaluate
 from training.export import load_scripted
 from training.run import run
 
@@ -68,3 +71,29 @@ def test_a_folder_of_pngs_trains_into_a_servable_artifact(mnist_slice: Path, tmp
     with torch.inference_mode():
         predicted = model(sevens).argmax(dim=1)
     assert np.mean(predicted.numpy() == 0) >= 0.8  # "seven" is label 0
+
+
+def test_ema_and_widths_reach_the_artifact_and_a_fine_tune_of_it(tmp_path: Path) -> None:
+    # A constant learning rate keeps the weights moving, so the average and the trained weights differ.
+    cfg = TrainConfig(dataset="digits", arch="cnn", widths=(8, 16, 24), ema=0.9, epochs=3, batch_size=64,
+                      lr=0.05, schedule="none", val_fraction=0.2, name="digits-cnn", out=tmp_path / "models",
+                      run_dir=tmp_path / "runs", formats=())
+    folder = run(cfg)
+    manifest = read_manifest(folder)
+    assert manifest.training["widths"] == [8, 16, 24] and manifest.training["ema"] == 0.9
+    weights = load_scripted(folder / "model.pt").state_dict().items()
+    assert [w.shape[0] for key, w in weights if key.startswith("net.") and w.dim() == 4] == [8, 16, 24]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert all({"val_loss", "raw_val_loss", "raw_val_accuracy"} <= set(row) for row in rows)
+    last = rows[-1]
+    assert abs(last["val_loss"] - last["raw_val_loss"]) > 1e-4
+    # What was exported is the average: its validation loss, not the trained weights'.
+    data = load_data("digits", cfg.data_dir, download=False, val_fraction=cfg.val_fraction)
+    exported = evaluate(load_scripted(folder / "model.pt"), make_loader(data.val, 100, shuffle=False),
+                        torch.device("cpu"), 10)
+    assert exported.loss == pytest.approx(last["val_loss"], abs=1e-5)
+    assert manifest.metrics["val_loss"] == pytest.approx(last["val_loss"], abs=1e-6)
+    # A fine-tune starts from the artifact's own widths, whatever its own settings say.
+    tuned = run(dataclasses.replace(cfg, widths=(), ema=0.0, epochs=1, init_from=folder, freeze="features",
+                                    name="digits-tuned"))
+    assert read_manifest(tuned).training["widths"] == [8, 16, 24]
