@@ -32,8 +32,8 @@ class Copy:
 @pytest.fixture
 def table():
     forgotten: list[Copy] = []
-    table = ModelTable(max_batch_size=4, max_batch_delay_s=0.0, max_queue=4, forget=forgotten.append,
-                       grace_s=0.0)
+    table = ModelTable(max_batch_size=4, max_batch_delay_s=0.0, max_queue=4, max_wait_s=float("inf"),
+                       forget=forgotten.append, grace_s=0.0)
     table.forgotten = forgotten
     yield table
     table.close()
