@@ -81,6 +81,26 @@ class Metrics:
         self.load_failures = Counter("trainserve_model_load_failures",
                                      "Artifact versions refused at load (checksum, format, warm-up)",
                                      ["model", "version"], registry=r)
+        # Rollouts (service/routing): who answered what, and how the candidates compare with the default.
+        self.routed = Counter("trainserve_routed_requests",
+                              "Inference requests by the version that answered, its role (default, canary, "
+                              "or named in the URL) and outcome (success, rejected: 4xx, error: 5xx)",
+                              ["model", "version", "role", "outcome"], registry=r)
+        self.predicted = Counter("trainserve_predicted_labels",
+                                 "Examples answered, by model version and predicted label (each label a "
+                                 "multi-label model predicts)", ["model", "version", "label"], registry=r)
+        self.compared = Counter("trainserve_compared_examples",
+                                "Examples a canary or shadow version answered beside the default, by "
+                                "candidate version, role and outcome (agree: the same label)",
+                                ["model", "version", "role", "outcome"], registry=r)
+        self.copies = Counter("trainserve_comparison_copies",
+                              "Copies of requests for a canary's or shadow's comparison, by candidate "
+                              "version, role and outcome (compared, dropped under load, failed)",
+                              ["model", "version", "role", "outcome"], registry=r)
+        self.rollbacks = Counter("trainserve_canary_rollbacks",
+                                 "Canaries stopped by the automatic rollback, by version and the budget they "
+                                 "broke (errors, disagreement)", ["model", "version", "reason"], registry=r)
+        self._routed_children: dict[tuple[str, str, str, str], Counter] = {}
         self.model_info = Gauge("trainserve_model_info", "Models and what they are: 1 served, 0 retired",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
@@ -101,6 +121,15 @@ class Metrics:
     def inference_done(self, model: str, version: str, success: bool, seconds: float) -> None:
         """Count one inference request of a known model version, by outcome."""
         self.inference_seconds.labels(model, version, "success" if success else "fail").observe(seconds)
+
+    def routed_done(self, model: str, version: str, role: str, status: int) -> None:
+        """Count one inference request by the version that answered, its role and outcome."""
+        outcome = "success" if status < 400 else "rejected" if status < 500 else "error"
+        key = (model, version, role, outcome)
+        child = self._routed_children.get(key)
+        if child is None:
+            child = self._routed_children[key] = self.routed.labels(*key)
+        child.inc()
 
     def observer(self, model: str, version: str) -> BatchRecorder:
         """The batcher observer for one model version."""

@@ -32,6 +32,7 @@ from service.web.api.common import EXTENSION
 from service.web.app import create_app
 from service.web.dataplane import DataPlane
 from service.web.errors import log_error, log_unexpected
+from service.web.followups import LoopFollowups, Recorder
 from service.web.hot import ROUTES, Call, route
 
 Scope = dict[str, Any]
@@ -62,6 +63,7 @@ class HotPath:
         # released, as under gunicorn.
         self.flask = WSGIMiddleware(flask_app, workers=config.threads)
         self.client = GroupingClient(config.runtime_paths)
+        self.followups = LoopFollowups(self.client, Recorder(self.metrics))  # after each answer
         self.decoder: asyncio.AbstractEventLoop | None = None
         self._reading: dict[asyncio.Task[Any], float] = {}  # bodies being read -> their deadline
         self._late: set[asyncio.Task[Any]] = set()
@@ -116,6 +118,8 @@ class HotPath:
                 log_unexpected()
                 answer = exchange.Answer(exchange.error_body("internal server error"), 500)
             await self._respond(send, call, answer)
+            if call.followup is not None and answer.status < 400:
+                self.followups.answered(call.followup)  # the answer is sent: nothing here delays it
         finally:
             self.metrics.in_flight.dec()
             request_id_var.reset(token)
@@ -144,6 +148,8 @@ class HotPath:
         self.metrics.request_done(call.model, call.endpoint, answer.status, took)
         if call.version is not None:
             self.metrics.inference_done(call.model, call.version, answer.status < 400, took)
+        if call.routed is not None:
+            self.metrics.routed_done(call.model, call.version or "", call.routed.role, answer.status)
         if self.config.access_log:
             operability.log_access("POST", call.path, answer.status, len(body), took * 1000)
 

@@ -19,6 +19,7 @@ from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
 from service.web.confidence import describe
 from service.web.exchange import finite
+from service.web.followups import Recorder, ThreadFollowups
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -32,6 +33,7 @@ class DataPlane:
         self.client = client
         self.config = config
         self.metrics = metrics
+        self.followups = ThreadFollowups(client, Recorder(metrics))  # copies for comparisons, after answers
 
     @property
     def registry(self) -> Catalog:
@@ -73,15 +75,17 @@ class DataPlane:
         return (self.config.model_dir / model.manifest.name / model.manifest.version).absolute()
 
     def close(self) -> None:
-        """Close the connections to the runtimes."""
+        """Close the connections to the runtimes (and end the comparisons' thread)."""
+        self.followups.close()
         self.client.close()
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
         """OIP model metadata: the real input and output tensors (-1: any batch size), task and labels."""
         m = model.manifest
         versions = sorted(self.registry.models[m.name], key=int)
-        # A request without a version gets the newest served one; the policy says which are served.
-        parameters = {"version": m.version, "default_version": max(versions, key=int),
+        # A request without a version gets the routing's default (the newest served one when there is
+        # none); the policy and the routing say which are served.
+        parameters = {"version": m.version, "default_version": self.registry.default_version(m.name),
                       "version_policy": str(self.config.policy.rule(m.name)),
                       "architecture": m.architecture, "task": m.task,
                       "labels": list(m.labels), "device": model.device,

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import time
+from pathlib import Path
 
 import orjson
 from flask import Blueprint, Response, request
@@ -29,6 +30,11 @@ bp = Blueprint("repository", __name__, url_prefix="/v2/repository")
 
 @bp.before_request
 def _authorize() -> None:
+    authorize()
+
+
+def authorize() -> None:
+    """The management token's check, for every route that changes what is served (or lists it all)."""
     token = plane().config.management_token
     if not token:
         raise Forbidden("the model repository API is off: the operator turns it on by setting "
@@ -72,11 +78,17 @@ def unload(name: str) -> Response:
     return _control(name, protocol.UNLOAD)
 
 
-def _control(name: str, kind: int) -> Response:
-    config = plane().config
-    folder = config.model_dir / name
+def model_folder(name: str) -> Path:
+    """The folder of the model ``name`` directly under the model directory (ModelNotFound otherwise)."""
+    folder = plane().config.model_dir / name
     if not _NAME.match(name) or folder.is_symlink() or not folder.is_dir():
         raise ModelNotFound(f"model {name[:100]!r} is not in the model repository")
+    return folder
+
+
+def _control(name: str, kind: int) -> Response:
+    config = plane().config
+    model_folder(name)
     if config.model_control != "explicit":
         raise Conflict(f"model control is {config.model_control!r}: set TRAINSERVE_MODEL_CONTROL=explicit to "
                        "load and unload through this API" +
