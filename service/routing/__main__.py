@@ -80,14 +80,6 @@ def _step(args: argparse.Namespace, current: Callable[[str], str]) -> tuple[str,
     return "stop-shadow", state.stop_shadow
 
 
-def newest_other(model_dir: Path, name: str, candidate: str) -> str:
-    """The newest version on disk other than ``candidate``: the default a bare name gets when none is set."""
-    others = [v for v in store.versions_on_disk(model_dir, name) if v != candidate]
-    if not others:
-        raise RoutingConflict(f"model {name!r} has no version other than {candidate} to be the default")
-    return others[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; print the state (and its history, for show) as JSON."""
     args = parser().parse_args(argv)
@@ -103,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "version", None) is not None and args.version not in on_disk:
             raise RoutingError(f"model {args.name!r} has no version {args.version!r} (it has "
                                f"{', '.join(on_disk)})")
-        action, step = _step(args, lambda candidate: newest_other(model_dir, args.name, candidate))
+        action, step = _step(args, lambda candidate: store.newest_other(on_disk, args.name, candidate))
         written = store.change(model_dir, args.name, step, action, by="cli")
     except RoutingError as exc:
         print(f"python -m service.routing: {exc}", file=sys.stderr)

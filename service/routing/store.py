@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from service.manifest import MANIFEST_FILE, version_key
-from service.routing.state import VERSION, RoutingError, RoutingState
+from service.routing.state import VERSION, RoutingConflict, RoutingError, RoutingState
 
 ROUTING_FILE = "routing.json"
 LOCK_FILE = ".routing.lock"
@@ -44,6 +44,15 @@ def versions_on_disk(model_dir: Path, name: str) -> list[str]:
     found = [p.name for p in folder.iterdir()
              if VERSION.match(p.name) and p.is_dir() and (p / MANIFEST_FILE).exists()]
     return sorted(found, key=version_key)
+
+
+def newest_other(versions: list[str], name: str, candidate: str) -> str:
+    """The newest of ``versions`` other than ``candidate``: the default to pin when a candidate starts and
+    none is set (a bare name gets the newest version, which a just-published candidate would be)."""
+    others = [v for v in sorted(versions, key=version_key) if v != candidate]
+    if not others:
+        raise RoutingConflict(f"model {name!r} has no version other than {candidate} to be the default")
+    return others[-1]
 
 
 def read(model_dir: Path, name: str) -> tuple[RoutingState, list[dict[str, Any]]]:

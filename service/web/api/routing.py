@@ -37,7 +37,7 @@ def show(name: str) -> Response:
     """The routing state of ``name``, what requests get now, the history and every version's figures."""
     catalog = plane().registry
     catalog.get(name)  # 404 for a model that is not served
-    return respond(_document(name, catalog))
+    return respond(document(name, catalog))
 
 
 @bp.put(f"{_MANAGE}/default")
@@ -131,7 +131,7 @@ def _change(name: str, action: str, step: Callable[[RoutingState], RoutingState]
                        "here (or change it with python -m service.routing where it is)") from None
     runtimes = plane().client.control(protocol.ROUTE, name,
                                       time.monotonic() + max(_APPLY_SECONDS, config.request_timeout_s))
-    return respond(_document(name, plane().registry) | {"runtimes": runtimes})
+    return respond(document(name, plane().registry) | {"runtimes": runtimes})
 
 
 def _fields(wanted: dict[str, type | tuple[type, ...]], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -165,19 +165,21 @@ _KINDS = {"version": 'a string such as "2"', "percent": "a number", "budget": "a
 
 def _current(name: str, candidate: str) -> str:
     """The version a bare name gets now, pinned as the default when none is; when that is the candidate
-    itself (just published, so the newest), the newest other version served."""
-    catalog = plane().registry
-    versions = catalog.models.get(name, {})
-    if versions and (default := catalog.default_version(name)) != candidate:
+    itself (just published, so the newest), the newest other version in the repository (served, under
+    model control "none"): the routing loads it."""
+    catalog, config = plane().registry, plane().config
+    served = catalog.models.get(name, {})
+    if served and (default := catalog.default_version(name)) != candidate:
         return default
-    others = [v for v in sorted(versions, key=int) if v != candidate]
-    if not others:
-        raise Conflict(f"model {name!r} serves no version other than {candidate}: there is no default to "
-                       "compare it with")
-    return others[-1]
+    versions = list(served) if config.model_control == "none" else \
+        store.versions_on_disk(config.model_dir, name)
+    try:
+        return store.newest_other(versions, name, candidate)
+    except RoutingConflict as exc:
+        raise Conflict(f"{exc}: there is no default to compare it with") from None
 
 
-def _document(name: str, catalog: Catalog) -> dict[str, Any]:
+def document(name: str, catalog: Catalog) -> dict[str, Any]:
     try:
         written, history = store.read(plane().config.model_dir, name)
     except (RoutingError, OSError) as exc:
