@@ -9,9 +9,11 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_mp
@@ -20,6 +22,11 @@ from prometheus_client.metrics_core import Metric
 from service.runtime.batching import BatchStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# One answered request: model, endpoint, status, model version (None: not an inference of a known
+# version), seconds from arrival.
+Done = tuple[str, str, int, str | None, float]
+# (model, version, role, status): one request as the routing counts it (routed_done's arguments).
+RouteDone = tuple[str, str, str, int]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -107,29 +114,52 @@ class Metrics:
 
     def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
+        counter, latency = self._request_children(model, endpoint, status)
+        counter.inc()
+        latency.observe(seconds)
+
+    def requests_done(self, done: list[Done], in_flight_change: int) -> None:
+        """What ``request_done`` and ``inference_done`` record, for an event loop's requests of one turn:
+        counters and the in-flight gauge written once per turn, each latency still observed."""
+        counts: dict[tuple[str, str, int], int] = {}
+        for model, endpoint, status, _, _ in done:
+            counts[model, endpoint, status] = counts.get((model, endpoint, status), 0) + 1
+        for (model, endpoint, status), count in counts.items():
+            self._request_children(model, endpoint, status)[0].inc(count)
+        for model, endpoint, status, version, seconds in done:
+            self._request_children(model, endpoint, status)[1].observe(seconds)
+            if version is not None:
+                self.inference_done(model, version, status < 400, seconds)
+        if in_flight_change:
+            self.in_flight.inc(in_flight_change)
+
+    def _request_children(self, model: str, endpoint: str, status: int) -> tuple[Any, Any]:
         # Label children are looked up once per (model, endpoint, status): labels() costs a lock and a
         # tuple hash on every call, and the label sets are few (bounded, see the module docstring).
         key = (model, endpoint, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(model, endpoint, str(status)),
-                        self.request_seconds.labels(model, endpoint))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+            children = self._children[key] = (self.requests.labels(model, endpoint, str(status)),
+                                              self.request_seconds.labels(model, endpoint))
+        return children
 
     def inference_done(self, model: str, version: str, success: bool, seconds: float) -> None:
         """Count one inference request of a known model version, by outcome."""
         self.inference_seconds.labels(model, version, "success" if success else "fail").observe(seconds)
 
-    def routed_done(self, model: str, version: str, role: str, status: int) -> None:
-        """Count one inference request by the version that answered, its role and outcome."""
+    def routed_done(self, model: str, version: str, role: str, status: int, count: int = 1) -> None:
+        """Count inference requests by the version that answered, its role and outcome."""
         outcome = "success" if status < 400 else "rejected" if status < 500 else "error"
         key = (model, version, role, outcome)
         child = self._routed_children.get(key)
         if child is None:
             child = self._routed_children[key] = self.routed.labels(*key)
-        child.inc()
+        child.inc(count)
+
+    def routed_many(self, routed: list[RouteDone]) -> None:
+        """``routed_done`` for an event loop's requests of one turn, each counter written once."""
+        for key, count in collections.Counter(routed).items():
+            self.routed_done(*key, count=count)
 
     def observer(self, model: str, version: str) -> BatchRecorder:
         """The batcher observer for one model version."""

@@ -17,7 +17,9 @@ Contract:
   requests that arrive meanwhile wait in the worker and go together, as one segment, when an answer comes
   back. So the runtime gets few, full segments under load (its forward pass costs far less per image in
   a large batch), and a lone request at once. A request that finds no free slot, or its model's segments
-  all out, waits (until its deadline).
+  all out, waits (until its deadline); at most ``max_waiting`` requests of a model wait so in this worker,
+  and the ones beyond are refused at once with QueueFull (429), as the runtime refuses a full queue: an
+  overload is shed where it arrives rather than held until deadlines pass.
 - A request not answered by its deadline fails with DeadlineExceeded; a late answer is dropped.
 - A runtime that is lost fails what it had been sent with RuntimeUnavailable (503) when it is the only
   one; with several, what it had been sent goes to another (inference has no side effects: running it
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, NotReady, RuntimeUnavailable, ServiceError
+from service.errors import DeadlineExceeded, NotReady, QueueFull, RuntimeUnavailable, ServiceError
 from service.runtime import protocol
 from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import error_for
@@ -107,12 +109,13 @@ class GroupingClient:
     """Connections from one event loop to every runtime of this service (module docstring)."""
 
     def __init__(self, paths: list[Path], connect_timeout_s: float = 2.0,
-                 segments_in_flight: int = 2) -> None:
+                 segments_in_flight: int = 2, max_waiting: int = 256) -> None:
         if not paths:
             raise ValueError("no model runtime socket given")
         self.paths = paths
         self.connect_timeout_s = connect_timeout_s
         self.segments_in_flight = segments_in_flight
+        self.max_waiting = max_waiting
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: list[_Link | None] = [None] * len(paths)
         self._old: list[_Link] = []  # retired links still waiting for answers
@@ -255,12 +258,19 @@ class GroupingClient:
         segments: dict[tuple[int, int, np.dtype], _Segment] = {}
         sent: dict[int, list[_Segment]] = {}
         self._turn += 1
-        for request in waiting:
+        held: dict[tuple, int] = {}
+        for request in waiting:  # oldest first: under overload the newest are refused
             if request.future.done():
                 continue
             runtime = self._runtime_for(request)
             if runtime is not None and not self._place(request, runtime, segments, sent):
-                self._waiting.append(request)  # no free slot: it goes with the next answer
+                key = request.model.key
+                held[key] = held.get(key, 0) + 1
+                if held[key] > self.max_waiting and not request.placed:
+                    self._fail(request, QueueFull(f"model {key} has {self.max_waiting} requests queued in "
+                                                  "this worker; retry shortly"))
+                else:
+                    self._waiting.append(request)  # no free slot: it goes with the next answer
         for runtime, batch in sent.items():
             self._send(runtime, batch)
 

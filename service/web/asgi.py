@@ -26,6 +26,7 @@ from a2wsgi import WSGIMiddleware
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ServiceError
 from service.logs import request_id as request_id_var
+from service.metrics import Done, RouteDone
 from service.runtime.grouping import GroupingClient
 from service.web import encoding, exchange, limits, operability
 from service.web.api.common import EXTENSION
@@ -62,12 +63,16 @@ class HotPath:
         # Flask's threads only run the routes that are not hot; each waits for the runtime with the GIL
         # released, as under gunicorn.
         self.flask = WSGIMiddleware(flask_app, workers=config.threads)
-        self.client = GroupingClient(config.runtime_paths)
+        self.client = GroupingClient(config.runtime_paths, max_waiting=config.max_queue)
         self.followups = LoopFollowups(self.client, Recorder(self.metrics))  # after each answer
         self.decoder: asyncio.AbstractEventLoop | None = None
         self._reading: dict[asyncio.Task[Any], float] = {}  # bodies being read -> their deadline
         self._late: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._done: list[Done] = []  # answered this loop turn, for the metrics
+        self._routed: list[RouteDone] = []  # and their versions and roles (service/routing)
+        self._in_flight_change = 0
+        self._metrics_soon = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -104,7 +109,7 @@ class HotPath:
         call = Call(headers, arrived, operability.take_request_id(headers.get("x-request-id", "")),
                     ROUTES[handler], scope["path"])
         token = request_id_var.set(call.request_id)
-        self.metrics.in_flight.inc()
+        self._count(1)
         try:
             try:
                 # The rules Flask's hook applies to what precedes the body (the hot routes take no query).
@@ -121,7 +126,7 @@ class HotPath:
             if call.followup is not None and answer.status < 400:
                 self.followups.answered(call.followup)  # the answer is sent: nothing here delays it
         finally:
-            self.metrics.in_flight.dec()
+            self._count(-1)
             request_id_var.reset(token)
 
     async def _respond(self, send: Send, call: Call, answer: exchange.Answer) -> None:
@@ -145,13 +150,27 @@ class HotPath:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         took = time.monotonic() - call.arrived
-        self.metrics.request_done(call.model, call.endpoint, answer.status, took)
-        if call.version is not None:
-            self.metrics.inference_done(call.model, call.version, answer.status < 400, took)
+        self._done.append((call.model, call.endpoint, answer.status, call.version, took))
         if call.routed is not None:
-            self.metrics.routed_done(call.model, call.version or "", call.routed.role, answer.status)
+            self._routed.append((call.model, call.version or "", call.routed.role, answer.status))
         if self.config.access_log:
             operability.log_access("POST", call.path, answer.status, len(body), took * 1000)
+
+    def _count(self, change: int) -> None:
+        """Track the requests held; the metrics of a loop turn's requests are written once, at its end."""
+        self._in_flight_change += change
+        if not self._metrics_soon:
+            self._metrics_soon = True
+            asyncio.get_running_loop().call_soon(self._write_metrics)
+
+    def _write_metrics(self) -> None:
+        self._metrics_soon = False
+        done, self._done = self._done, []
+        change, self._in_flight_change = self._in_flight_change, 0
+        self.metrics.requests_done(done, change)
+        if self._routed:
+            routed, self._routed = self._routed, []
+            self.metrics.routed_many(routed)
 
     async def _to_flask(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
                         arrived: float) -> None:

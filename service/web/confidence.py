@@ -37,13 +37,17 @@ def calibrated(logits: np.ndarray, manifest: Manifest) -> np.ndarray:
     return (logits * np.float32(1.0 / temperature)).astype(np.float32, copy=False)
 
 
-def judge(logits: np.ndarray, manifest: Manifest) -> Verdict | None:
-    """The verdict on calibrated ``logits`` [N, classes]; None for a model without a "not a digit" score."""
+def judge(logits: np.ndarray, manifest: Manifest, probs: np.ndarray | None = None) -> Verdict | None:
+    """The verdict on calibrated ``logits`` [N, classes] (``probs``: their softmax, when the caller has it
+    already); None for a model without a "not a digit" score."""
     spec = manifest.outliers
     if spec is None:
         return None
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    top = 1.0 / np.exp(shifted).sum(axis=1)  # the highest softmax probability, without the whole softmax
+    if probs is None:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        top = 1.0 / np.exp(shifted).sum(axis=1)  # the highest softmax probability, without the whole softmax
+    else:
+        top = probs.max(axis=1)
     scores = (1.0 - top).astype(np.float32)
     return Verdict(scores=scores, flagged=scores >= spec.threshold)
 

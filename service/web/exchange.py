@@ -27,6 +27,7 @@ from service.web.inference import (
     parse_features,
     parse_tensor,
     predictions,
+    probabilities,
     threshold_for,
 )
 from service.web.limits import parse_json
@@ -194,8 +195,9 @@ def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None
     if m.task != "multiclass":
         answer["threshold"] = threshold
     scaled = calibrated(logits, m)
-    answered = predictions(scaled, m.labels, top_k, m.task, threshold)
-    answer["predictions"] = annotate(answered, judge(scaled, m), plain)
+    probs = probabilities(scaled, m.task)  # once, for the answer and the verdict
+    answered = predictions(scaled, m.labels, top_k, m.task, threshold, probs)
+    answer["predictions"] = annotate(answered, judge(scaled, m, probs), plain)
     if shown is not None:  # what preprocessing made of each image, as the model got it
         for prediction, example in zip(answer["predictions"], shown, strict=True):
             prediction["input"] = example
@@ -206,11 +208,12 @@ def infer_answer(found: ServedModel, request: dict[str, Any], logits: np.ndarray
     """An OIP inference answer: JSON, or a JSON header and the outputs flagged binary as raw bytes."""
     m = found.manifest
     scaled = calibrated(logits, m)
-    verdict = judge(scaled, m)
+    probs = probabilities(scaled, m.task)
+    verdict = judge(scaled, m, probs)
     names = outputs_for(m.task, verdict is not None)
     requested = request["outputs"] or [{"name": output} for output in names]
     outputs = oip_outputs(scaled, requested, m.labels, m.task, threshold, verdict,
-                          request["parameters"].get("plain", False))
+                          request["parameters"].get("plain", False), probs)
     answer: dict[str, Any] = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
     if m.task != "multiclass":
         answer["parameters"] = {"task": m.task, "threshold": threshold}

@@ -7,6 +7,7 @@ drawing only classifies well once it looks like that; these pure functions do it
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
@@ -210,19 +211,20 @@ def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = F
     steps are few whole-array numpy calls, with Python ints in between.
     """
     out = np.zeros(size, dtype=np.uint8)
-    row_peak, col_peak = grey.max(axis=1), grey.max(axis=0)
-    ground, peak = _ground(grey) if ground is None else ground, int(row_peak.max())
+    # Each row's and column's brightest pixel (one pass over a large photo), as Python ints: the few
+    # decisions below cost less in Python than in numpy calls.
+    row_peak, col_peak = grey.max(axis=1).tolist(), grey.max(axis=0).tolist()
+    ground, peak = _ground(grey) if ground is None else ground, max(row_peak)
     if peak - ground < 1:
         return out  # no ink at all: a blank field, as the model would see an empty MNIST cell
-    # Crop to the rows and columns whose brightest pixel is ink (one pass over a large photo), then
-    # stretch the ground-to-ink range of the small crop to 0..255.
+    # Crop to the rows and columns whose brightest pixel is ink, then stretch the ground-to-ink range of
+    # the small crop to 0..255.
     threshold = ground + INK_THRESHOLD * (peak - ground)
-    rows, cols = np.flatnonzero(row_peak > threshold), np.flatnonzero(col_peak > threshold)
+    rows = [i for i, level in enumerate(row_peak) if level > threshold]
+    cols = [i for i, level in enumerate(col_peak) if level > threshold]
     crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     if ground or peak != 255:  # a lookup table: the same values, no float copy of a large crop
-        levels = np.arange(256, dtype=np.float32)
-        gain = np.float32(255 / (peak - ground))
-        crop = ((np.maximum(levels, ground) - ground) * gain).round().clip(0, 255).astype(np.uint8)[crop]
+        crop = _stretch(ground, peak)[crop]
     scale = box / max(crop.shape)
     fit = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
     patch = _resize(crop, fit)
@@ -237,6 +239,14 @@ def mnist_style(grey: np.ndarray, size: tuple[int, int] = (28, 28), box: int = F
     left = min(max(round(size[1] / 2 - cx), 0), size[1] - fit[1])
     out[top:top + fit[0], left:left + fit[1]] = patch
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _stretch(ground: int, peak: int) -> np.ndarray:
+    """The lookup table that maps ``ground``..``peak`` onto 0..255 (at most 256 x 256 of them)."""
+    levels = np.arange(256, dtype=np.float32)
+    gain = np.float32(255 / (peak - ground))
+    return ((np.maximum(levels, ground) - ground) * gain).round().clip(0, 255).astype(np.uint8)
 
 
 def _ground(grey: np.ndarray) -> int:

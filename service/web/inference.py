@@ -150,12 +150,13 @@ def threshold_for(manifest: Manifest, requested: Any) -> float:
 
 
 def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = None, task: str = "multiclass",
-                threshold: float = 0.5) -> list[dict[str, Any]]:
-    """The v1 answer per example: the predicted label (set) and the probabilities of the ``top_k`` best."""
+                threshold: float = 0.5, probs: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The v1 answer per example: the predicted label (set) and the probabilities of the ``top_k`` best
+    (``probs``: ``probabilities(logits, task)`` when the caller has them already)."""
     if task == "binary":
-        positive = sigmoid(logits[:, 0])
+        positive = sigmoid(logits[:, 0]) if probs is None else probs[:, 0]
         probs = np.stack([1.0 - positive, positive], axis=1)
-    else:
+    elif probs is None:
         probs = probabilities(logits, task)
     k = len(labels) if top_k is None else min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
@@ -176,14 +177,14 @@ def predictions(logits: np.ndarray, labels: Sequence[str], top_k: int | None = N
 
 def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None, labels: Sequence[str],
                 task: str = "multiclass", threshold: float = 0.5, verdict: Verdict | None = None,
-                plain: bool = False) -> list[dict[str, Any]]:
+                plain: bool = False, probs: np.ndarray | None = None) -> list[dict[str, Any]]:
     """OIP output tensors: every output when none is requested; ``classification: k`` gives top-k strings.
     With a ``verdict`` ("not a digit", service/web/confidence.py) a flagged example's label is "" unless
     ``plain``, and the ``outlier`` and ``outlier_score`` outputs exist."""
     names = outputs_for(task, verdict is not None)
     wanted = requested or [{"name": name} for name in names]
     extra = outlier_tensors(verdict) if verdict is not None else {}
-    tensors: dict[str, np.ndarray | None] = {"logits": logits, "probabilities": None}
+    tensors: dict[str, np.ndarray | None] = {"logits": logits, "probabilities": probs}
     out = []
     for item in wanted:
         name = item["name"]

@@ -26,14 +26,20 @@ def test_paired_ratio_is_the_median_of_round_by_round_ratios_not_the_ratio_of_me
 
 
 def test_summary_judges_each_target_and_names_what_was_not_measured():
-    out = summary(results(row("bin64", 8, [900.0], ratio=0.9), row("png", 64, [300.0, 310.0]),
+    cpu = {"total": 150.0, "runtime": 50.0, "workers": 100.0, "wrk": 30.0}
+    out = summary(results(row("bin64", 8, [900.0], ratio=0.9),
+                          row("png", 64, [300.0, 310.0], cpu_us_per_request=cpu),
+                          row("png", 64, [100.0, 100.0], server="mosec"),
                           row("naive", 64, [100.0, 100.0]), row("png", 1, [10.0], p50_ms=1.2)))
     verdicts = {t["target"]: t["met"] for t in out["targets"]}
     assert verdicts["64-image binary OIP at c=8, fraction of in-process batch 64 (paired rounds)"] is True
     assert verdicts["1 PNG per request at c=64, multiple of the naive app"] is True  # 3.05x
-    assert verdicts["1 PNG per request: p50 at c=1"] is False  # 1.2 > 0.1 + 0.5
-    assert verdicts["1 UINT8 image per OIP JSON request: p50 at c=1"] is None  # no JSON run
-    assert any("not measured" in line for line in out["lines"])
+    assert verdicts["1 PNG per request at c=64, multiple of mosec (paired rounds)"] is True
+    assert verdicts["1 PNG per request: p50 at c=1"] is False  # 1.2 > 0.9
+    assert verdicts["1 PNG per request at c=64: server CPU per request, every process"] is True  # 150 <= 200
+    assert verdicts["1 PNG per request at c=64: the runtime's CPU per request"] is False  # 50 > 40
+    assert "1 PNG per request at c=64, multiple of torchserve (paired rounds)" not in verdicts  # not run
+    assert any("not measured" in line for line in out["lines"])  # no gunicorn row
 
 
 def test_versus_rows_are_kept_apart_and_summarised_as_paired_ratios():

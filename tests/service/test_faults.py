@@ -209,15 +209,23 @@ def test_no_single_request_raises_a_workers_memory_by_more_than_64_mib(serve, ar
 def test_overload_is_shed_at_once_with_429_and_retry_after(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_THREADS": "32", "TRAINSERVE_MAX_QUEUE": "2",
-                    "TRAINSERVE_MAX_BATCH_SIZE": "1"})
+                    "TRAINSERVE_MAX_BATCH_SIZE": "1",
+                    # the admitted ones wait for passes of ~0.3 s, longer on a loaded machine: never 504
+                    "TRAINSERVE_REQUEST_TIMEOUT_S": "60", "TRAINSERVE_MAX_QUEUE_WAIT_MS": "60000"})
     url = f"{server.url}/v1/models/slow:predict"
     runtime, _ = _processes(server)
-    os.kill(runtime, signal.SIGSTOP)  # requests pile up in the runtime's sockets, none is read yet
+    os.kill(runtime, signal.SIGSTOP)  # requests pile up, none is read yet
     try:
         with ThreadPoolExecutor(10) as pool:
             pending = [pool.submit(requests.post, url, json=ZERO, timeout=60) for _ in range(10)]
-            server.wait_in_flight(10)
-            os.kill(runtime, signal.SIGCONT)  # it reads them all at once: two fit the queue
+            # Each request either waits in the worker or is refused already: the event-loop door holds two
+            # segments at the runtime and two requests in the worker, and refuses the rest at once; the
+            # thread door sends all ten to the runtime's socket.
+            deadline = time.monotonic() + 60
+            while server.in_flight() - 1 + sum(f.done() for f in pending) < 10:
+                assert time.monotonic() < deadline, "the requests never reached the worker"
+                time.sleep(0.05)
+            os.kill(runtime, signal.SIGCONT)  # it reads what it was sent at once: two fit the queue
             answers = [f.result(60) for f in pending]
     finally:
         os.kill(runtime, signal.SIGCONT)

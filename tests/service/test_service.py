@@ -39,7 +39,10 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 def test_sigterm_drains_queued_and_in_flight_requests(serve, special_root):
     server = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
                     "TRAINSERVE_THREADS": "8", "TRAINSERVE_MAX_BATCH_SIZE": "1",
-                    "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30"})
+                    "TRAINSERVE_GRACEFUL_TIMEOUT_S": "30",
+                    # three passes of ~0.3 s queue behind the first: on a loaded machine more than the default
+                    # second a request may be expected to wait, and this test is about the drain
+                    "TRAINSERVE_MAX_QUEUE_WAIT_MS": "60000", "TRAINSERVE_REQUEST_TIMEOUT_S": "60"})
     url = f"{server.url}/v1/models/slow:predict"
     (runtime,) = server.runtime_pids()
     os.kill(runtime, signal.SIGSTOP)  # the requests wait for it: in flight for certain when SIGTERM comes
