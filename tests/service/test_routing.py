@@ -310,3 +310,31 @@ def test_the_cli_changes_a_running_service_and_the_state_survives_a_restart(star
                            timeout=60)
     assert '"by": "cli"' in shown.stdout
     assert store.read(root, "mnist-tiny")[0].shadow.version == "2"
+
+
+def test_the_routing_api_needs_the_token_and_says_what_it_refuses(make_app, artifact_root, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(artifact_root / "mnist-tiny", root / "mnist-tiny")
+    client = make_app(model_dir=root, management_token=TOKEN).test_client()
+    assert client.put(f"{ROUTING}/default", json={"version": "1"}).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert client.put(f"{ROUTING}/default", json={"version": "1"}, headers=wrong).status_code == 403
+    refused = [("put", "/default", {"version": 1}, 400, "'version' must be"),
+               ("put", "/default", {"version": "9"}, 404, "no version '9'"),
+               ("put", "/canary", {"version": "2", "percent": 0}, 400, "percent must be"),
+               ("put", "/canary", {"version": "2", "percent": 10, "budget": {"max_error_rate": 2}}, 400,
+                "max_error_rate"),
+               ("put", "/shadow", {"version": "2", "percent": 10, "extra": 1}, 400, "unknown field"),
+               ("post", "/rollback", None, 409, "no earlier default"),
+               ("delete", "/canary", None, 409, "no canary to stop")]
+    for method, path, body, status, says in refused:
+        answer = getattr(client, method)(f"{ROUTING}{path}", json=body, headers=AUTH)
+        assert (answer.status_code, says in answer.json["error"]) == (status, True), (path, answer.json)
+    assert not (root / "mnist-tiny" / store.ROUTING_FILE).exists()  # nothing refused was written
+    answer = client.put(f"{ROUTING}/default", json={"version": "1"}, headers=AUTH)
+    assert answer.status_code == 200 and answer.json["effective"]["default"] == "1"
+    conflict = client.put(f"{ROUTING}/canary", json={"version": "1", "percent": 10}, headers=AUTH)
+    assert conflict.status_code == 409 and "is the default" in conflict.json["error"]
+    shown = client.get("/v1/models/mnist-tiny/routing")  # public, as the model listing
+    assert shown.status_code == 200 and shown.json["history"][-1]["action"] == "set-default"
+    assert client.get("/v1/models/nope/routing").status_code == 404
