@@ -9,6 +9,7 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +25,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # One answered request: model, endpoint, status, model version (None: not an inference of a known
 # version), seconds from arrival.
 Done = tuple[str, str, int, str | None, float]
+# (model, version, role, status): one request as the routing counts it (routed_done's arguments).
+RouteDone = tuple[str, str, str, int]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -90,6 +93,26 @@ class Metrics:
         self.load_failures = Counter("trainserve_model_load_failures",
                                      "Artifact versions refused at load (checksum, format, warm-up)",
                                      ["model", "version"], registry=r)
+        # Rollouts (service/routing): who answered what, and how the candidates compare with the default.
+        self.routed = Counter("trainserve_routed_requests",
+                              "Inference requests by the version that answered, its role (default, canary, "
+                              "or named in the URL) and outcome (success, rejected: 4xx, error: 5xx)",
+                              ["model", "version", "role", "outcome"], registry=r)
+        self.predicted = Counter("trainserve_predicted_labels",
+                                 "Examples answered, by model version and predicted label (each label a "
+                                 "multi-label model predicts)", ["model", "version", "label"], registry=r)
+        self.compared = Counter("trainserve_compared_examples",
+                                "Examples a canary or shadow version answered beside the default, by "
+                                "candidate version, role and outcome (agree: the same label)",
+                                ["model", "version", "role", "outcome"], registry=r)
+        self.copies = Counter("trainserve_comparison_copies",
+                              "Copies of requests for a canary's or shadow's comparison, by candidate "
+                              "version, role and outcome (compared, dropped under load, failed)",
+                              ["model", "version", "role", "outcome"], registry=r)
+        self.rollbacks = Counter("trainserve_canary_rollbacks",
+                                 "Canaries stopped by the automatic rollback, by version and the budget they "
+                                 "broke (errors, disagreement)", ["model", "version", "reason"], registry=r)
+        self._routed_children: dict[tuple[str, str, str, str], Counter] = {}
         self.model_info = Gauge("trainserve_model_info", "Models and what they are: 1 served, 0 retired",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
@@ -129,6 +152,20 @@ class Metrics:
     def inference_done(self, model: str, version: str, success: bool, seconds: float) -> None:
         """Count one inference request of a known model version, by outcome."""
         self.inference_seconds.labels(model, version, "success" if success else "fail").observe(seconds)
+
+    def routed_done(self, model: str, version: str, role: str, status: int, count: int = 1) -> None:
+        """Count inference requests by the version that answered, its role and outcome."""
+        outcome = "success" if status < 400 else "rejected" if status < 500 else "error"
+        key = (model, version, role, outcome)
+        child = self._routed_children.get(key)
+        if child is None:
+            child = self._routed_children[key] = self.routed.labels(*key)
+        child.inc(count)
+
+    def routed_many(self, routed: list[RouteDone]) -> None:
+        """``routed_done`` for an event loop's requests of one turn, each counter written once."""
+        for key, count in collections.Counter(routed).items():
+            self.routed_done(*key, count=count)
 
     def observer(self, model: str, version: str) -> BatchRecorder:
         """The batcher observer for one model version."""

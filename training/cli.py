@@ -162,10 +162,11 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help="artifact version (default: the next free one)")
     g.add_argument("--out", type=Path, default=_D.out, metavar="DIR",
                    help=f"model repository the artifact goes to (default: {_D.out})")
-    g.add_argument("--publish", choices=("better", "always"), default=_D.publish,
+    g.add_argument("--publish", default=_D.publish, metavar="RULE",
                    help="better: into --out only when the test accuracy is at least that of the version "
-                        "served by default, else kept under the run folder; always: into --out "
-                        f"(default: {_D.publish})")
+                        "served by default, else kept under the run folder; always: into --out; canary:P: "
+                        "into --out as a canary that answers P %% of the requests the default gets, the "
+                        f"default pinned (docs/operations.md) (default: {_D.publish})")
     g.add_argument("--run-dir", type=Path, default=_D.run_dir, metavar="DIR",
                    help=f"metrics, plots and TensorBoard events per run (default: {_D.run_dir})")
     g.add_argument("--formats", nargs="*", choices=EXTRA_FORMATS, default=_D.formats, metavar="FORMAT",

@@ -96,7 +96,8 @@ class TrainConfig:
     name: str = "mnist-cnn"  # artifact name: models/<name>/<version>/
     version: str | None = None  # None: the next free version
     out: Path = Path("models")
-    # better: into `out` only when the test accuracy is at least the served default's (training/publish.py)
+    # better: into `out` only when the test accuracy is at least the served default's (training/publish.py);
+    # always; canary:P: into `out` as a canary answering P % of the default's requests (service/routing)
     publish: str = "better"
     run_dir: Path = Path("runs")  # metrics, plots and TensorBoard events of each run
     # Formats exported beside TorchScript's model.pt; aoti compiles C++ (docs/benchmarks.md#model-formats).
@@ -113,7 +114,8 @@ class TrainConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("publish", self.publish, ("better", "always"))
+        _check(self.publish in ("better", "always") or canary_percent(self.publish) is not None,
+               f"publish {self.publish!r} must be better, always or canary:P (0 < P <= 100)")
         for fmt in self.formats:
             _choice("formats", fmt, EXTRA_FORMATS)
         _positive(epochs=self.epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
@@ -189,6 +191,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def canary_percent(publish: str) -> float | None:
+    """P of ``canary:P`` (a number over 0 and at most 100); None for any other value."""
+    kind, _, percent = publish.partition(":")
+    try:
+        value = float(percent)
+    except ValueError:
+        return None
+    return value if kind == "canary" and 0 < value <= 100 else None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,8 +1,12 @@
 """The publishing rule: a run goes into the served repository only when it is at least as good as the
-version the service serves by default (the newest one), by the test accuracy their manifests record.
+version the service serves by default (the routing state's default, else the newest), by the test
+accuracy their manifests record.
 
 A worse run is kept under its own run folder, where it can be looked at, and published by hand (copy the
-folder) or by running again with ``--publish always``.
+folder) or by running again with ``--publish always``. ``--publish canary:P`` publishes it whatever its
+accuracy, as a canary that answers P % of the requests the default gets (``service/routing``): the
+default is pinned first, so that the new version, the newest, never becomes the default by being
+published; the service judges the canary against its budget and rolls it back by itself.
 """
 
 from __future__ import annotations
@@ -10,33 +14,71 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.manifest import ManifestError, artifact_dirs, read_manifest
+from service.manifest import ManifestError, read_manifest
+from service.routing import state, store
+from training.config import canary_percent
 
 log = logging.getLogger(__name__)
 
 
-def served_default_accuracy(repository: Path, name: str) -> tuple[str, float] | None:
-    """The version a request without one gets (the newest) and its test accuracy; None when there is
-    none, or when its manifest records no test accuracy to compare with."""
-    if not (repository / name).is_dir():
-        return None
-    versions = [f for f in artifact_dirs(repository) if f.parent.name == name]
+def served_default(repository: Path, name: str) -> str | None:
+    """The version a request without one gets: the routing state's default, else the newest."""
+    versions = store.versions_on_disk(repository, name)
     if not versions:
         return None
     try:
-        accuracy = read_manifest(versions[-1]).metrics.get("test_accuracy")
+        pinned = store.read(repository, name)[0].default
+    except (ValueError, OSError):
+        pinned = None
+    return pinned if pinned in versions else versions[-1]
+
+
+def served_default_accuracy(repository: Path, name: str) -> tuple[str, float] | None:
+    """The version a request without one gets and its test accuracy; None when there is none, or when its
+    manifest records no test accuracy to compare with."""
+    version = served_default(repository, name)
+    if version is None:
+        return None
+    try:
+        accuracy = read_manifest(repository / name / version).metrics.get("test_accuracy")
     except (ManifestError, OSError):
         return None
-    return (versions[-1].name, float(accuracy)) if isinstance(accuracy, (int, float)) else None
+    return (version, float(accuracy)) if isinstance(accuracy, (int, float)) else None
 
 
 def publish_root(repository: Path, kept: Path, name: str, accuracy: float, policy: str) -> Path:
     """Where the artifact goes: ``repository`` when ``policy`` allows, else ``kept`` (the run's folder)."""
     current = served_default_accuracy(repository, name)
-    if policy == "always" or current is None or accuracy >= current[1]:
+    if policy != "better" or current is None or accuracy >= current[1]:
         return repository
     version, best = current
     log.warning("not published: test accuracy %.2f %% is below the %.2f %% of %s, the version served by "
-                "default; the artifact is kept under %s (publish it with --publish always, or copy it "
-                "into %s)", 100 * accuracy, 100 * best, repository / name / version, kept, repository)
+                "default; the artifact is kept under %s (publish it with --publish always or canary:P, or "
+                "copy it into %s)", 100 * accuracy, 100 * best, repository / name / version, kept, repository)
     return kept
+
+
+def pin_default(repository: Path, name: str, policy: str) -> str | None:
+    """Before a canary is exported: make the version served by default now the routing's default, so
+    that the new version does not take over by being the newest; that version (None: nothing served yet,
+    or not a canary)."""
+    current = served_default(repository, name)
+    if canary_percent(policy) is None:
+        return None
+    if current is None:
+        log.info("the first version of %s: published as its default, not as a canary", name)
+        return None
+    store.change(repository, name, lambda s: state.pin_default(s, current), "pin-default", by="training")
+    return current
+
+
+def start_canary(repository: Path, name: str, version: str, policy: str) -> None:
+    """Once the artifact is in place: start it as the canary ``policy`` (canary:P) names."""
+    percent = canary_percent(policy)
+    assert percent is not None
+    current = served_default(repository, name)
+    assert current is not None
+    store.change(repository, name, lambda s: state.start_canary(s, version, percent, None, current),
+                 "canary", by="training")
+    log.info("published %s/%s as a canary answering %g %% of the requests to %s (default %s)", name, version,
+             percent, name, store.read(repository, name)[0].default)

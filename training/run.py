@@ -35,7 +35,7 @@ from training.export import ArtifactInfo, PixelClassifier, export
 from training.nets import build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
 from training.outliers import OutlierSets, load_outliers
-from training.publish import publish_root
+from training.publish import pin_default, publish_root, start_canary
 from training.runlog import RunLog
 from training.tabular import FeatureClassifier
 from training.targets import TargetSpec
@@ -185,7 +185,12 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
                                                     test.accuracy, cfg.publish)
-    return export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
+    # A canary: the default is pinned before the new version appears, the canary started once it is there.
+    canary = not cfg.dry_run and pin_default(out, cfg.name, cfg.publish) is not None
+    folder = export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
+    if canary:
+        start_canary(out, cfg.name, folder.name, cfg.publish)
+    return folder
 
 
 def _outlier_identity(odd: OutlierSets | None, cfg: TrainConfig) -> dict[str, Any]:

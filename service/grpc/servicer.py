@@ -27,6 +27,7 @@ from service.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.proto import model_config_pb2
 from service.logs import request_id as request_id_var
 from service.metrics import Metrics
+from service.routing import split
 from service.runtime import protocol
 from service.runtime.catalog import ServedModel
 from service.runtime.client import RuntimeClient
@@ -48,6 +49,7 @@ _DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-decode")
 UNSUPPORTED = ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
                "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
                "TraceSetting", "LogSettings")
+CLIENT_KEY = split.CLIENT_HEADER.lower()  # gRPC metadata keys are lower case
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class Call:
     model: str = ""
     version: str | None = None
     deadline: float | None = None  # the client's own, when it set one (time.monotonic())
+    client_key: str | None = None  # x-client-id metadata: a canary split keeps a client on one version
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -81,13 +84,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # --- the frame of every method ----------------------------------------------------------------------
     def _call(self, context: grpc.aio.ServicerContext, method: str, endpoint: str) -> Call:
         now = time.monotonic()
-        given = ""
+        given, client_key = "", None
         for key, value in context.invocation_metadata() or ():
             if key == status.REQUEST_ID:
                 given = value
+            elif key == CLIENT_KEY:
+                client_key = value
         left = context.time_remaining()
         return Call(now, operability.take_request_id(given), method, endpoint,
-                    deadline=None if left is None else now + left)
+                    deadline=None if left is None else now + left, client_key=client_key)
 
     async def _answer(self, context: grpc.aio.ServicerContext, method: str, endpoint: str,
                       work: Callable[[Call], Awaitable[T]]) -> T:
@@ -191,7 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for request in requests:
                     await window.acquire()
                     call = Call(time.monotonic(), first.request_id, first.method, first.endpoint,
-                                deadline=first.deadline)
+                                deadline=first.deadline, client_key=first.client_key)
                     answers.put_nowait(asyncio.ensure_future(self._streamed(call, request)))
             finally:
                 answers.put_nowait(None)
@@ -218,7 +223,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(error_message=failure.message, infer_response=echo)
 
     async def _infer(self, call: Call, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        found = await self._model(call, request.model_name, request.model_version)
+        # The same split as HTTP: a canary's share of default-addressed calls goes to the canary (shadow
+        # copies are HTTP's alone: docs/operations.md#rollouts).
+        routed = split.resolve(await self.client.catalog(), request.model_name, request.model_version or None,
+                               call.client_key)
+        found = routed.model
+        call.model, call.version = request.model_name, found.manifest.version
         if request.ByteSize() <= INLINE_BYTES:
             body, inputs, threshold = _inputs(found, request)
         else:

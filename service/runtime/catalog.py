@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.manifest import Manifest
+from service.routing.state import RoutingState
 from service.runtime.versions import ModelVersions
 
 
@@ -33,6 +34,8 @@ class Catalog(ModelVersions[ServedModel]):
     position: dict[str, int] = field(default_factory=dict)
     max_batch_size: int = 1
     generation: tuple[Any, ...] = (0, 0.0, 0)  # the runtime's pid, start time and catalog epoch
+    # Each model's routing state as the runtime last read it (service/routing): none written, no entry.
+    routing: dict[str, RoutingState] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
@@ -45,6 +48,8 @@ class Catalog(ModelVersions[ServedModel]):
         catalog = cls(refused=dict(data["refused"]), max_batch_size=int(data["max_batch_size"]),
                       generation=(int(data["pid"]), float(data["started"]), int(data["epoch"])))
         catalog.position.update({key: int(index) for key, index in data["retiring"].items()})
+        catalog.routing.update({name: RoutingState.from_dict(state)
+                                for name, state in data.get("routing", {}).items()})
         for entry in data["models"]:
             model = ServedModel(Manifest.from_dict(entry["manifest"]), entry["device"], entry["load_seconds"],
                                 entry["format"])
@@ -59,11 +64,21 @@ class Catalog(ModelVersions[ServedModel]):
                      generation=tuple(c.generation for c in catalogs))
         for catalog in catalogs:
             merged.refused.update(catalog.refused)
+            for name, state in catalog.routing.items():  # each runtime reads the file: the newest wins
+                if name not in merged.routing or state.revision > merged.routing[name].revision:
+                    merged.routing[name] = state
             for model in catalog:
                 if model.key not in merged.position:
                     merged.add(model)
                     merged.position[model.key] = catalog.position[model.key]
         return merged
+
+    def default_version(self, name: str) -> str:
+        """The routing state's default when it is served, else the newest served version."""
+        state = self.routing.get(name)
+        if state is not None and state.default is not None and state.default in self.models[name]:
+            return state.default
+        return super().default_version(name)
 
     def serves(self, key: str) -> bool:
         """Whether ``name/version`` is listed (not merely retiring)."""

@@ -8,6 +8,12 @@ never on the loop's; the loop gets a ``Change`` to apply between batches. A new 
 the versions it replaces are retired, so a request always finds a version to run on; a version that
 fails its checks is refused (a log line, a metric) and what already serves keeps serving.
 
+Each model's routing state (``routes.py``, ``service/routing``) is followed in every mode, a few times a
+second: the versions it names are kept loaded whatever the policy says (the default, the canary, the
+shadow, and the default a rollback goes back to), and its state goes to the loop with the change, for the
+catalog. A ROUTE command (the management API, after it wrote the file) takes a model's file at once and
+answers once the loop has applied it.
+
 An artifact is untrusted input: whatever reading, verifying, loading or warming it up raises refuses that
 version alone, and the scan goes on to the next. A crash in native code cannot be caught: the folder being
 loaded is written to a marker file meanwhile; the runtime started after a crash (``start_up``'s
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from service.manifest import MANIFEST_FILE, ManifestError, artifact_dirs, versio
 from service.runtime import protocol
 from service.runtime.policy import VersionPolicy
 from service.runtime.registry import LoadedModel, RegistryError, load_model
+from service.runtime.routes import RoutingFiles
 from service.runtime.table import Change
 
 log = logging.getLogger("service.runtime")
@@ -38,6 +46,9 @@ log = logging.getLogger("service.runtime")
 # An artifact folder's identity on disk: the manifest's inode, size and modification time. Export renames
 # a finished folder into place, so a new or replaced artifact always has a new manifest file.
 Fingerprint = tuple[int, int, int]
+# How often the routing files are looked at (a stat each), in every mode: a change made with the CLI
+# takes effect within this (the management API's takes effect before it answers).
+ROUTING_POLL_S = 0.5
 
 
 def scan(model_dir: Path) -> dict[str, dict[str, tuple[Path, Fingerprint]]]:
@@ -78,6 +89,10 @@ class ModelControl:
     _submit: Callable[[Change], None] | None = None
     _commands: SimpleQueue[tuple[object, int, str]] = field(default_factory=SimpleQueue)
     _stop: threading.Event = field(default_factory=threading.Event)
+    routing: RoutingFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.routing = RoutingFiles(self.model_dir)
 
     def start_up(self, crashed: str | None = None) -> tuple[list[LoadedModel], dict[str, str]]:
         """Load what the policy selects, before serving; RegistryError when nothing could be loaded.
@@ -85,6 +100,7 @@ class ModelControl:
         if not self.model_dir.is_dir():
             raise RegistryError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
         self._refuse_what_crashed(crashed)
+        self.routing.refresh()
         change = self.reconcile(None)
         if self.mode == "explicit":
             self.wanted = {key.split("/")[0] for key in self.loaded}
@@ -95,11 +111,9 @@ class ModelControl:
             raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={self.model_dir}: {why}")
         return change.added, change.refused or {}
 
-    def start(self, submit: Callable[[Change], None]) -> threading.Thread | None:
-        """Run the mode's thread (poll: look every interval; explicit: wait for commands); none: no thread."""
+    def start(self, submit: Callable[[Change], None]) -> threading.Thread:
+        """Run the thread: it follows the routing files, and the folder (poll) or the commands (explicit)."""
         self._submit = submit
-        if self.mode == "none":
-            return None
         thread = threading.Thread(target=self._run, name=f"model-control-{self.mode}", daemon=True)
         thread.start()
         return thread
@@ -110,9 +124,9 @@ class ModelControl:
         self._commands.put((None, 0, ""))
 
     def command(self, reply_to: object, kind: int, name: str) -> str | None:
-        """A LOAD or UNLOAD request from the loop: queued for the thread (the answer comes in a Change),
-        or the reason it is refused now."""
-        if self.mode != "explicit":
+        """A LOAD, UNLOAD or ROUTE request from the loop: queued for the thread (the answer comes in a
+        Change), or the reason it is refused now."""
+        if kind != protocol.ROUTE and self.mode != "explicit":
             return (f"model control is {self.mode!r}: load and unload need TRAINSERVE_MODEL_CONTROL=explicit"
                     + (" (poll follows the model folder by itself)" if self.mode == "poll" else ""))
         self._commands.put((reply_to, kind, name))
@@ -121,16 +135,21 @@ class ModelControl:
     # --- the thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
         assert self._submit is not None
+        next_scan = time.monotonic() + self.poll_interval_s
         while not self._stop.is_set():
+            wait = min(ROUTING_POLL_S, max(next_scan - time.monotonic(), 0.0)) if self.mode == "poll" \
+                else ROUTING_POLL_S
             try:
-                reply_to, kind, name = self._commands.get(
-                    timeout=self.poll_interval_s if self.mode == "poll" else None)
-            except Empty:  # poll: the interval passed
+                reply_to, kind, name = self._commands.get(timeout=wait)
+            except Empty:  # time to look again
                 reply_to, kind, name = None, 0, ""
             if self._stop.is_set():
                 return
+            scan_now = self.mode == "poll" and reply_to is None and time.monotonic() >= next_scan
+            if scan_now:
+                next_scan = time.monotonic() + self.poll_interval_s
             try:
-                change = self._handle(kind, name) if reply_to is not None else self.reconcile(None)
+                change = self._handle(kind, name) if reply_to is not None else self._follow(scan_now)
             except Exception as exc:  # a bug or an unreadable folder must not end hot reload
                 log.exception("model control failed")
                 change = Change(reply=(reply_to, protocol.FAILED, f"model control failed: {exc}")
@@ -141,7 +160,26 @@ class ModelControl:
             if change:
                 self._submit(change)
 
+    def _follow(self, scan_now: bool) -> Change:
+        """The routing files that changed, and (poll, when its interval has passed) the folder."""
+        routed = self.routing.refresh()
+        if scan_now:
+            change = self.reconcile(None)
+        elif routed and self.mode != "none":
+            change = self.reconcile(routed)
+        else:
+            change = Change()
+        if routed:
+            change.routing = self.routing.catalog()
+        return change
+
     def _handle(self, kind: int, name: str) -> Change:
+        if kind == protocol.ROUTE:
+            routed = self.routing.refresh({name})
+            change = self.reconcile({name}) if self.mode != "none" else Change()
+            if routed:
+                change.routing = self.routing.catalog()
+            return change
         assert self.wanted is not None
         if kind == protocol.LOAD:
             self.wanted.add(name)
@@ -151,6 +189,10 @@ class ModelControl:
 
     def _outcome(self, kind: int, name: str) -> tuple[int, str]:
         serving = sorted((k.split("/")[1] for k in self.loaded if k.split("/")[0] == name), key=version_key)
+        if kind == protocol.ROUTE:
+            state = self.routing.states.get(name)
+            return protocol.OK, (f"routing of {name} at revision {state.revision if state else 0}; serving "
+                                 f"version(s) {', '.join(serving) or 'none'}")
         if kind == protocol.UNLOAD:
             return protocol.OK, f"unloaded {name}"
         if serving:
@@ -177,13 +219,17 @@ class ModelControl:
                 continue
             versions = disk.get(name, {})
             change.added += self._load_selected(name, versions)
-            change.retired += self._retire(name, self.policy.select(name, self._candidates(name, versions)))
+            change.retired += self._retire(name, self._select(name, self._candidates(name, versions)))
         current = {str(folder) for found in disk.values() for folder, _ in found.values()}
         self.refused = {f: r for f, r in self.refused.items() if f in current}  # folders gone: forgotten
         refused = {f: why for f, (_, why) in self.refused.items()}
         change.refused = refused if change or refused != self._reported else None
         self._reported = refused
         return change
+
+    def _select(self, name: str, candidates: set[str]) -> set[str]:
+        """What the policy selects, and the versions the model's routing names (those it may have)."""
+        return self.policy.select(name, candidates) | (self.routing.pins(name) & candidates)
 
     def _served(self, name: str) -> set[str]:
         return {k.split("/")[1] for k in self.loaded if k.split("/")[0] == name}
@@ -198,7 +244,7 @@ class ModelControl:
     def _load_selected(self, name: str, versions: dict[str, tuple[Path, Fingerprint]]) -> list[LoadedModel]:
         added: list[LoadedModel] = []
         while True:  # a refused version leaves the selection: the policy then picks the next one
-            selected = self.policy.select(name, self._candidates(name, versions))
+            selected = self._select(name, self._candidates(name, versions))
             todo = [v for v in sorted(selected, key=version_key)
                     if (loaded := self.loaded.get(f"{name}/{v}")) is None
                     or (loaded.fingerprint != versions[v][1]

@@ -19,8 +19,9 @@ Messages (little-endian):
 - ``HEADER`` (kind, status, unused, count) starts every message.
 - GROUP (worker): ``count`` ``SEGMENT`` records (slot, model index, requests, dtype, rows, deadline).
 - ANSWERS (runtime): ``count`` ``RESULT`` records (slot, status, text length, rows), then the texts.
-- PING, LOAD, UNLOAD (worker): the header; LOAD and UNLOAD (model control "explicit") add the model's name.
-  Their answer is the header with the same kind and a status, then a text.
+- PING, LOAD, UNLOAD, ROUTE (worker): the header; LOAD and UNLOAD (model control "explicit") and ROUTE
+  (take the model's routing file now) add the model's name. Their answer is the header with a status,
+  then a text.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ HEADER = struct.Struct("<BBHI")
 # every process)
 SEGMENT = struct.Struct("<IHHB3xId")
 RESULT = struct.Struct("<IBxHI")  # slot, status, length of its text, rows
-GROUP, PING, LOAD, UNLOAD, ANSWERS = 1, 2, 3, 4, 5
+GROUP, PING, LOAD, UNLOAD, ANSWERS, ROUTE = 1, 2, 3, 4, 5, 6
 MAX_NAME = 128
 MAX_TEXT = 1000  # an error's text, per result
 DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))

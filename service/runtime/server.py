@@ -73,7 +73,7 @@ class RuntimeServer:
                  max_batch_size: int, max_batch_delay_s: float, max_queue: int,
                  observe: Callable[[LoadedModel], Observer] | None = None,
                  forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0,
-                 max_wait_s: float = float("inf")) -> None:
+                 max_wait_s: float = float("inf"), routing: dict[str, Any] | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, max_wait_s, observe, forget,
                                 grace_s)
@@ -90,7 +90,7 @@ class RuntimeServer:
         self._connections: dict[int, _Connection] = {}
         self._answering: set[_Connection] = set()  # connections with results to send
         self._drop_later: list[_Connection] = []
-        self.table.apply(Change(added=list(models), refused=dict(refused)))
+        self.table.apply(Change(added=list(models), refused=dict(refused), routing=dict(routing or {})))
 
     @property
     def catalog(self) -> dict[str, Any]:
@@ -212,7 +212,7 @@ class RuntimeServer:
             self._group(conn, message)
         elif kind == protocol.PING:
             self._reply(conn, protocol.reply(kind, protocol.NOT_READY if self.draining else protocol.OK))
-        elif kind in (protocol.LOAD, protocol.UNLOAD) and len(message) <= _MAX_COMMAND:
+        elif kind in (protocol.LOAD, protocol.UNLOAD, protocol.ROUTE) and len(message) <= _MAX_COMMAND:
             self._command(conn, kind, message[protocol.HEADER.size:].decode(errors="replace"))
         else:
             self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, "malformed message"))

@@ -37,16 +37,18 @@ class Observer:
 
 @dataclass
 class Change:
-    """What the model control asks of the loop: models to add, keys to retire, the refusals now, and
-    (for a LOAD or UNLOAD request) the answer to send once the change is applied."""
+    """What the model control asks of the loop: models to add, keys to retire, the refusals and routing
+    states now, and (for a LOAD, UNLOAD or ROUTE request) the answer to send once the change is applied."""
 
     added: list[LoadedModel] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
     refused: dict[str, str] | None = None  # None: unchanged
     reply: tuple[Any, int, str] | None = None  # (connection, status, message)
+    routing: dict[str, Any] | None = None  # every model's routing state now (None: unchanged)
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.retired or self.refused is not None or self.reply)
+        return bool(self.added or self.retired or self.refused is not None or self.reply
+                    or self.routing is not None)
 
 
 # A connection's arena: this many slots at most, and no more address space than ARENA_BYTES unless a slot
@@ -73,14 +75,16 @@ def arena_layout(models: list[LoadedModel], max_batch_size: int,
 
 
 def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.ArenaLayout,
-            max_batch_size: int, refused: dict[str, str], started: float, epoch: int) -> dict[str, Any]:
+            max_batch_size: int, refused: dict[str, str], started: float, epoch: int,
+            routing: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a new connection learns: the listed models with their indices and devices, the retiring ones
-    (a request resolved before the change may still address them), and the arena's layout."""
+    (a request resolved before the change may still address them), the routing states, and the arena's
+    layout."""
     return {"pid": os.getpid(), "started": started, "epoch": epoch, "max_batch_size": max_batch_size,
             "input_bytes": layout.input_bytes, "output_bytes": layout.output_bytes, "slots": layout.slots,
             "models": [{"index": index, "manifest": m.manifest.to_dict(), "device": str(m.device),
                         "load_seconds": m.load_seconds, "format": m.format} for index, m in listed.items()],
-            "retiring": retiring, "refused": refused}
+            "retiring": retiring, "refused": refused, "routing": routing or {}}
 
 
 class ModelTable:
@@ -101,6 +105,7 @@ class ModelTable:
         self.listed: dict[int, LoadedModel] = {}  # in the catalog
         self.retiring: dict[int, float] = {}  # index -> when it may be dropped (once its queue is empty)
         self.refused: dict[str, str] = {}
+        self.routing: dict[str, Any] = {}
         self.layout: protocol.ArenaLayout | None = None
         self.started = time.time()
         self.epoch = 0
@@ -125,7 +130,9 @@ class ModelTable:
                 self.retire(index)
         if change.refused is not None:
             self.refused = dict(change.refused)
-        if change.added or change.retired or change.refused is not None:
+        if change.routing is not None:
+            self.routing = dict(change.routing)
+        if change.added or change.retired or change.refused is not None or change.routing is not None:
             self._publish()
             if change.added:
                 gc.freeze()  # the new model's objects live as long as it does: out of the collector's way
@@ -139,7 +146,7 @@ class ModelTable:
         self.epoch += 1
         retiring = {self.keys[i]: i for i in self.retiring}
         self.catalog = catalog(self.listed, retiring, self.layout, self.max_batch_size, self.refused,
-                               self.started, self.epoch)
+                               self.started, self.epoch, self.routing)
         self.state.epoch = self.epoch
 
     def listed_index(self, key: str) -> int | None:

@@ -1,5 +1,5 @@
-"""Models by name and version, the newest version each name's default: the runtime's registry and the
-HTTP side's catalog share this lookup."""
+"""Models by name and version, the newest version each name's default (the catalog's routing may name
+another): the runtime's registry and the HTTP side's catalog share this lookup."""
 
 from __future__ import annotations
 
@@ -35,11 +35,15 @@ class ModelVersions(Generic[M]):
         if not versions:
             raise ModelNotFound(f"model {name!r} is not served here")
         if version is None:
-            version = max(versions, key=version_key)
+            version = self.default_version(name)
         if version not in versions:
             known = ", ".join(sorted(versions, key=version_key))
             raise ModelNotFound(f"model {name!r} has no version {version!r} (it has {known})")
         return versions[version]
+
+    def default_version(self, name: str) -> str:
+        """The version a request that names none gets: the newest (the catalog adds routing)."""
+        return max(self.models[name], key=version_key)
 
     def __iter__(self) -> Iterator[M]:
         for name in sorted(self.models):

@@ -19,13 +19,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
+from service.routing.watch import RollbackWatcher
+from service.runtime import protocol
+from service.runtime.client import RuntimeClient
 from service.server.grpc_front import GrpcFrontEnd, probe_address
 from service.server.preflight import preflight
 from service.server.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 log = logging.getLogger("service.launch")
 
@@ -131,6 +139,12 @@ class Launcher:
         preflight(config, devices)
         self.env = dict(os.environ)
         self.metrics_dir = prepare_metrics_dir(self.env, run_dir)
+        # The launcher's own counter (the automatic rollback's) goes beside every other process's; the
+        # variable must be set before prometheus_client is imported here (self.metrics).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        self._metrics: Metrics | None = None
+        self.watcher = RollbackWatcher(config.model_dir, self._families, self._apply_routing,
+                                       self._count_rollback)
         self.runtimes = [Runtime(i, device, run_dir / f"runtime-{i}.sock", self.env)
                          for i, device in enumerate(devices)]
         self.env["TRAINSERVE_RUNTIME_SOCKETS"] = ",".join(str(r.socket_path) for r in self.runtimes)
@@ -209,8 +223,35 @@ class Launcher:
             if now - swept > 5:
                 sweep_dead_processes(self.metrics_dir)
                 swept = now
+            try:
+                self.watcher.check(now)
+            except Exception:  # the rollback watcher must never stop the service
+                log.exception("the canary rollback watcher failed")
             time.sleep(0.1)
         return self._drain()
+
+    @property
+    def metrics(self) -> Metrics:
+        """The service's metrics as the launcher reads and writes them (imported on first use)."""
+        if self._metrics is None:
+            from service.metrics import Metrics  # only now: PROMETHEUS_MULTIPROC_DIR is set
+
+            self._metrics = Metrics(self.metrics_dir)
+        return self._metrics
+
+    def _families(self) -> Iterable[Any]:
+        return self.metrics.families()
+
+    def _count_rollback(self, model: str, version: str, reason: str) -> None:
+        self.metrics.rollbacks.labels(model, version, reason).inc()
+
+    def _apply_routing(self, name: str) -> None:
+        """Have every runtime take ``name``'s routing file now (answered once each applied it)."""
+        client = RuntimeClient([r.socket_path for r in self.runtimes])
+        try:
+            client.control(protocol.ROUTE, name, time.monotonic() + 30)
+        finally:
+            client.close()
 
     def _take_spare(self) -> subprocess.Popen[bytes] | None:
         spare, self.spare = self.spare, None

@@ -7,6 +7,7 @@ sockets the launcher (``python -m service``) passes in ``TRAINSERVE_RUNTIME_SOCK
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import logging
@@ -20,7 +21,7 @@ from service.config import ConfigError, ServiceConfig
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
 from service.web import encoding, exchange, limits, operability
-from service.web.api import docs, health, kserve, repository, stats, ui, v1, v2
+from service.web.api import docs, health, kserve, repository, routing, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
 from service.web.errors import register_error_handlers
@@ -44,7 +45,8 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
-    for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, v1.bp, kserve.bp, docs.bp, ui.bp):
+    for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, routing.bp, v1.bp, kserve.bp, docs.bp,
+                      ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.before_request(_check_request)
@@ -146,4 +148,9 @@ def _count_request(response: Response) -> Response:
     metrics.request_done(g.get("model", ""), endpoint, response.status_code, took)
     if endpoint in INFERENCE_ENDPOINTS and "version" in g:
         metrics.inference_done(g.model, g.version, response.status_code < 400, took)
+    if "routed" in g:
+        metrics.routed_done(g.model, g.version, g.routed.role, response.status_code)
+        if "followup" in g and response.status_code < 400:
+            # Once the server has sent the response and closed it: the client waits for none of it.
+            response.call_on_close(functools.partial(plane().followups.answered, g.followup))
     return response

@@ -26,13 +26,14 @@ from a2wsgi import WSGIMiddleware
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ServiceError
 from service.logs import request_id as request_id_var
-from service.metrics import Done
+from service.metrics import Done, RouteDone
 from service.runtime.grouping import GroupingClient
 from service.web import encoding, exchange, limits, operability
 from service.web.api.common import EXTENSION
 from service.web.app import create_app
 from service.web.dataplane import DataPlane
 from service.web.errors import log_error, log_unexpected
+from service.web.followups import LoopFollowups, Recorder
 from service.web.hot import ROUTES, Call, route
 
 Scope = dict[str, Any]
@@ -63,11 +64,13 @@ class HotPath:
         # released, as under gunicorn.
         self.flask = WSGIMiddleware(flask_app, workers=config.threads)
         self.client = GroupingClient(config.runtime_paths, max_waiting=config.max_queue)
+        self.followups = LoopFollowups(self.client, Recorder(self.metrics))  # after each answer
         self.decoder: asyncio.AbstractEventLoop | None = None
         self._reading: dict[asyncio.Task[Any], float] = {}  # bodies being read -> their deadline
         self._late: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
         self._done: list[Done] = []  # answered this loop turn, for the metrics
+        self._routed: list[RouteDone] = []  # and their versions and roles (service/routing)
         self._in_flight_change = 0
         self._metrics_soon = False
 
@@ -120,6 +123,8 @@ class HotPath:
                 log_unexpected()
                 answer = exchange.Answer(exchange.error_body("internal server error"), 500)
             await self._respond(send, call, answer)
+            if call.followup is not None and answer.status < 400:
+                self.followups.answered(call.followup)  # the answer is sent: nothing here delays it
         finally:
             self._count(-1)
             request_id_var.reset(token)
@@ -146,6 +151,8 @@ class HotPath:
         await send({"type": "http.response.body", "body": body})
         took = time.monotonic() - call.arrived
         self._done.append((call.model, call.endpoint, answer.status, call.version, took))
+        if call.routed is not None:
+            self._routed.append((call.model, call.version or "", call.routed.role, answer.status))
         if self.config.access_log:
             operability.log_access("POST", call.path, answer.status, len(body), took * 1000)
 
@@ -161,6 +168,9 @@ class HotPath:
         done, self._done = self._done, []
         change, self._in_flight_change = self._in_flight_change, 0
         self.metrics.requests_done(done, change)
+        if self._routed:
+            routed, self._routed = self._routed, []
+            self.metrics.routed_many(routed)
 
     async def _to_flask(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
                         arrived: float) -> None:

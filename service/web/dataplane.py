@@ -20,6 +20,7 @@ from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
 from service.web.confidence import describe
 from service.web.exchange import finite
+from service.web.followups import Recorder, ThreadFollowups
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported": "pytorch_exported_program",
@@ -33,6 +34,7 @@ class DataPlane:
         self.client = client
         self.config = config
         self.metrics = metrics
+        self.followups = ThreadFollowups(client, Recorder(metrics))  # copies for comparisons, after answers
 
     @property
     def registry(self) -> Catalog:
@@ -75,7 +77,8 @@ class DataPlane:
         return (self.config.model_dir / model.manifest.name / model.manifest.version).absolute()
 
     def close(self) -> None:
-        """Close the connections to the runtimes."""
+        """Close the connections to the runtimes (and end the comparisons' thread)."""
+        self.followups.close()
         self.client.close()
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
@@ -87,8 +90,9 @@ def model_metadata(model: ServedModel, catalog: Catalog, config: ServiceConfig) 
     """OIP model metadata of ``model`` (every door's: the HTTP data plane's and gRPC's)."""
     m = model.manifest
     versions = sorted(catalog.models[m.name], key=int)
-    # A request without a version gets the newest served one; the policy says which are served.
-    parameters = {"version": m.version, "default_version": max(versions, key=int),
+    # A request without a version gets the routing's default (the newest served one when there is none);
+    # the policy and the routing say which are served.
+    parameters = {"version": m.version, "default_version": catalog.default_version(m.name),
                   "version_policy": str(config.policy.rule(m.name)),
                   "architecture": m.architecture, "task": m.task,
                   "labels": list(m.labels), "device": model.device,

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from service.routing import split
 from service.runtime.catalog import ServedModel
 from service.web import binary, exchange
+from service.web.followups import Followup
 
 if TYPE_CHECKING:
     from service.web.asgi import HotPath
@@ -42,6 +44,8 @@ class Call:
     body: bytes | bytearray = b""
     model: str = ""  # once the addressed model is known to exist (metrics)
     version: str | None = None
+    routed: split.Routed | None = None  # which version answers, in which role (service/routing/split.py)
+    followup: Followup | None = None  # what runs after the answer (web/followups.py)
 
     @property
     def mimetype(self) -> str:
@@ -50,9 +54,9 @@ class Call:
 
 
 async def _model(app: HotPath, call: Call, name: str, version: str | None) -> ServedModel:
-    found = (await app.client.catalog()).get(name, version)
-    call.model, call.version = name, found.manifest.version
-    return found
+    routed = split.resolve(await app.client.catalog(), name, version, call.headers.get("x-client-id"))
+    call.model, call.version, call.routed = name, routed.model.manifest.version, routed
+    return routed.model
 
 
 async def _prepare(call: Call, work: Callable[..., T], *args: Any) -> T:
@@ -64,7 +68,10 @@ async def _prepare(call: Call, work: Callable[..., T], *args: Any) -> T:
 
 async def _logits(app: HotPath, call: Call, found: ServedModel, inputs: np.ndarray) -> np.ndarray:
     deadline = call.arrived + app.config.request_timeout_s
-    return exchange.finite(await app.client.infer(found, inputs, deadline))
+    logits = exchange.finite(await app.client.infer(found, inputs, deadline))
+    assert call.routed is not None
+    call.followup = Followup(call.routed, inputs, logits)
+    return logits
 
 
 def _images(found: ServedModel, mimetype: str, body: bytes | bytearray) -> np.ndarray:

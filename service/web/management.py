@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from service.config import ServiceConfig
 from service.errors import Conflict, Forbidden, InvalidInput, ModelNotFound, Unauthorized
@@ -42,11 +43,17 @@ def check_load_parameters(names: Iterable[str]) -> None:
         raise InvalidInput("a load takes no config override or files: the artifact's manifest is its config")
 
 
-def check_control(config: ServiceConfig, name: str) -> None:
-    """``name`` is a model folder of the repository, and model control lets the API change what is served."""
+def model_folder(config: ServiceConfig, name: str) -> Path:
+    """The folder of the model ``name`` directly under the model directory (ModelNotFound otherwise)."""
     folder = config.model_dir / name
     if not _NAME.match(name) or folder.is_symlink() or not folder.is_dir():
         raise ModelNotFound(f"model {name[:100]!r} is not in the model repository")
+    return folder
+
+
+def check_control(config: ServiceConfig, name: str) -> None:
+    """``name`` is a model folder of the repository, and model control lets the API change what is served."""
+    model_folder(config, name)
     if config.model_control != "explicit":
         raise Conflict(f"model control is {config.model_control!r}: set TRAINSERVE_MODEL_CONTROL=explicit to "
                        "load and unload through this API" +

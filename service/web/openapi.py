@@ -39,7 +39,8 @@ _ERRORS = {
     "415": "unsupported content type or Content-Encoding",
     "429": "the model's queue is full; retry after the Retry-After header's seconds",
     "500": "the model failed on the batch this request was in",
-    "409": "model control is not 'explicit': load and unload are off (TRAINSERVE_MODEL_CONTROL)",
+    "409": "model control is not 'explicit': load and unload are off (TRAINSERVE_MODEL_CONTROL); a routing "
+           "change its state refuses (no earlier default, no canary to stop) or cannot write",
     "501": "not implemented by this service",
     "503": "not ready (starting, draining, or the model runtime is restarting)",
     "504": "the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S) passed",
@@ -81,6 +82,25 @@ _STATUS_503 = {"anyOf": [{"$ref": "#/components/schemas/ModelStatus"},
                          {"$ref": "#/components/schemas/Error"}]}
 _REPOSITORY = "/v2/repository/"
 _BEARER = "bearer"
+# Rollouts (service/web/api/routing.py): the changes' bodies and the state's document.
+_VERSION = {"type": "string", "pattern": "^[1-9][0-9]{0,8}$", "example": "2"}
+_PERCENT = {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 100}
+_FRACTION = {"type": "number", "minimum": 0, "maximum": 1, "nullable": True}
+_BUDGET = {"type": "object", "additionalProperties": False, "description": "the automatic rollback's "
+           "limits over at least min_requests (null turns a check off)", "properties": {
+               "max_error_rate": _FRACTION | {"default": 0.05},
+               "max_disagreement": _FRACTION | {"default": 0.1},
+               "min_requests": {"type": "integer", "minimum": 1, "default": 100}}}
+_ROUTING = "/v2/repository/models/{name}/routing"
+
+
+def _routing_body(**fields: dict[str, Any]) -> dict[str, Any]:
+    required = [f for f in fields if f != "budget"]
+    return {"application/json": {"schema": {"type": "object", "additionalProperties": False,
+                                            "required": required, "properties": fields}}}
+
+
+_ROUTING_CHANGE_ERRORS = ("400", *_MANAGEMENT, "404", "409", "503", "504")
 # Every name an artifact folder can have (service/manifest.py's rule).
 _REPOSITORY_NAME = {"name": "name", "in": "path", "required": True, "example": "mnist-cnn",
                     "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}}
@@ -170,6 +190,26 @@ ROUTES: list[_Route] = [
     ("/v2/repository/models/{name}/unload", "post", "Stop serving a model (requests already sent to it "
      "finish first; model control 'explicit'); needs the management token", _CONTROL_BODY, _REPOSITORY_ACTION,
      ("400", *_MANAGEMENT, "404", "409", "503", "504"), ""),
+    ("/v1/models/{name}/routing", "get", "The model's routing (default, canary, shadow) as written and as "
+     "served, the history of its changes, and each served version's requests, latency, labels and "
+     "agreement with the default", None, _OBJECT, ("404", "409", "503"), ""),
+    (f"{_ROUTING}/default", "put", "Make a version the default a bare name addresses (a canary or shadow "
+     "of it ends); answers once every runtime serves it; needs the management token",
+     _routing_body(version=_VERSION), _OBJECT, _ROUTING_CHANGE_ERRORS, '{"version": "1"}'),
+    (f"{_ROUTING}/rollback", "post", "Go back to the default before the current one; needs the management "
+     "token", None, _OBJECT, _ROUTING_CHANGE_ERRORS, ""),
+    (f"{_ROUTING}/canary", "put", "Start a canary (a version answering a percentage of the requests "
+     "addressed to the default, by X-Client-ID), or change its percent and budget; needs the management "
+     "token", _routing_body(version=_VERSION, percent=_PERCENT, budget=_BUDGET), _OBJECT,
+     _ROUTING_CHANGE_ERRORS, '{"version": "2", "percent": 10, "budget": {"max_error_rate": 0.05}}'),
+    (f"{_ROUTING}/canary", "delete", "Stop the canary; needs the management token", None, _OBJECT,
+     _ROUTING_CHANGE_ERRORS, ""),
+    (f"{_ROUTING}/shadow", "put", "Start a shadow (a version getting a copy of a percentage of the "
+     "default's requests after they are answered; its answers are compared and discarded), or change its "
+     "percent; needs the management token", _routing_body(version=_VERSION, percent=_PERCENT), _OBJECT,
+     _ROUTING_CHANGE_ERRORS, '{"version": "2", "percent": 10}'),
+    (f"{_ROUTING}/shadow", "delete", "Stop the shadow; needs the management token", None, _OBJECT,
+     _ROUTING_CHANGE_ERRORS, ""),
     ("/v1/models/{name}", "get", "KServe v1 model status: name and ready (503 while not ready)", None,
      {"application/json": "ModelStatus"}, ("404", "503"), ""),
     ("/v1/models/{name}:explain", "post", "KServe v1 explain: no explainer is served", None, None,

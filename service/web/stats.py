@@ -44,6 +44,52 @@ def summarize(families: Iterable[Metric], model: str, version: str) -> dict[str,
     }
 
 
+def by_version(families: Iterable[Metric], model: str, versions: Sequence[str]) -> dict[str, Any]:
+    """Each version's figures side by side, for a rollout: requests by role and outcome, latency
+    percentiles, the labels it predicted, and (for a canary or shadow) its agreement with the default."""
+    samples = [s for family in families for s in family.samples
+               if s.labels.get("model") == model and s.labels.get("version") in versions]
+    out: dict[str, Any] = {}
+    for version in versions:
+        mine = [s for s in samples if s.labels["version"] == version]
+        requests: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        labels: dict[str, int] = defaultdict(int)
+        compared: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        copies: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for s in mine:
+            value = int(s.value)
+            if s.name == "trainserve_routed_requests_total":
+                requests[s.labels["role"]][s.labels["outcome"]] += value
+            elif s.name == "trainserve_predicted_labels_total":
+                labels[s.labels["label"]] += value
+            elif s.name == "trainserve_compared_examples_total":
+                compared[s.labels["role"]][s.labels["outcome"]] += value
+            elif s.name == "trainserve_comparison_copies_total":
+                copies[s.labels["role"]][s.labels["outcome"]] += value
+        total = sum(sum(by.values()) for by in requests.values())
+        errors = sum(by.get("error", 0) for by in requests.values())
+        out[version] = {
+            "requests": {"total": total, "errors": errors, "error_rate": errors / total if total else None,
+                         "by_role": {role: dict(by) for role, by in sorted(requests.items())}},
+            "latency_seconds": _percentiles(_histogram(mine, "trainserve_inference_seconds", _any)),
+            "labels": dict(sorted(labels.items())),
+            "agreement": {role: _agreement(compared.get(role, {}), copies.get(role, {}))
+                          for role in sorted({*compared, *copies})},
+        }
+    return out
+
+
+def _agreement(counts: dict[str, int], copies: dict[str, int]) -> dict[str, Any]:
+    agree, disagree = counts.get("agree", 0), counts.get("disagree", 0)
+    return {"agree": agree, "disagree": disagree,
+            "rate": agree / (agree + disagree) if agree + disagree else None,
+            "copies": dict(sorted(copies.items()))}
+
+
+def _any(sample: Sample) -> bool:
+    return True
+
+
 def _inference(sample: Sample) -> bool:
     return sample.labels.get("endpoint") in INFERENCE_ENDPOINTS
 

@@ -27,6 +27,7 @@ CRDS = {
 CHANGES = {
     "kserve": ({"InferenceService"}, {"Deployment", "Service", "HorizontalPodAutoscaler"}),
     "pytorchjob": ({"PyTorchJob"}, {"Job"}),
+    "rollouts": (set(), set()),
 }
 OVERLAY_KINDS = {"ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job", "PersistentVolumeClaim",
                  "PodDisruptionBudget", "Service", "ServiceAccount"}
@@ -113,6 +114,24 @@ def test_both_components_together(kit: Any, tmp_path: Path) -> None:
          "PyTorchJob"})
     for doc in docs:
         validate(doc)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollouts_make_the_models_volume_writable_for_the_server_only(kit: Any, overlay: str,
+                                                                     tmp_path: Path) -> None:
+    """With the rollouts component the serving container can write routing.json (the API, the automatic
+    rollback); the init container and the base keep /models read-only."""
+    def mounts(docs: list[dict[str, Any]]) -> dict[str, bool]:
+        pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        found = {c["name"]: m.get("readOnly", False) for c in pod["containers"] + pod["initContainers"]
+                 for m in c["volumeMounts"] if m["name"] == "models"}
+        claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+        return found | {"volume": claim.get("readOnly", False)}
+
+    base = mounts(kit.kustomize(kit.deploy / "overlays" / overlay))
+    assert base == {"trainserve": True, "wait-for-model": True, "volume": True}
+    assert mounts(render(kit, tmp_path, overlay, "rollouts")) == {"trainserve": False, "wait-for-model": True,
+                                                                  "volume": False}
 
 
 def test_the_crd_schema_check_catches_a_typo(kit: Any, tmp_path: Path) -> None:

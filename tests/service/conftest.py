@@ -171,6 +171,20 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def candidate_root(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.ndarray]) -> Path:
+    """Rollout candidates of mnist-tiny: version 3 a weaker net (trained on 400 digits: it labels some
+    digits unlike versions 1 and 2), version 4 a net that raises on some valid inputs (PoisonNet)."""
+    root = tmp_path_factory.mktemp("candidates")
+    torch.manual_seed(1)
+    weak = _train(TinyNet(), {"train_x": mnist["train_x"][:400], "train_y": mnist["train_y"][:400]})
+    probe = torch.from_numpy(mnist["test_x"][:8]).unsqueeze(1)
+    export(weak, _info("mnist-tiny", "tiny-cnn", "3", 0.5), root, probe)
+    poison = PixelClassifier(PoisonNet(), MEAN, STD).eval()
+    export(poison, _info("mnist-tiny", "poison", "4", 0.1), root, torch.zeros(2, 1, 28, 28))
+    return root
+
+
 LABEL_SETS = ("even=0,2,4,6,8", "ge5=5,6,7,8,9", "prime=2,3,5,7")
 
 

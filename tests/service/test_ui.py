@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from service.manifest import REPORT_FILES, read_manifest
+from service.routing import state, store
 from service.web import imaging
 from service.web.card import duration, sections
 from service.web.stats import quantile
@@ -208,3 +209,23 @@ def test_openapi_documents_include_input_on_classify(ui_client):
     params = spec["paths"]["/v1/models/{name}:classify"]["post"]["parameters"]
     assert {"top_k", "include_input"} <= {p["name"] for p in params}
     assert "input" in spec["components"]["schemas"]["Prediction"]["properties"]
+
+
+def test_model_page_shows_the_rollout_and_each_versions_figures_side_by_side(make_app, artifact_root,
+                                                                             tmp_path, mnist):
+    root = tmp_path / "models"
+    shutil.copytree(artifact_root / "mnist-tiny", root / "mnist-tiny")
+    store.change(root, "mnist-tiny", lambda s: state.start_shadow(state.set_default(s, "1"), "2", 25, "1"),
+                 "shadow", by="an operator")
+    client = make_app(model_dir=root).test_client()
+    body = {"instances": [mnist["test_x"][0].tolist()], "dtype": "uint8"}
+    for _ in range(3):
+        assert client.post("/v1/models/mnist-tiny:predict", json=body).json["version"] == "1"
+    html = client.get("/ui/models/mnist-tiny").get_data(as_text=True)
+    assert 'data-routing="/v1/models/mnist-tiny/routing"' in html
+    assert "gets version 1 (the default set by an operator)" in html
+    assert "Shadow: version 2 gets a copy of 25 % of the default&#39;s requests" in html
+    rows = re.findall(r'<tr><th scope="row">(\d+)</th><td>(\w*)</td><td>(\d+)</td>', html)
+    assert [(v, role) for v, role, _ in rows] == [("2", "shadow"), ("1", "default")]
+    assert int(dict((v, n) for v, _, n in rows)["1"]) >= 3
+    assert re.search(r"<li>\S+ shadow by an operator → default 1, shadow 2 at 25 %</li>", html)

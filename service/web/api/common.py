@@ -9,9 +9,11 @@ import numpy as np
 from flask import Response, current_app, g, request
 
 from service.errors import InvalidInput
+from service.routing import split
 from service.runtime.catalog import ServedModel
 from service.web import binary, exchange, limits
 from service.web.dataplane import DataPlane
+from service.web.followups import Followup
 
 EXTENSION = "trainserve"
 
@@ -27,6 +29,14 @@ def model(name: str, version: str | None = None) -> ServedModel:
     g.model = name
     g.version = found.manifest.version
     return found
+
+
+def routed(name: str, version: str | None = None) -> ServedModel:
+    """The version that answers this inference request (``service/routing/split.py``: the URL's, else the
+    default or a canary), named in its metrics; what follows the answer is decided with it."""
+    decision = split.resolve(plane().registry, name, version, request.headers.get(split.CLIENT_HEADER))
+    g.model, g.version, g.routed = name, decision.model.manifest.version, decision
+    return decision.model
 
 
 def json_limit() -> int:
@@ -79,7 +89,10 @@ def image_batch(found: ServedModel) -> np.ndarray:
 
 def logits(found: ServedModel, inputs: np.ndarray) -> np.ndarray:
     """Run ``inputs`` through the model's batcher, with this request's deadline."""
-    return plane().infer(found, inputs, g.arrived)
+    out = plane().infer(found, inputs, g.arrived)
+    if "routed" in g:
+        g.followup = Followup(g.routed, inputs, out)
+    return out
 
 
 def respond(payload: dict[str, Any], status: int = 200) -> Response:

@@ -7,6 +7,7 @@ model folder directly under the model directory: never a path."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 from flask import Blueprint, Response, request
@@ -22,7 +23,17 @@ bp = Blueprint("repository", __name__, url_prefix="/v2/repository")
 
 @bp.before_request
 def _authorize() -> None:
+    authorize()
+
+
+def authorize() -> None:
+    """The management token's check, for every route that changes what is served (or lists it all)."""
     management.authorize(plane().config.management_token, request.headers.get("Authorization", ""))
+
+
+def model_folder(name: str) -> Path:
+    """The folder of the model ``name`` directly under the model directory (ModelNotFound otherwise)."""
+    return management.model_folder(plane().config, name)
 
 
 @bp.post("/index")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, render_template, request
 
+from service.errors import Conflict
+from service.web import rollout
+from service.web.api import routing
 from service.web.api.common import model, plane, respond
 from service.web.card import sections
 
@@ -33,9 +36,16 @@ def index() -> str | Response:
 @bp.get("/ui/models/<name>")
 @bp.get("/ui/models/<name>/<version>")
 def model_page(name: str, version: str | None = None) -> str:
-    """A model's page: its manifest in human form, the plots training wrote, live figures."""
+    """A model's page: its manifest in human form, live figures, the rollout, the plots training wrote."""
     found = model(name, version)
-    return render_template("model.html", m=found.manifest, device=found.device,
+    try:
+        document = routing.document(name, plane().registry)
+    except Conflict:  # an unreadable routing file: the runtimes log it; the rest of the page stands
+        view = None
+    else:
+        view = {"summary": rollout.summary(document), "rows": rollout.rows(document),
+                "changes": rollout.changes(document)}
+    return render_template("model.html", m=found.manifest, device=found.device, rollout=view,
                            sections=sections(found.manifest), reports=plane().report_files(found))
 
 

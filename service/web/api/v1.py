@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request, send_file
 
 from service.runtime.catalog import ServedModel
 from service.web import confidence, exchange
-from service.web.api.common import image_batch, json_limit, logits, model, plane, respond, response
+from service.web.api.common import image_batch, json_limit, logits, model, plane, respond, response, routed
 from service.web.schemas import CLASSIFY_ARGS, load
 from service.web.stats import summarize
 
@@ -42,7 +42,7 @@ def list_models() -> Response:
 @bp.post("/models/<name>/versions/<version>:predict")
 def predict(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for images sent as pixel lists, or for rows of named features."""
-    found = model(name, version)
+    found = routed(name, version)
     body = exchange.predict_request(request.mimetype, request.get_data(cache=False), json_limit())
     inputs = exchange.predict_inputs(found, body)
     answer = exchange.predictions_answer(found, logits(found, inputs), body["top_k"], body["threshold"],
@@ -54,7 +54,7 @@ def predict(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/versions/<version>:classify")
 def classify(name: str, version: str | None = None) -> Response:
     """Labels and probabilities for uploaded PNG/JPEG images (raw body or multipart files)."""
-    found = model(name, version)
+    found = routed(name, version)
     # No query string (the usual case) needs no validation: a schema load costs more than the decode.
     args = load(CLASSIFY_ARGS, request.args.to_dict()) if request.args else exchange.CLASSIFY_DEFAULTS
     inputs = image_batch(found)

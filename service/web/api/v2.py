@@ -6,7 +6,7 @@ from flask import Blueprint, Response
 
 from service.errors import NotReady
 from service.web import exchange
-from service.web.api.common import infer_body, logits, model, plane, respond, response
+from service.web.api.common import infer_body, logits, model, plane, respond, response, routed
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -55,7 +55,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     """One input tensor (images as FP32, UINT8 or another numeric type whose values fit; FP32 feature rows;
     JSON or binary), chosen outputs back."""
-    found = model(name, version)
+    found = routed(name, version)
     body = infer_body()
     exchange.check_named(body, found, version)
     inputs, threshold = exchange.infer_inputs(found, body)

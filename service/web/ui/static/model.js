@@ -68,3 +68,52 @@
   }
   refresh();
 })();
+
+// The rollout section's table: GET /v1/models/{name}/routing every few seconds, each served version's
+// figures redrawn in the form service/web/rollout.py renders them.
+(() => {
+  const section = document.getElementById("rollout");
+  if (!section) return;
+  const body = section.querySelector("#rollout-versions tbody");
+  const EVERY_MS = 3000;
+  const percent = (f) => (typeof f === "number" ? `${(f * 100).toFixed(1)} %` : "—");
+  const ms = (s) => (typeof s === "number" ? `${(s * 1000).toFixed(1)} ms` : "—");
+
+  function cells(doc, version) {
+    const effective = doc.effective || {}, figures = doc.versions[version], requests = figures.requests;
+    const roles = {[effective.default]: "default"};
+    for (const role of ["canary", "shadow"]) if (effective[role]) roles[effective[role].version] = role;
+    const agreement = Object.entries(figures.agreement).filter(([, a]) => a.rate !== null)
+      .map(([role, a]) => `${role} ${percent(a.rate)} of ${a.agree + a.disagree}`).join("; ");
+    const labels = Object.entries(figures.labels).sort((a, b) => b[1] - a[1]).slice(0, 3)
+      .map(([label, count]) => `${label} ${count}`).join(", ");
+    return [version, roles[version] || "", String(requests.total), String(requests.errors),
+            percent(requests.error_rate), ms(figures.latency_seconds.p50), ms(figures.latency_seconds.p99),
+            agreement || "—", labels || "—"];
+  }
+
+  function draw(doc) {
+    const rows = [...doc.served].reverse().map((version) => {
+      const row = document.createElement("tr");
+      cells(doc, version).forEach((text, i) => {
+        const cell = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) cell.scope = "row";
+        cell.textContent = text;
+        row.append(cell);
+      });
+      return row;
+    });
+    body.replaceChildren(...rows);
+  }
+
+  async function refresh() {
+    try {
+      const response = await fetch(section.dataset.routing, {cache: "no-store"});
+      if (response.ok) draw(await response.json());
+    } catch (error) {
+      // The live figures' status line says when the service cannot be reached.
+    }
+    setTimeout(refresh, EVERY_MS);
+  }
+  setTimeout(refresh, EVERY_MS);
+})();
