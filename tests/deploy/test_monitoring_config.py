@@ -53,7 +53,7 @@ def test_prometheus_scrapes_the_compose_service(kit: Any, compose_dir: Path) -> 
     compose = yaml.safe_load((compose_dir / "compose.yaml").read_text())
     config = yaml.safe_load((compose_dir / "prometheus" / "prometheus.yml").read_text())
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    exposed = re.search(r"^EXPOSE (\d+)$", (kit.repo / "Dockerfile").read_text(), re.MULTILINE)
+    exposed = re.search(r"^EXPOSE (\d+)\b", (kit.repo / "Dockerfile").read_text(), re.MULTILINE)  # HTTP first
     assert exposed and targets == [f"trainserve:{exposed.group(1)}"]
     assert "trainserve" in compose["services"]
     for service in compose["services"].values():
