@@ -210,7 +210,7 @@ def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> di
 # Settings the model runtime reads (the rest are the HTTP side's).
 RUNTIME_SETTINGS = ("model_dir", "device", "model_format", "torch_threads", "max_batch_size",
                     "max_batch_delay_ms", "max_queue", "max_queue_wait_ms", "version_policy", "model_control",
-                    "poll_interval_s", "request_timeout_s")
+                    "poll_interval_s", "request_timeout_s", "explain_max_queue", "explain_share")
 # The fixtures' folders hold several versions of a model, and the tests address each: every one is served
 # (the service's default policy serves only the newest; tests/service/test_hot_reload.py tests it).
 TEST_POLICY = "all"
