@@ -116,6 +116,10 @@ class ServiceConfig:
     explain_max_queue: int = 16
     explain_share: float = 0.1
     explain_timeout_s: float = 30.0
+    # Corrections (POST .../feedback) are stored here as an image-folder dataset; unset: feedback is off.
+    # At most feedback_max_items per model (429 beyond: train on them, then move them away).
+    feedback_dir: Path | None = None
+    feedback_max_items: int = 10000
     max_request_bytes: int = 16 * 1024 * 1024
     # JSON (a body, or the JSON header of a binary OIP request): parsed, its numbers become Python objects
     # several times the size of their text, so it has a lower limit than binary tensors and images.
@@ -192,7 +196,8 @@ class ServiceConfig:
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def __post_init__(self) -> None:
-        for name in ("model_dir", "prometheus_multiproc_dir"):  # accept str paths from callers too
+        # accept str paths from callers too
+        for name in ("model_dir", "prometheus_multiproc_dir", "feedback_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -277,6 +282,8 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "explain_max_queue": (int, "an integer >= 1"),
     "explain_share": (float, "a fraction > 0 and <= 1"),
     "explain_timeout_s": (float, "seconds > 0"),
+    "feedback_dir": (Path, "a folder path"),
+    "feedback_max_items": (int, "an integer >= 1"),
     "max_request_bytes": (int, "a byte count >= 1024"),
     "max_json_bytes": (int, "a byte count >= 1024"),
     "log_format": (_choice("text", "json"), "text or json"),
@@ -313,6 +320,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "explain_max_queue": lambda v: v >= 1,
     "explain_share": lambda v: 0 < v <= 1,
     "explain_timeout_s": lambda v: v > 0,
+    "feedback_max_items": lambda v: v >= 1,
     "max_request_bytes": lambda v: v >= 1024,
     "max_json_bytes": lambda v: v >= 1024,
     "model_control": lambda v: v in ("poll", "explicit", "none"),

@@ -99,6 +99,10 @@ class Metrics:
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.explain_depth = Gauge("trainserve_explain_queue_depth_requests", "Explanations waiting for the "
                                    "model", ["model", "version"], multiprocess_mode="livesum", registry=r)
+        # Corrections people sent (POST .../feedback), newly stored: labels come from the model's manifest.
+        self.corrections = Counter("trainserve_corrections", "Corrections stored, by model version, "
+                                   "predicted and true label", ["model", "version", "predicted", "label"],
+                                   registry=r)
         self.model_info = Gauge("trainserve_model_info", "Models and what they are: 1 served, 0 retired",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)

@@ -61,6 +61,7 @@ _FILES = {"schema": {"type": "object", "required": ["file"],
 _CLASSIFY_BODY = {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/*": _IMAGE,
                   "application/octet-stream": _IMAGE, "multipart/form-data": _FILES}
 _EXPLAIN_BODY = {"application/json": {"schema": "ExplainRequest"}} | _CLASSIFY_BODY
+_FEEDBACK_BODY = {"application/json": {"schema": "FeedbackRequest"}} | _CLASSIFY_BODY
 _EXPLAIN_QUERY = [
     {"name": "targets", "in": "query", "schema": {"type": "string"},
      "description": "image bodies: labels to explain besides the predicted one, comma-separated"},
@@ -188,6 +189,9 @@ ROUTES: list[_Route] = [
      _INFER_ERRORS, _EXPLAIN_EXAMPLE),
     ("/v1/models/{name}/versions/{version}:explain", "post", "KServe v1 explain with one version",
      _EXPLAIN_BODY, {"application/json": "ExplainResponse"}, _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}/feedback", "post", "A correction: the input as the model received "
+     "it (:classify?include_input=true) and its true label, stored under TRAINSERVE_FEEDBACK_DIR for "
+     "training (409 while that is unset)", _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "409"), ""),
     ("/openapi.json", "get", "This document (for the models served now)", None, _OBJECT, ("503",), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, _HTML, ("503",), ""),
     ("/", "get", "The web page: draw or upload a digit, see every served model's answer (to a client whose "
@@ -198,7 +202,8 @@ ROUTES: list[_Route] = [
     ("/ui/models/{name}/{version}", "get", "A model's page: its manifest, plots and live figures", None,
      _HTML, ("404", "503"), ""),
 ]
-_COMPONENTS = ("PredictRequest", "PredictResponse", "ExplainRequest", "ExplainResponse", "InferRequest",
+_COMPONENTS = ("PredictRequest", "PredictResponse", "ExplainRequest", "ExplainResponse", "FeedbackRequest",
+               "InferRequest",
                "InferResponse", "ModelList", "Status",
                "Readiness", "ServerMetadata", "Live", "Ready", "ModelMetadata", "ModelReady", "Error")
 
@@ -268,6 +273,10 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, ok: dict[st
         op["parameters"] += copy.deepcopy(_CLASSIFY_QUERY)
     if path.endswith(":explain"):
         op["parameters"] += copy.deepcopy(_EXPLAIN_QUERY)
+    if path.endswith("/feedback"):
+        op["parameters"] += [{"name": "label", "in": "query", "schema": {"type": "string"},
+                              "description": "image bodies: the true label"},
+                             {"name": "request_id", "in": "query", "schema": {"type": "string"}}]
     if path.endswith("/infer"):
         op["parameters"].append({"name": binary.HEADER, "in": "header", "schema": {"type": "integer",
                                  "minimum": 1}, "description": "binary tensor data extension: the length "

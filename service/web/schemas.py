@@ -225,6 +225,25 @@ class ExplainRequest(_Strict):
     plain = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata=_PLAIN)
 
 
+class FeedbackRequest(_Strict):
+    """A correction: the input as the model received it, and the label it should have had."""
+
+    instances = fields.Raw(required=True, validate=_list_only, metadata={
+        "type": "array", "items": {}, "description": "the input as the model received it: what "
+        ":classify?include_input=true returns, uint8 [C][H][W]"})
+    dtype = fields.String(load_default="uint8", validate=validate.OneOf(["uint8"]))
+    label = fields.String(required=True, metadata={"description": "the true label, one of the model's"})
+    request_id = fields.String(load_default="", validate=validate.Length(max=128), metadata={
+        "description": "the X-Request-ID of the answer being corrected, if known"})
+
+
+class FeedbackArgs(_Strict):
+    """Query string of feedback with an image body."""
+
+    label = fields.String(required=True)
+    request_id = fields.String(load_default="", validate=validate.Length(max=128))
+
+
 class ExplainArgs(_Strict):
     """Query string of :explain with an image body."""
 
@@ -413,3 +432,5 @@ PREDICT_REQUEST = PredictRequest()
 CLASSIFY_ARGS = ClassifyArgs()
 EXPLAIN_REQUEST = ExplainRequest()
 EXPLAIN_ARGS = ExplainArgs()
+FEEDBACK_REQUEST = FeedbackRequest()
+FEEDBACK_ARGS = FeedbackArgs()
