@@ -290,7 +290,7 @@ class RuntimeServer:
             self._reply(conn, protocol.reply(protocol.EXPLAIN, protocol.BAD_REQUEST, "malformed explanation"))
             return
         (slot, index, dtype, method, steps, deadline), targets = parsed
-        refusal = self._explain_refusal(conn, slot, index, dtype, method, steps, len(targets))
+        refusal = self._explain_refusal(conn, slot, index, dtype, method, steps, targets)
         if refusal is None:
             model = self.models[index]
             assert model is not None
@@ -311,7 +311,8 @@ class RuntimeServer:
             self._send_results()
 
     def _explain_refusal(self, conn: _Connection, slot: int, index: int, dtype: int, method: int, steps: int,
-                         rows: int) -> tuple[int, str] | None:
+                         targets: list[int]) -> tuple[int, str] | None:
+        rows = len(targets)
         if slot >= conn.arena.layout.slots or slot in conn.pending:
             return protocol.BAD_REQUEST, f"slot {slot} is out of range or in use"
         if (index >= len(self.models) or dtype >= len(protocol.DTYPES) or method >= len(protocol.METHODS)
@@ -322,6 +323,8 @@ class RuntimeServer:
         if model is None or self.stopping:
             return protocol.NOT_READY, (f"model {self.table.keys[index]} is no longer loaded, or the "
                                         "runtime is stopping")
+        if any(t != protocol.PREDICTED and t >= model.manifest.num_outputs for t in targets):
+            return protocol.BAD_REQUEST, f"a target is not an output of model {model.key}"
         example = math.prod(model.manifest.input.shape) * 4  # attributions are float32, whatever the input
         if not conn.arena.layout.fits(example, model.manifest.num_outputs, rows):
             return protocol.NOT_READY, f"model {model.key} does not fit this connection's arena: reconnect"
