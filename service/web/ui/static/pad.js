@@ -16,6 +16,8 @@
   const errorBox = byId("error"), thresholdNote = byId("threshold-note"), fileName = byId("file-name");
   const overlay = byId("attribution"), overlayFigure = byId("attribution-figure");
   const overlayNote = byId("attribution-note");
+  const correctForm = byId("correct"), correctLabel = byId("correct-label"), correctNote = byId("correct-note");
+  let shown = null;    // the answer on the page: {model, input}, what a correction is about
   let models = [];     // the /v1/models listing
   let last = null;     // the last image sent, sent again when another model is chosen
   let drawing = false, sequence = 0, answered = 0, pause = null;
@@ -82,7 +84,33 @@
     overlayFigure.dataset.state = "idle";
     overlayNote.textContent = "";
     result.dataset.state = "idle";
+    correctForm.hidden = true;
+    correctNote.textContent = "";
+    shown = null;
   }
+
+  // "That is wrong: it is a …": the input as the model received it, with the true label, to the feedback
+  // route; the service says whether it stored it (or that feedback is off).
+  correctForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!shown) return;
+    const {model, input} = shown;
+    const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}` +
+                "/feedback";
+    try {
+      const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                         body: JSON.stringify({instances: [input], label: correctLabel.value})});
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      const item = body.stored[0];
+      correctNote.textContent = item.duplicate ? `Already stored as ${item.label}.`
+        : `Thank you: stored as ${item.label} (the model said ${item.predicted}).`;
+      correctForm.dataset.state = "done";
+    } catch (error) {
+      correctNote.textContent = `Not stored: ${error.message}`;
+      correctForm.dataset.state = "error";
+    }
+  });
   upload.addEventListener("change", () => upload.files[0] && useFile(upload.files[0]));
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -129,6 +157,7 @@
       if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
       render(model, body.predictions[0], elapsed);
       result.dataset.state = "done";
+      offerCorrection(model, body.predictions[0]);
       explain(model, blob, body.predictions[0].input, id);
     } catch (error) {
       if (id !== sequence) return;
@@ -138,6 +167,16 @@
     } finally {
       if (id === sequence) result.dataset.answered = String(++answered);
     }
+  }
+
+  function offerCorrection(model, prediction) {
+    shown = {model, input: prediction.input};
+    correctForm.hidden = model.task !== "multiclass";
+    correctNote.textContent = "";
+    delete correctForm.dataset.state;
+    correctLabel.replaceChildren(...model.labels.map((label) => new Option(label, label)));
+    const other = model.labels.find((label) => label !== prediction.label);
+    if (other !== undefined) correctLabel.value = other;
   }
 
   // Which pixels of the input pushed the model towards its answer: :explain on the same image, drawn over
