@@ -561,9 +561,12 @@ def serve(tmp_path: Path, server_name: str) -> Iterator[Callable[[dict[str, str]
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, ui_root: Path) -> Iterator[Service]:
-    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian."""
-    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1"},
-                      tmp_path_factory.mktemp("site"), "granian")
+    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian, storing
+    corrections in ``site.feedback_dir``."""
+    feedback = tmp_path_factory.mktemp("feedback")
+    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1",
+                       "TRAINSERVE_FEEDBACK_DIR": str(feedback)}, tmp_path_factory.mktemp("site"), "granian")
+    service.feedback_dir = feedback
     try:
         service.wait_ready()
         yield service

@@ -200,6 +200,26 @@ def test_clear_resets_the_answer_the_overlay_and_the_pad(tab):
     assert tab.preview().max() == 0
 
 
+def test_a_wrong_answer_is_corrected_into_the_feedback_folder_and_metrics(tab, site):
+    tab.open("/")
+    before = tab.answered()
+    tab.draw(SEVEN)
+    said = tab.wait_answer(before)
+    truth = "1" if said != "1" else "2"
+    tab.page.get_by_label("That is wrong: it is a").select_option(truth)
+    with tab.page.expect_response(lambda r: r.url.endswith("/feedback"), timeout=WAIT_MS) as sent:
+        tab.page.get_by_role("button", name="Send correction").click()
+    assert sent.value.status == 200, sent.value.json()
+    tab.page.wait_for_selector('#correct[data-state="done"]')
+    assert "stored as" in tab.page.get_by_test_id("correct-note").inner_text()
+    stored = list((site.feedback_dir / "mnist-cnn" / truth).glob("*.png"))
+    assert len(stored) == 1
+    assert np.array_equal(np.asarray(Image.open(stored[0])), tab.preview())
+    metrics = requests.get(f"{site.url}/metrics", timeout=10).text
+    assert any(line.startswith("trainserve_corrections_total{") and f'label="{truth}"' in line
+               for line in metrics.splitlines())
+
+
 @pytest.mark.parametrize("kind", ["PNG", "JPEG"])
 def test_uploading_an_image_classifies_it(tab, mnist, tmp_path, kind):
     tab.open("/")
