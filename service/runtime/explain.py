@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import FeatureAblation, IntegratedGradients, Occlusion
 
 from service.errors import QueueFull
 from service.runtime.protocol import GRADIENT_FORMATS, OCCLUSION_STRIDE, OCCLUSION_WINDOW
@@ -51,8 +52,6 @@ def attribute(model: LoadedModel, rows: np.ndarray, targets: list[int], method: 
     """
     if method == "default":
         method = default_method(model)
-    from captum.attr import FeatureAblation, IntegratedGradients, Occlusion  # only the runtime needs it
-
     if method == INTEGRATED_GRADIENTS and model.format not in GRADIENT_FORMATS:
         raise ExplainError(f"model {model.key} is served as {model.format}, which has no gradients: ask for "
                            f"method {OCCLUSION}")

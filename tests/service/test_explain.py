@@ -113,9 +113,10 @@ def test_a_full_explanation_queue_is_429_while_predictions_go_on(make_app, speci
         return app.test_client().post("/v1/models/slow:explain", json=body).status_code
 
     with ThreadPoolExecutor(6) as pool:
-        statuses = list(pool.map(explain, range(6)))
+        pending = [pool.submit(explain, i) for i in range(6)]
         predicted = client.post("/v1/models/slow:predict", json={"instances": body["instances"],
                                                                   "dtype": "uint8"})
+        statuses = [future.result() for future in pending]
     assert predicted.status_code == 200
     assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
     counted = [line for line in client.get("/metrics").get_data(as_text=True).splitlines()
