@@ -114,6 +114,20 @@ class ServiceConfig:
     max_queue_wait_ms: float = 1000.0
     # Deadline for one request, from arrival to answer; past it the service answers 504.
     request_timeout_s: float = 10.0
+    # :explain (docs/serving.md#explanations). Integrated Gradients' steps when a request names none, and
+    # the most it may ask for; examples per request (each class asked for counts as one more); explanations
+    # waiting in a runtime (429 beyond); the share of a busy runtime's time they may take while predictions
+    # wait; and an explanation's deadline, from arrival to answer.
+    explain_steps: int = 32
+    explain_max_steps: int = 128
+    explain_max_examples: int = 8
+    explain_max_queue: int = 16
+    explain_share: float = 0.1
+    explain_timeout_s: float = 30.0
+    # Corrections (POST .../feedback) are stored here as an image-folder dataset; unset: feedback is off.
+    # At most feedback_max_items per model (429 beyond: train on them, then move them away).
+    feedback_dir: Path | None = None
+    feedback_max_items: int = 10000
     max_request_bytes: int = 16 * 1024 * 1024
     # JSON (a body, or the JSON header of a binary OIP request): parsed, its numbers become Python objects
     # several times the size of their text, so it has a lower limit than binary tensors and images.
@@ -190,7 +204,8 @@ class ServiceConfig:
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def __post_init__(self) -> None:
-        for name in ("model_dir", "prometheus_multiproc_dir"):  # accept str paths from callers too
+        # accept str paths from callers too
+        for name in ("model_dir", "prometheus_multiproc_dir", "feedback_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -200,6 +215,13 @@ class ServiceConfig:
             if check is not None and value is not None and not check(value):
                 shown = "<hidden>" if name in _SECRETS else repr(value)
                 raise ConfigError(f"{name}={shown} is not valid: expected {rule}")
+        if self.explain_steps > self.explain_max_steps:
+            raise ConfigError(f"explain_steps={self.explain_steps} is not valid: expected at most "
+                              f"explain_max_steps ({self.explain_max_steps})")
+        if self.explain_max_examples > self.max_batch_size:
+            # an explanation's rows travel in one slot of the arena, which holds a batch
+            raise ConfigError(f"explain_max_examples={self.explain_max_examples} is not valid: expected at "
+                              f"most max_batch_size ({self.max_batch_size})")
 
 
 def _policy(text: str) -> str:
@@ -265,6 +287,14 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_queue": (int, "an integer >= 1"),
     "max_queue_wait_ms": (float, "milliseconds > 0"),
     "request_timeout_s": (float, "seconds > 0"),
+    "explain_steps": (int, "an integer >= 1, at most TRAINSERVE_EXPLAIN_MAX_STEPS"),
+    "explain_max_steps": (int, "an integer from 1 to 1024"),
+    "explain_max_examples": (int, "an integer >= 1, at most TRAINSERVE_MAX_BATCH_SIZE"),
+    "explain_max_queue": (int, "an integer >= 1"),
+    "explain_share": (float, "a fraction > 0 and <= 1"),
+    "explain_timeout_s": (float, "seconds > 0"),
+    "feedback_dir": (Path, "a folder path"),
+    "feedback_max_items": (int, "an integer >= 1"),
     "max_request_bytes": (int, "a byte count >= 1024"),
     "max_json_bytes": (int, "a byte count >= 1024"),
     "log_format": (_choice("text", "json"), "text or json"),
@@ -297,6 +327,13 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_queue": lambda v: v >= 1,
     "max_queue_wait_ms": lambda v: v > 0,
     "request_timeout_s": lambda v: v > 0,
+    "explain_steps": lambda v: v >= 1,
+    "explain_max_steps": lambda v: 1 <= v <= 1024,
+    "explain_max_examples": lambda v: v >= 1,
+    "explain_max_queue": lambda v: v >= 1,
+    "explain_share": lambda v: 0 < v <= 1,
+    "explain_timeout_s": lambda v: v > 0,
+    "feedback_max_items": lambda v: v >= 1,
     "max_request_bytes": lambda v: v >= 1024,
     "max_json_bytes": lambda v: v >= 1024,
     "model_control": lambda v: v in ("poll", "explicit", "none"),

@@ -122,7 +122,7 @@ class Conflict(ServiceError):
 
 
 class NotSupported(ServiceError):
-    """A protocol route this service knows but does not implement (KServe's explain: no explainer)."""
+    """A protocol route this service knows but does not implement."""
 
     status = 501
 

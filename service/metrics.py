@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_mp
 from prometheus_client.metrics_core import Metric
 
-from service.runtime.batching import BatchStats
+from service.runtime.batching import BatchStats, ExplainStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # One answered request: model, endpoint, status, model version (None: not an inference of a known
@@ -113,6 +113,24 @@ class Metrics:
                                  "Canaries stopped by the automatic rollback, by version and the budget they "
                                  "broke (errors, disagreement)", ["model", "version", "reason"], registry=r)
         self._routed_children: dict[tuple[str, str, str, str], Counter] = {}
+        # :explain, in its own queue in the runtime (docs/serving.md#explanations); outcome: ok, failed,
+        # deadline (504), refused (429 or 400 in the runtime).
+        self.explanations = Counter("trainserve_explanations", "Explanations the runtime ended, by outcome",
+                                    ["model", "version", "method", "outcome"], registry=r)
+        self.explain_rows = Counter("trainserve_explained_rows", "Attribution maps computed (an example and "
+                                    "a class each)", ["model", "version", "method"], registry=r)
+        self.explain_seconds = Histogram("trainserve_explain_compute_seconds", "Time of one explanation's "
+                                         "attribution passes", ["model", "version", "method"],
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.explain_wait = Histogram("trainserve_explain_queue_wait_seconds", "Time an explanation waited "
+                                      "in the runtime's explanation queue", ["model", "version"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.explain_depth = Gauge("trainserve_explain_queue_depth_requests", "Explanations waiting for the "
+                                   "model", ["model", "version"], multiprocess_mode="livesum", registry=r)
+        # Corrections people sent (POST .../feedback), newly stored: labels come from the model's manifest.
+        self.corrections = Counter("trainserve_corrections", "Corrections stored, by model version, "
+                                   "predicted and true label", ["model", "version", "predicted", "label"],
+                                   registry=r)
         self.model_info = Gauge("trainserve_model_info", "Models and what they are: 1 served, 0 retired",
                                 ["model", "version", "architecture", "device", "torch_version"],
                                 multiprocess_mode="livemax", registry=r)
@@ -200,6 +218,9 @@ class BatchRecorder:
         self._last = metrics.last_inference.labels(model, version)
         self._computed = metrics.computed_requests.labels(model, version)
         self._computed_seconds = metrics.computed_request_seconds.labels(model, version)
+        self._metrics, self._model, self._version = metrics, model, version
+        self._explain_depth = metrics.explain_depth.labels(model, version)
+        self._explain_wait = metrics.explain_wait.labels(model, version)
         self._depth.set(0)
 
     def queue_depth(self, depth: int) -> None:
@@ -219,3 +240,17 @@ class BatchRecorder:
             self._images.inc(stats.rows)
             self._computed.inc(stats.requests)
             self._computed_seconds.inc(stats.compute_s * stats.requests)
+
+    def explain_queue_depth(self, depth: int) -> None:
+        """Explanations of this model waiting now."""
+        self._explain_depth.set(depth)
+
+    def explained(self, stats: ExplainStats) -> None:
+        """One explanation's outcome, rows, wait and compute time."""
+        m, model, version = self._metrics, self._model, self._version
+        m.explanations.labels(model, version, stats.method, stats.status).inc()
+        if stats.status == "ok":
+            m.explain_rows.labels(model, version, stats.method).inc(stats.rows)
+            m.explain_seconds.labels(model, version, stats.method).observe(stats.compute_s)
+        if stats.status != "refused":
+            self._explain_wait.observe(stats.queue_wait_s)

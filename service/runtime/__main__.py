@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     server = RuntimeServer(models, refused, listen(args.socket), config.max_batch_size,
                            config.max_batch_delay_ms / 1000, config.max_queue, observe, forget,
                            grace_s=config.request_timeout_s + 1, max_wait_s=config.max_queue_wait_ms / 1000,
-                           routing=control.routing.catalog())
+                           routing=control.routing.catalog(),
+                           explain_max_queue=config.explain_max_queue, explain_share=config.explain_share)
     server.commands = control.command
     # Python's cyclic collector would walk torch's hundreds of thousands of long-lived objects on every
     # full collection, pausing the loop; what is alive now lives as long as the process.

@@ -43,6 +43,17 @@ class BatchStats:
     failed: bool
 
 
+@dataclass(frozen=True)
+class ExplainStats:
+    """What one explanation did, for metrics."""
+
+    method: str
+    rows: int
+    queue_wait_s: float
+    compute_s: float
+    status: str  # ok, failed, deadline, refused
+
+
 T = TypeVar("T")
 
 

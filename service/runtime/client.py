@@ -16,8 +16,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ _ERRORS: dict[int, type[ServiceError]] = {
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+T = TypeVar("T")
 
 
 def error_for(status: int, text: str) -> ServiceError:
@@ -85,6 +88,15 @@ class _Connection:
             (_, status, rows, text), = protocol.read_answers(message)
         except ValueError:  # a refusal of the whole message, or not one result
             return _refusal(message)
+        return status, rows, text
+
+    def explain(self, message: bytes, deadline: float) -> tuple[int, int, str]:
+        """Send an EXPLAIN for the rows in slot 0 and wait until ``deadline``: (status, rows, text)."""
+        answer = self._call(message, deadline)
+        try:
+            (_, status, rows, text), = protocol.read_answers(answer)
+        except ValueError:
+            return _refusal(answer)
         return status, rows, text
 
     def control(self, kind: int, name: str, deadline: float) -> tuple[int, str]:
@@ -171,6 +183,16 @@ class RuntimeClient:
         With several runtimes, a request whose runtime is lost (crashed, restarting) goes to the next one:
         inference has no side effects, so running it again elsewhere is safe even if the lost runtime had
         seen it."""
+        return self._on_some_runtime(model, deadline, lambda conn: self._infer(conn, model, inputs, deadline))
+
+    def explain(self, model: ServedModel, inputs: np.ndarray, targets: list[int], method: str, steps: int,
+                deadline: float) -> tuple[np.ndarray, np.ndarray]:
+        """Attributions [N, *shape] and logits [N, classes] of ``inputs`` [N, *shape], row i for class
+        ``targets[i]`` (-1: the predicted class), by ``method`` (protocol.METHODS) with ``steps``."""
+        return self._on_some_runtime(model, deadline, lambda conn: self._explain(
+            conn, model, inputs, targets, protocol.METHODS.index(method), steps, deadline))
+
+    def _on_some_runtime(self, model: ServedModel, deadline: float, work: Callable[[_Connection], T]) -> T:
         first = self._next_runtime()
         order = [first, *(r for r in range(len(self.paths)) if r != first)]
         # With several runtimes each follows the model folder on its own: one may serve a new version
@@ -179,25 +201,25 @@ class RuntimeClient:
         failure: ServiceError = NotReady(f"model {model.key} is no longer loaded by any model runtime")
         for runtime in serving:
             try:
-                return self._infer_on(runtime, model, inputs, deadline)
+                return self._work_on(runtime, model, work)
             except (RuntimeUnavailable, NotReady) as exc:
                 failure = exc
                 if time.monotonic() >= deadline:
                     break
         raise failure
 
-    def _infer_on(self, runtime: int, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
+    def _work_on(self, runtime: int, model: ServedModel, work: Callable[[_Connection], T]) -> T:
         conn = self._acquire(runtime)
         try:
             try:
-                return self._infer(conn, model, inputs, deadline)
+                return work(conn)
             except _Stale:
                 # A pooled connection to a runtime that has since been restarted: every pooled one is
                 # stale too. Nothing reached the model, so the request goes to the new runtime once.
                 conn.close()
                 self._flush(runtime)
                 conn = self._acquire(runtime)
-                return self._infer(conn, model, inputs, deadline)
+                return work(conn)
         except TimeoutError:
             conn.close()  # an answer may still come: this slot cannot be reused
             raise DeadlineExceeded(f"model {model.key} did not answer before the request deadline") from None
@@ -230,6 +252,23 @@ class RuntimeClient:
                 raise InferenceFailed(f"the model runtime answered {rows} rows for {len(chunk)}")
             out[start:start + rows] = conn.arena.output(0, (rows, classes))
         return out
+
+    def _explain(self, conn: _Connection, model: ServedModel, inputs: np.ndarray, targets: list[int],
+                 method: int, steps: int, deadline: float) -> tuple[np.ndarray, np.ndarray]:
+        index = conn.catalog.position.get(model.key)
+        if index is None:
+            raise NotReady(f"model {model.key} is no longer loaded by the model runtime")
+        conn.arena.input(0, inputs.dtype, inputs.shape)[:] = inputs
+        wanted = [protocol.PREDICTED if t < 0 else t for t in targets]
+        dtype = protocol.DTYPES.index(inputs.dtype)
+        message = protocol.explain(0, index, dtype, method, steps, deadline, wanted)
+        status, rows, text = conn.explain(message, deadline)
+        if status != protocol.OK:
+            raise error_for(status, text)
+        if rows != len(inputs):
+            raise InferenceFailed(f"the model runtime answered {rows} rows for {len(inputs)}")
+        attributions = conn.arena.input(0, np.dtype(np.float32), inputs.shape).copy()
+        return attributions, conn.arena.output(0, (rows, model.manifest.num_outputs)).copy()
 
     def control(self, kind: int, name: str, deadline: float) -> list[str]:
         """LOAD or UNLOAD ``name`` on every runtime (model control "explicit"); their answers, or the first

@@ -22,6 +22,13 @@ Messages (little-endian):
 - PING, LOAD, UNLOAD, ROUTE (worker): the header; LOAD and UNLOAD (model control "explicit") and ROUTE
   (take the model's routing file now) add the model's name. Their answer is the header with a status,
   then a text.
+- EXPLAIN (worker): the header (``count``: rows), one ``EXPLANATION`` record (slot, model index, dtype,
+  method, steps, deadline), then ``count`` uint16 targets, one per row (``PREDICTED``: the class the model
+  predicts for that row). The rows are written into the slot's input region as for a GROUP: one row per
+  (example, class to explain) pair. Its answer is an ANSWERS message of one result; on success the slot's
+  output region holds the rows' logits, and its input region the rows' attributions (float32, the input's
+  shape), written over the inputs. Explanations have their own queue in the runtime, which runs them only
+  between batches and within a share of its time (``server.py``), so that they never starve predictions.
 """
 
 from __future__ import annotations
@@ -43,7 +50,18 @@ HEADER = struct.Struct("<BBHI")
 # every process)
 SEGMENT = struct.Struct("<IHHB3xId")
 RESULT = struct.Struct("<IBxHI")  # slot, status, length of its text, rows
-GROUP, PING, LOAD, UNLOAD, ANSWERS, ROUTE = 1, 2, 3, 4, 5, 6
+# slot, model index, dtype, method (an index of METHODS), steps, deadline
+EXPLANATION = struct.Struct("<IHBBId")
+TARGET = struct.Struct("<H")
+GROUP, PING, LOAD, UNLOAD, ANSWERS, ROUTE, EXPLAIN = 1, 2, 3, 4, 5, 6, 7
+# Attribution methods by code; "default" lets the runtime choose the one the served format supports.
+METHODS = ("default", "integrated_gradients", "occlusion")
+PREDICTED = 0xFFFF  # a row's target: the class the model predicts
+# Shared by the runtime (explain.py) and the answers that name a method's parameters (web/explaining.py):
+# the formats with gradients, and occlusion's patch of black and its stride, in pixels.
+GRADIENT_FORMATS = ("torchscript", "exported")
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = 4, 2
+MAX_EXPLAIN_ROWS = 1024
 MAX_NAME = 128
 MAX_TEXT = 1000  # an error's text, per result
 DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
@@ -215,3 +233,20 @@ def control(kind: int, name: str = "") -> bytes:
 def reply(kind: int, status: int, text: str = "") -> bytes:
     """The answer to a PING, LOAD or UNLOAD (or to a message that could not be read)."""
     return HEADER.pack(kind, status, 0, 0) + text.encode()[:MAX_TEXT]
+
+
+def explain(slot: int, index: int, dtype: int, method: int, steps: int, deadline: float,
+            targets: list[int]) -> bytes:
+    """An EXPLAIN message for the ``len(targets)`` rows in ``slot``."""
+    record = EXPLANATION.pack(slot, index, dtype, method, steps, deadline)
+    return HEADER.pack(EXPLAIN, 0, 0, len(targets)) + record + b"".join(TARGET.pack(t) for t in targets)
+
+
+def read_explain(message: bytes) -> tuple[tuple[int, int, int, int, int, float], list[int]] | None:
+    """The record and the targets of an EXPLAIN message; None when it is malformed."""
+    count = HEADER.unpack_from(message)[3]
+    start = HEADER.size + EXPLANATION.size
+    if not 0 < count <= MAX_EXPLAIN_ROWS or len(message) != start + count * TARGET.size:
+        return None
+    record = EXPLANATION.unpack_from(message, HEADER.size)
+    return record, [t for (t,) in TARGET.iter_unpack(memoryview(message)[start:])]

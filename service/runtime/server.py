@@ -16,6 +16,9 @@ append-only (a request names its model by index, so an index is never reused); a
 in the catalog at once, and a version the change retires leaves the catalog but still runs the requests
 addressed to it for a grace period (a request's deadline), then its queue is empty and it is dropped.
 Each change bumps the catalog's epoch in the state page every worker maps (``protocol.State``).
+
+Explanations (EXPLAIN messages) wait in a queue of their own (``explain.ExplainQueue``) and run one at a
+time between batches, within a share of the loop's time while predictions wait (``explain_share``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import numpy as np
 
 from service.errors import QueueFull
 from service.runtime import protocol
-from service.runtime.batching import BatchStats, Queued
+from service.runtime.batching import BatchStats, ExplainStats, Queued
+from service.runtime.explain import ExplainError, ExplainQueue, Job, attribute
 from service.runtime.registry import LoadedModel
 from service.runtime.table import Change, ModelTable, Observer
 
@@ -73,8 +77,10 @@ class RuntimeServer:
                  max_batch_size: int, max_batch_delay_s: float, max_queue: int,
                  observe: Callable[[LoadedModel], Observer] | None = None,
                  forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0,
-                 max_wait_s: float = float("inf"), routing: dict[str, Any] | None = None) -> None:
+                 max_wait_s: float = float("inf"), routing: dict[str, Any] | None = None,
+                 explain_max_queue: int = 16, explain_share: float = 0.1) -> None:
         self.max_batch_size = max_batch_size
+        self.explanations = ExplainQueue(explain_max_queue, explain_share)
         self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, max_wait_s, observe, forget,
                                 grace_s)
         self.models, self.queues, self.observers = self.table.models, self.table.queues, self.table.observers
@@ -127,10 +133,11 @@ class RuntimeServer:
         if wakeup_fd is not None:
             self._sel.register(wakeup_fd, selectors.EVENT_READ, "signal")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "change")
-        while not (self.stopping and not any(self.queues)):
+        while not (self.stopping and not any(self.queues) and not self.explanations):
             next_drop = self.table.sweep() if self.table.retiring else None
-            self._poll(0.0 if any(self.queues) else next_drop)
+            self._poll(0.0 if any(self.queues) or self.explanations else next_drop)
             self._run_batch()
+            self._run_explanation()
         self._close()
 
     def stop(self) -> None:
@@ -191,6 +198,7 @@ class RuntimeServer:
             self._sel.unregister(conn.sock)
         for queue in self.queues:
             queue.drop(lambda segment: segment.conn is not conn)
+        self.explanations.drop(lambda job: job.conn is not conn)
         self._answering.discard(conn)
         conn.sock.close()
         conn.arena.close()
@@ -210,6 +218,8 @@ class RuntimeServer:
             self._reply(conn, protocol.reply(kind, protocol.BAD_REQUEST, "malformed message"))
         elif kind == protocol.GROUP:
             self._group(conn, message)
+        elif kind == protocol.EXPLAIN:
+            self._explain_request(conn, message)
         elif kind == protocol.PING:
             self._reply(conn, protocol.reply(kind, protocol.NOT_READY if self.draining else protocol.OK))
         elif kind in (protocol.LOAD, protocol.UNLOAD, protocol.ROUTE) and len(message) <= _MAX_COMMAND:
@@ -272,6 +282,93 @@ class RuntimeServer:
             return protocol.QUEUE_FULL, 0, exc.message
         conn.pending.add(slot)
         return None
+
+    # --- explanations ------------------------------------------------------------------------------------
+    def _explain_request(self, conn: _Connection, message: bytes) -> None:
+        parsed = protocol.read_explain(message)
+        if parsed is None:
+            self._reply(conn, protocol.reply(protocol.EXPLAIN, protocol.BAD_REQUEST, "malformed explanation"))
+            return
+        (slot, index, dtype, method, steps, deadline), targets = parsed
+        refusal = self._explain_refusal(conn, slot, index, dtype, method, steps, targets)
+        if refusal is None:
+            model = self.models[index]
+            assert model is not None
+            shape = (len(targets), *model.manifest.input.shape)
+            wanted = [-1 if t == protocol.PREDICTED else t for t in targets]
+            job = Job(conn, slot, index, conn.arena.input(slot, protocol.DTYPES[dtype], shape), wanted,
+                      protocol.METHODS[method], steps, deadline, time.monotonic())
+            try:
+                self.explanations.put(job, model.key)
+                conn.pending.add(slot)
+                self.observers[index].explain_queue_depth(self.explanations.depth(index))
+            except QueueFull as exc:
+                refusal = protocol.QUEUE_FULL, exc.message
+                self._explained(job, "refused", 0.0)
+        if refusal is not None:
+            conn.results.append((slot, refusal[0], 0, refusal[1]))
+            self._answering.add(conn)
+            self._send_results()
+
+    def _explain_refusal(self, conn: _Connection, slot: int, index: int, dtype: int, method: int, steps: int,
+                         targets: list[int]) -> tuple[int, str] | None:
+        rows = len(targets)
+        if slot >= conn.arena.layout.slots or slot in conn.pending:
+            return protocol.BAD_REQUEST, f"slot {slot} is out of range or in use"
+        if (index >= len(self.models) or dtype >= len(protocol.DTYPES) or method >= len(protocol.METHODS)
+                or not 0 < steps <= protocol.MAX_EXPLAIN_ROWS or rows > self.max_batch_size):
+            return protocol.BAD_REQUEST, (f"no model {index}, dtype {dtype} or method {method}, {steps} "
+                                          f"steps or {rows} rows (at most {self.max_batch_size})")
+        model = self.models[index]
+        if model is None or self.stopping:
+            return protocol.NOT_READY, (f"model {self.table.keys[index]} is no longer loaded, or the "
+                                        "runtime is stopping")
+        if any(t != protocol.PREDICTED and t >= model.manifest.num_outputs for t in targets):
+            return protocol.BAD_REQUEST, f"a target is not an output of model {model.key}"
+        example = math.prod(model.manifest.input.shape) * 4  # attributions are float32, whatever the input
+        if not conn.arena.layout.fits(example, model.manifest.num_outputs, rows):
+            return protocol.NOT_READY, f"model {model.key} does not fit this connection's arena: reconnect"
+        return None
+
+    def _run_explanation(self) -> None:
+        """Run the next explanation if its turn has come (ExplainQueue's rule)."""
+        now = time.monotonic()
+        job = self.explanations.take(any(self.queues), now)
+        if job is None:
+            return
+        conn, model = job.conn, self.models[job.index]
+        conn.pending.discard(job.slot)
+        status, rows, text, outcome = protocol.OK, len(job.targets), "", "ok"
+        if job.deadline <= now:
+            status, rows, text, outcome = protocol.DEADLINE, 0, "the explanation's deadline passed in its " \
+                                                                "queue", "deadline"
+        elif model is None:
+            status, rows, text, outcome = protocol.NOT_READY, 0, "the model is no longer loaded", "refused"
+        else:
+            try:
+                done = attribute(model, job.rows, job.targets, job.method, job.steps, self.max_batch_size)
+                conn.arena.output(job.slot, done.logits.shape)[:] = done.logits
+                shape = done.attributions.shape
+                conn.arena.input(job.slot, np.dtype(np.float32), shape)[:] = done.attributions
+            except ExplainError as exc:
+                status, rows, text, outcome = protocol.BAD_REQUEST, 0, str(exc), "refused"
+            except Exception as exc:
+                log.exception("explanation of %d rows for %s failed", len(job.targets), model.key)
+                status, rows, outcome = protocol.FAILED, 0, "failed"
+                text = f"the explanation failed for model {model.key}: {type(exc).__name__}"
+            self.explanations.done(time.monotonic() - now, time.monotonic())
+        self._explained(job, outcome, time.monotonic() - now, now - job.queued_at)
+        conn.results.append((job.slot, status, rows, text))
+        self._answering.add(conn)
+        self._send_results()
+
+    def _explained(self, job: Job, outcome: str, took: float, waited: float = 0.0) -> None:
+        observer = self.observers[job.index]
+        try:
+            observer.explained(ExplainStats(job.method, len(job.targets), waited, took, outcome))
+            observer.explain_queue_depth(self.explanations.depth(job.index))
+        except Exception:  # metrics must never take the runtime down
+            log.exception("explanation observer failed")
 
     def _result(self, segment: _Segment, status: int, rows: int = 0, text: str = "") -> None:
         conn = segment.conn

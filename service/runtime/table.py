@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.runtime import protocol
-from service.runtime.batching import BatchQueue, BatchStats
+from service.runtime.batching import BatchQueue, BatchStats, ExplainStats
 from service.runtime.registry import LoadedModel
 
 log = logging.getLogger("service.runtime.server")
@@ -33,6 +33,12 @@ class Observer:
 
     def batch_done(self, stats: BatchStats) -> None:
         """One batch's size, waits and compute time."""
+
+    def explain_queue_depth(self, depth: int) -> None:
+        """Explanations of this model waiting now."""
+
+    def explained(self, stats: ExplainStats) -> None:
+        """One explanation's method, rows, wait, compute time and outcome."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from service.config import ConfigError, ServiceConfig
 from service.metrics import Metrics
 from service.runtime.client import RuntimeClient
 from service.web import encoding, exchange, limits, operability
-from service.web.api import docs, health, kserve, repository, routing, stats, ui, v1, v2
+from service.web.api import docs, feedback, health, kserve, repository, routing, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
 from service.web.errors import register_error_handlers
@@ -45,8 +45,8 @@ def create_app(test_config: ServiceConfig | Mapping[str, Any] | None = None) -> 
     app.extensions[EXTENSION] = DataPlane(RuntimeClient(config.runtime_paths), config, metrics)
 
     register_error_handlers(app)
-    for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, routing.bp, v1.bp, kserve.bp, docs.bp,
-                      ui.bp):
+    for blueprint in (health.bp, v2.bp, stats.bp, repository.bp, routing.bp, v1.bp, kserve.bp, feedback.bp,
+                      docs.bp, ui.bp):
         app.register_blueprint(blueprint)
     app.before_request(_start_clock)
     app.before_request(_check_request)

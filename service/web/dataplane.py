@@ -20,6 +20,7 @@ from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
 from service.web.confidence import describe
 from service.web.exchange import finite
+from service.web.explaining import Plan
 from service.web.followups import Recorder, ThreadFollowups
 
 # OIP model metadata's ``platform``: the kind of file the runtime actually serves (ServedModel.format).
@@ -58,6 +59,12 @@ class DataPlane:
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
         return finite(self.client.infer(model, inputs, arrived + self.config.request_timeout_s))
+
+    def explain(self, model: ServedModel, ask: Plan, arrived: float) -> tuple[np.ndarray, np.ndarray]:
+        """Attributions and logits of an explanation's rows; its own deadline counts from ``arrived``."""
+        attributions, logits = self.client.explain(model, ask.rows, ask.targets, ask.method, ask.steps,
+                                                   arrived + self.config.explain_timeout_s)
+        return attributions, finite(logits)
 
     def report_files(self, model: ServedModel) -> list[str]:
         """The plots (PNG files) training wrote into this model's artifact folder: REPORT_FILES first."""

@@ -189,6 +189,13 @@ def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None
     """The v1 answer (``:predict`` and ``:classify``): labels and calibrated probabilities per example, and
     the "not a digit" verdict where the model has one (a flagged example's label withheld unless
     ``plain``)."""
+    return json_answer(predictions_payload(found, logits, top_k, threshold, shown, plain))
+
+
+def predictions_payload(found: ServedModel, logits: np.ndarray, top_k: int | None,
+                        threshold: float | None = None, shown: np.ndarray | None = None,
+                        plain: bool = False) -> dict[str, Any]:
+    """What ``predictions_answer`` encodes (``:explain`` adds its explanations to it)."""
     m = found.manifest
     threshold = threshold_for(m, threshold)
     answer: dict[str, Any] = {"model": m.name, "version": m.version, "task": m.task}
@@ -201,7 +208,7 @@ def predictions_answer(found: ServedModel, logits: np.ndarray, top_k: int | None
     if shown is not None:  # what preprocessing made of each image, as the model got it
         for prediction, example in zip(answer["predictions"], shown, strict=True):
             prediction["input"] = example
-    return json_answer(answer)
+    return answer
 
 
 def infer_answer(found: ServedModel, request: dict[str, Any], logits: np.ndarray, threshold: float) -> Answer:

@@ -61,6 +61,16 @@ _FILES = {"schema": {"type": "object", "required": ["file"],
           "encoding": {"file": {"contentType": "image/png, image/jpeg"}}}
 _CLASSIFY_BODY = {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/*": _IMAGE,
                   "application/octet-stream": _IMAGE, "multipart/form-data": _FILES}
+_EXPLAIN_BODY = {"application/json": {"schema": "ExplainRequest"}} | _CLASSIFY_BODY
+_FEEDBACK_BODY = {"application/json": {"schema": "FeedbackRequest"}} | _CLASSIFY_BODY
+_EXPLAIN_QUERY = [
+    {"name": "targets", "in": "query", "schema": {"type": "string"},
+     "description": "image bodies: labels to explain besides the predicted one, comma-separated"},
+    {"name": "method", "in": "query", "schema": {"type": "string", "enum": ["integrated_gradients",
+                                                                          "occlusion"]}},
+    {"name": "steps", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "plain", "in": "query", "schema": {"type": "boolean", "default": False}},
+]
 _BINARY_INFER = ("a JSON inference header of Inference-Header-Content-Length bytes, then the raw "
                  "little-endian bytes of every input whose parameters give binary_data_size")
 _INFER_BODY = {"application/json": {"schema": "InferRequest"},
@@ -118,6 +128,7 @@ _CLASSIFY_QUERY = [
 ]
 _PREDICT_EXAMPLE = ('{"instances": [[[0.0, 0.5, ...28 values], ...28 rows]], "top_k": 3}; a feature model: '
                     '{"instances": [{"age": 61, "height": 172}], "threshold": 0.3}')
+_EXPLAIN_EXAMPLE = '{"instances": [[[0, 0, ...28 values], ...28 rows]], "dtype": "uint8", "targets": ["3"]}'
 _INFER_EXAMPLE = ('{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", '
                   '"data": [0, ...]}]}; a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} '
                   'for binary and multilabel models')
@@ -212,8 +223,15 @@ ROUTES: list[_Route] = [
      _ROUTING_CHANGE_ERRORS, ""),
     ("/v1/models/{name}", "get", "KServe v1 model status: name and ready (503 while not ready)", None,
      {"application/json": "ModelStatus"}, ("404", "503"), ""),
-    ("/v1/models/{name}:explain", "post", "KServe v1 explain: no explainer is served", None, None,
-     ("404", "408", "413", "415", "501", "503"), ""),
+    ("/v1/models/{name}:explain", "post", "KServe v1 explain: predictions and per-pixel (per-feature) "
+     "attributions for each example's predicted label and any other asked for (Integrated Gradients or "
+     "occlusion, computed in the model runtime)", _EXPLAIN_BODY, {"application/json": "ExplainResponse"},
+     _INFER_ERRORS, _EXPLAIN_EXAMPLE),
+    ("/v1/models/{name}/versions/{version}:explain", "post", "KServe v1 explain with one version",
+     _EXPLAIN_BODY, {"application/json": "ExplainResponse"}, _INFER_ERRORS, ""),
+    ("/v1/models/{name}/versions/{version}/feedback", "post", "A correction: the input as the model received "
+     "it (:classify?include_input=true) and its true label, stored under TRAINSERVE_FEEDBACK_DIR for "
+     "training (409 while that is unset)", _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "409"), ""),
     ("/openapi.json", "get", "This document (for the models served now)", None, _OBJECT, ("503",), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, _HTML, ("503",), ""),
     ("/", "get", "The web page: draw or upload a digit, see every served model's answer (to a client whose "
@@ -224,7 +242,9 @@ ROUTES: list[_Route] = [
     ("/ui/models/{name}/{version}", "get", "A model's page: its manifest, plots and live figures", None,
      _HTML, ("404", "503"), ""),
 ]
-_COMPONENTS = ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "ModelList", "Status",
+_COMPONENTS = ("PredictRequest", "PredictResponse", "ExplainRequest", "ExplainResponse", "FeedbackRequest",
+               "InferRequest",
+               "InferResponse", "ModelList", "Status",
                "Readiness", "ServerMetadata", "Live", "Ready", "ModelMetadata", "ModelReady", "Error")
 
 
@@ -291,6 +311,12 @@ def _operation(path: str, summary: str, body: dict[str, Any] | None, ok: dict[st
         op["description"] = f"Example body: `{example}`"
     if path.endswith(":classify"):
         op["parameters"] += copy.deepcopy(_CLASSIFY_QUERY)
+    if path.endswith(":explain"):
+        op["parameters"] += copy.deepcopy(_EXPLAIN_QUERY)
+    if path.endswith("/feedback"):
+        op["parameters"] += [{"name": "label", "in": "query", "schema": {"type": "string"},
+                              "description": "image bodies: the true label"},
+                             {"name": "request_id", "in": "query", "schema": {"type": "string"}}]
     if path.endswith("/infer"):
         op["parameters"].append({"name": binary.HEADER, "in": "header", "schema": {"type": "integer",
                                  "minimum": 1}, "description": "binary tensor data extension: the length "

@@ -204,6 +204,56 @@ class PredictRequest(_Strict):
     plain = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata=_PLAIN)
 
 
+EXPLAIN_METHODS = ("integrated_gradients", "occlusion")
+_METHOD = {"description": "integrated_gradients (the default where the served file has gradients) or "
+                          "occlusion (the default, and the only method, for an AOTInductor file; feature "
+                          "ablation for a feature model)"}
+_STEPS = {"description": "integrated_gradients: integration steps (default TRAINSERVE_EXPLAIN_STEPS, at most "
+                         "TRAINSERVE_EXPLAIN_MAX_STEPS)"}
+
+
+class ExplainRequest(_Strict):
+    """KServe v1 explain request: the examples as for :predict, and what to explain beyond the prediction."""
+
+    instances = fields.Raw(required=True, validate=_list_only, metadata={
+        "type": "array", "items": {}, "description": "one entry per example, as for :predict"})
+    dtype = fields.String(load_default="float32", validate=validate.OneOf(["float32", "uint8"]))
+    targets = fields.List(fields.String(), load_default=list, metadata={
+        "description": "labels to explain besides each example's predicted one"})
+    method = fields.String(load_default=None, validate=validate.OneOf(EXPLAIN_METHODS), metadata=_METHOD)
+    steps = WholeNumber(load_default=None, validate=validate.Range(min=1), metadata=_STEPS)
+    plain = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata=_PLAIN)
+
+
+class FeedbackRequest(_Strict):
+    """A correction: the input as the model received it, and the label it should have had."""
+
+    instances = fields.Raw(required=True, validate=_list_only, metadata={
+        "type": "array", "items": {}, "description": "the input as the model received it: what "
+        ":classify?include_input=true returns, uint8 [C][H][W]"})
+    dtype = fields.String(load_default="uint8", validate=validate.OneOf(["uint8"]))
+    label = fields.String(required=True, metadata={"description": "the true label, one of the model's"})
+    request_id = fields.String(load_default="", validate=validate.Length(max=128), metadata={
+        "description": "the X-Request-ID of the answer being corrected, if known"})
+
+
+class FeedbackArgs(_Strict):
+    """Query string of feedback with an image body."""
+
+    label = fields.String(required=True)
+    request_id = fields.String(load_default="", validate=validate.Length(max=128))
+
+
+class ExplainArgs(_Strict):
+    """Query string of :explain with an image body."""
+
+    targets = fields.String(load_default="", metadata={"description": "labels besides the predicted one, "
+                                                       "comma-separated"})
+    method = fields.String(load_default=None, validate=validate.OneOf(EXPLAIN_METHODS), metadata=_METHOD)
+    steps = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata=_STEPS)
+    plain = fields.Boolean(load_default=False, metadata=_PLAIN)
+
+
 class Prediction(Schema):
     """One example's answer."""
 
@@ -233,6 +283,24 @@ class PredictResponse(Schema):
     task = fields.String(required=True, validate=validate.OneOf(["multiclass", "binary", "multilabel"]))
     threshold = fields.Float(metadata={"description": "binary and multilabel: the threshold applied"})
     predictions = fields.List(fields.Nested(Prediction), required=True)
+
+
+class Explanation(Schema):
+    """One example's explanation."""
+
+    label = fields.String(required=True, metadata={"description": "the label the model predicts"})
+    method = fields.String(required=True, validate=validate.OneOf(EXPLAIN_METHODS))
+    captum = fields.String(required=True, metadata={"description": "the Captum class that computed it"})
+    parameters = fields.Dict(required=True, metadata={"description": "the method's parameters"})
+    attributions = fields.Dict(keys=fields.String(), values=fields.Raw(), required=True, metadata={
+        "description": "per label explained: images, attributions nested as the input [C][H][W] (positive: "
+                       "towards the label); feature models, one number per named feature"})
+
+
+class ExplainResponse(PredictResponse):
+    """KServe v1 explain response: the predictions and one explanation per example."""
+
+    explanations = fields.List(fields.Nested(Explanation), required=True)
 
 
 class ModelSummary(Schema):
@@ -362,3 +430,7 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
 INFER_REQUEST = InferRequest()
 PREDICT_REQUEST = PredictRequest()
 CLASSIFY_ARGS = ClassifyArgs()
+EXPLAIN_REQUEST = ExplainRequest()
+EXPLAIN_ARGS = ExplainArgs()
+FEEDBACK_REQUEST = FeedbackRequest()
+FEEDBACK_ARGS = FeedbackArgs()

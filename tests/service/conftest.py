@@ -224,7 +224,7 @@ def task_root(tmp_path_factory: pytest.TempPathFactory, mnist_slice: Path) -> di
 # Settings the model runtime reads (the rest are the HTTP side's).
 RUNTIME_SETTINGS = ("model_dir", "device", "model_format", "torch_threads", "max_batch_size",
                     "max_batch_delay_ms", "max_queue", "max_queue_wait_ms", "version_policy", "model_control",
-                    "poll_interval_s", "request_timeout_s")
+                    "poll_interval_s", "request_timeout_s", "explain_max_queue", "explain_share")
 # The fixtures' folders hold several versions of a model, and the tests address each: every one is served
 # (the service's default policy serves only the newest; tests/service/test_hot_reload.py tests it).
 TEST_POLICY = "all"
@@ -582,9 +582,12 @@ def serve(tmp_path: Path, server_name: str) -> Iterator[Callable[[dict[str, str]
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, ui_root: Path) -> Iterator[Service]:
-    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian."""
-    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1"},
-                      tmp_path_factory.mktemp("site"), "granian")
+    """The whole service over ``ui_root`` (the shipped mnist-cnn and the tiny models), on granian, storing
+    corrections in ``site.feedback_dir``."""
+    feedback = tmp_path_factory.mktemp("feedback")
+    service = Service({"TRAINSERVE_MODEL_DIR": str(ui_root), "TRAINSERVE_WORKERS": "1",
+                       "TRAINSERVE_FEEDBACK_DIR": str(feedback)}, tmp_path_factory.mktemp("site"), "granian")
+    service.feedback_dir = feedback
     try:
         service.wait_ready()
         yield service

@@ -152,6 +152,74 @@ def test_drawing_a_digit_shows_its_class_the_input_and_every_probability(tab, ui
     assert ":classify?include_input=true" in " ".join(tab.requests)
 
 
+def test_the_answer_shows_which_pixels_mattered_over_the_input(tab):
+    tab.open("/")
+    before = tab.answered()
+    with tab.page.expect_response(lambda r: ":explain" in r.url, timeout=WAIT_MS) as explained:
+        tab.draw(SEVEN)
+    label = tab.wait_answer(before)
+    tab.page.wait_for_selector('#attribution-figure[data-state="done"]')
+    explanation = explained.value.json()["explanations"][0]
+    assert explanation["label"] == label == tab.page.get_attribute("#attribution-figure", "data-label")
+    overlay = tab.page.evaluate("""() => { const c = document.querySelector('[data-testid=attribution]');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+    rgb = np.asarray(overlay, np.int32).reshape(28, 28, 4)[..., :3]
+    red = (rgb[..., 0] - rgb[..., 2]) > 60  # pixels drawn as pushing towards the answer
+    strokes = tab.preview() > 64
+    near = np.logical_or.reduce([np.roll(strokes, (dy, dx), (0, 1)) for dy in (-2, -1, 0, 1, 2)
+                                 for dx in (-2, -1, 0, 1, 2)])
+    assert red.sum() >= 5 and near[red].mean() >= 0.7, (red.sum(), near[red].mean())
+
+
+def test_a_two_stroke_digit_is_classified_once_the_drawing_pauses(tab):
+    tab.open("/")
+    box = tab.page.get_by_test_id("pad").bounding_box()
+    before = tab.answered()
+    for stroke in (((0.3, 0.15), (0.3, 0.55), (0.75, 0.55)), ((0.65, 0.15), (0.65, 0.9))):  # a 4
+        points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
+        tab.page.mouse.move(*points[0])
+        tab.page.mouse.down()
+        for x, y in points[1:]:
+            tab.page.mouse.move(x, y, steps=6)
+        tab.page.mouse.up()
+    tab.wait_answer(before)
+    assert sum(":classify" in url for url in tab.requests) == 1, tab.requests
+
+
+def test_clear_resets_the_answer_the_overlay_and_the_pad(tab):
+    tab.open("/")
+    before = tab.answered()
+    tab.draw(SEVEN)
+    tab.wait_answer(before)
+    tab.page.wait_for_selector('#attribution-figure:not([data-state="busy"])')
+    tab.page.get_by_role("button", name="Clear").click()
+    assert tab.page.get_by_test_id("prediction").inner_text() == "—"
+    assert tab.page.get_by_test_id("probabilities").locator("li").count() == 0
+    assert tab.page.get_attribute("#result", "data-state") == "idle"
+    assert tab.page.get_attribute("#attribution-figure", "data-state") == "idle"
+    assert tab.preview().max() == 0
+
+
+def test_a_wrong_answer_is_corrected_into_the_feedback_folder_and_metrics(tab, site):
+    tab.open("/")
+    before = tab.answered()
+    tab.draw(SEVEN)
+    said = tab.wait_answer(before)
+    truth = "1" if said != "1" else "2"
+    tab.page.get_by_label("That is wrong: it is a").select_option(truth)
+    with tab.page.expect_response(lambda r: r.url.endswith("/feedback"), timeout=WAIT_MS) as sent:
+        tab.page.get_by_role("button", name="Send correction").click()
+    assert sent.value.status == 200, sent.value.json()
+    tab.page.wait_for_selector('#correct[data-state="done"]')
+    assert "stored as" in tab.page.get_by_test_id("correct-note").inner_text()
+    stored = list((site.feedback_dir / "mnist-cnn" / truth).glob("*.png"))
+    assert len(stored) == 1
+    assert np.array_equal(np.asarray(Image.open(stored[0])), tab.preview())
+    metrics = requests.get(f"{site.url}/metrics", timeout=10).text
+    assert any(line.startswith("trainserve_corrections_total{") and f'label="{truth}"' in line
+               for line in metrics.splitlines())
+
+
 @pytest.mark.parametrize("kind", ["PNG", "JPEG"])
 def test_uploading_an_image_classifies_it(tab, mnist, tmp_path, kind):
     tab.open("/")

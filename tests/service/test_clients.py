@@ -1,6 +1,7 @@
 """The real clients against the whole service, on each front end: tritonclient (sync and aio) for the
 statistics, configuration and repository extensions, compression and datatypes; KServe's
-InferenceRESTClient over v2 and v1; the request id and the access log in the service's own log."""
+InferenceRESTClient over v2 and v1 (:explain included); the request id and the access log in the
+service's own log."""
 
 from __future__ import annotations
 
@@ -151,15 +152,22 @@ def test_kserve_rest_client_v1(service, mnist):
             assert await client.is_model_ready(service.url, "mnist-tiny")
             answer = await client.infer(service.url, {"instances": x.tolist(), "dtype": "uint8"},
                                         model_name="mnist-tiny")
-            with pytest.raises(httpx.HTTPStatusError, match="501"):
-                await client.explain(service.url, "mnist-tiny", {"instances": x.tolist()})
-            return answer
+            explained = await client.explain(service.url, "mnist-tiny",
+                                             {"instances": x.tolist(), "dtype": "uint8", "targets": ["3"]})
+            with pytest.raises(httpx.HTTPStatusError, match="400"):
+                await client.explain(service.url, "mnist-tiny", {"instances": x.tolist(), "steps": 10**6})
+            return answer, explained
         finally:
             await client.close()
 
-    answer = asyncio.run(run())
+    answer, explained = asyncio.run(run())
     labels = [int(p["label"]) for p in answer["predictions"]]
     assert (np.asarray(labels) == mnist["test_y"][:3]).mean() >= 0.6
+    assert [p["label"] for p in explained["predictions"]] == [p["label"] for p in answer["predictions"]]
+    for explanation in explained["explanations"]:
+        assert explanation["method"] == "integrated_gradients"
+        assert set(explanation["attributions"]) == {explanation["label"], "3"}
+        assert np.asarray(explanation["attributions"]["3"]).shape == (1, 28, 28)
 
 
 def test_request_id_is_returned_and_in_the_service_access_log(service):

@@ -2,17 +2,25 @@
 // The digit page: a client of the service's public API like any other. It lists the models
 // (GET /v1/models) and sends the drawing or the uploaded file to
 // POST /v1/models/{name}/versions/{version}:classify?include_input=true, which answers with every label's
-// probability and the input exactly as the model received it after preprocessing.
+// probability and the input exactly as the model received it after preprocessing; then the same image to
+// :explain, whose attributions are drawn over that input (red: pixels that pushed towards the answer; blue:
+// against). A drawing is sent once the pen has rested PAUSE_MS, not after every stroke: a two-stroke 4
+// is not first answered as the one stroke it was halfway.
 (() => {
+  const PAUSE_MS = 600;
   const byId = (id) => document.getElementById(id);
   const pad = byId("pad"), ink = pad.getContext("2d");
   const select = byId("model"), upload = byId("upload"), drop = byId("drop"), cardLink = byId("card-link");
   const result = byId("result"), bars = byId("probabilities"), preview = byId("preview");
   const predictionBox = byId("prediction"), confidenceBox = byId("confidence"), latencyBox = byId("latency");
   const errorBox = byId("error"), thresholdNote = byId("threshold-note"), fileName = byId("file-name");
+  const overlay = byId("attribution"), overlayFigure = byId("attribution-figure");
+  const overlayNote = byId("attribution-note");
+  const correctForm = byId("correct"), correctLabel = byId("correct-label"), correctNote = byId("correct-note");
+  let shown = null;    // the answer on the page: {model, input}, what a correction is about
   let models = [];     // the /v1/models listing
   let last = null;     // the last image sent, sent again when another model is chosen
-  let drawing = false, sequence = 0, answered = 0;
+  let drawing = false, sequence = 0, answered = 0, pause = null;
 
   const key = (m) => `${m.name}/${m.version}`;
   const chosen = () => models[select.selectedIndex];
@@ -32,6 +40,7 @@
     if (event.button !== 0) return;
     event.preventDefault();
     pad.setPointerCapture(event.pointerId);
+    clearTimeout(pause);  // another stroke of the same digit: wait for the pen to rest again
     drawing = true;
     Object.assign(ink, {lineWidth: pad.width / 13, lineCap: "round", lineJoin: "round", strokeStyle: "#000"});
     const [x, y] = point(event);
@@ -49,16 +58,58 @@
   const endStroke = () => {
     if (!drawing) return;
     drawing = false;
-    pad.toBlob((blob) => send(blob), "image/png");
+    clearTimeout(pause);
+    pause = setTimeout(() => pad.toBlob((blob) => send(blob), "image/png"), PAUSE_MS);
   };
   pad.addEventListener("pointerup", endStroke);
   pad.addEventListener("pointercancel", endStroke);
 
   byId("clear").addEventListener("click", () => {
     clearPad();
+    clearTimeout(pause);
+    sequence++;  // an answer still on its way is for what was cleared: it is not shown
     last = null;
     upload.value = "";
     fileName.textContent = "";
+    resetAnswer();
+  });
+
+  // Everything an answer put on the page goes, as after loading it.
+  function resetAnswer() {
+    predictionBox.textContent = confidenceBox.textContent = latencyBox.textContent = "—";
+    bars.replaceChildren();
+    errorBox.hidden = thresholdNote.hidden = true;
+    preview.getContext("2d").clearRect(0, 0, preview.width, preview.height);
+    overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+    overlayFigure.dataset.state = "idle";
+    overlayNote.textContent = "";
+    result.dataset.state = "idle";
+    correctForm.hidden = true;
+    correctNote.textContent = "";
+    shown = null;
+  }
+
+  // "That is wrong: it is a …": the input as the model received it, with the true label, to the feedback
+  // route; the service says whether it stored it (or that feedback is off).
+  correctForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!shown) return;
+    const {model, input} = shown;
+    const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}` +
+                "/feedback";
+    try {
+      const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                         body: JSON.stringify({instances: [input], label: correctLabel.value})});
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      const item = body.stored[0];
+      correctNote.textContent = item.duplicate ? `Already stored as ${item.label}.`
+        : `Thank you: stored as ${item.label} (the model said ${item.predicted}).`;
+      correctForm.dataset.state = "done";
+    } catch (error) {
+      correctNote.textContent = `Not stored: ${error.message}`;
+      correctForm.dataset.state = "error";
+    }
   });
   upload.addEventListener("change", () => upload.files[0] && useFile(upload.files[0]));
   drop.addEventListener("dragover", (event) => {
@@ -106,6 +157,8 @@
       if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
       render(model, body.predictions[0], elapsed);
       result.dataset.state = "done";
+      offerCorrection(model, body.predictions[0]);
+      explain(model, blob, body.predictions[0].input, id);
     } catch (error) {
       if (id !== sequence) return;
       errorBox.textContent = `Could not classify this image: ${error.message}`;
@@ -114,6 +167,65 @@
     } finally {
       if (id === sequence) result.dataset.answered = String(++answered);
     }
+  }
+
+  function offerCorrection(model, prediction) {
+    shown = {model, input: prediction.input};
+    correctForm.hidden = model.task !== "multiclass";
+    correctNote.textContent = "";
+    delete correctForm.dataset.state;
+    correctLabel.replaceChildren(...model.labels.map((label) => new Option(label, label)));
+    const other = model.labels.find((label) => label !== prediction.label);
+    if (other !== undefined) correctLabel.value = other;
+  }
+
+  // Which pixels of the input pushed the model towards its answer: :explain on the same image, drawn over
+  // the input the model received. An explanation the service cannot give now (429: its explanation queue is
+  // full) leaves the answer as it is and says so.
+  async function explain(model, blob, input, id) {
+    overlayFigure.dataset.state = "busy";
+    const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}` +
+                ":explain";
+    try {
+      const type = blob.type.startsWith("image/") ? blob.type : "application/octet-stream";
+      const response = await fetch(url, {method: "POST", body: blob, headers: {"Content-Type": type}});
+      const body = await response.json();
+      if (id !== sequence) return;
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      const explanation = body.explanations[0];
+      drawAttributions(input, explanation.attributions[explanation.label]);
+      overlayNote.textContent = `${explanation.method.replace("_", " ")} for ${explanation.label}`;
+      overlayFigure.dataset.label = explanation.label;
+      overlayFigure.dataset.state = "done";
+    } catch (error) {
+      if (id !== sequence) return;
+      overlayNote.textContent = `No explanation: ${error.message}`;
+      overlayFigure.dataset.state = "error";
+    }
+  }
+
+  // The input dimmed, then red where the attribution is positive and blue where negative, each as strong
+  // as its share of the largest magnitude.
+  function drawAttributions(input, attributions) {
+    const map = attributions[0], height = map.length, width = map[0].length;
+    let largest = 0;
+    for (const row of map) for (const value of row) largest = Math.max(largest, Math.abs(value));
+    const image = new ImageData(width, height);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const at = (y * width + x) * 4, grey = Array.isArray(input) ? input[0][y][x] * 0.35 : 0;
+        const share = largest > 0 ? map[y][x] / largest : 0;
+        const strength = Math.min(1, Math.abs(share) * 1.5);
+        const [r, g, b] = share > 0 ? [230, 40, 40] : [40, 90, 230];
+        image.data[at] = grey + (r - grey) * strength;
+        image.data[at + 1] = grey + (g - grey) * strength;
+        image.data[at + 2] = grey + (b - grey) * strength;
+        image.data[at + 3] = 255;
+      }
+    }
+    overlay.width = width;
+    overlay.height = height;
+    overlay.getContext("2d").putImageData(image, 0, 0);
   }
 
   // Binary and multi-label models decide per label against a threshold; a multi-class model takes the best.

@@ -1,0 +1,92 @@
+"""Corrections: a person's "that is wrong, it is a …" stored where training can read it.
+
+Under ``TRAINSERVE_FEEDBACK_DIR`` each correction is the input exactly as the model received it (after
+preprocessing: what ``:classify?include_input=true`` returns), written once as
+``<dir>/<model>/<true label>/<content hash>.png``: an image-folder dataset (``--dataset folder:PATH``,
+training/folders.py). ``<dir>/<model>/corrections.jsonl`` records each one, append-only: its hash, the
+true and the predicted label, the model version and the request id. The same input corrected again is
+not stored twice (the hash names the file, created exclusively, so concurrent workers agree). At most
+``TRAINSERVE_FEEDBACK_MAX_ITEMS`` corrections per model are kept; beyond it the service answers 429.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service.errors import QueueFull
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One correction as the answer reports it."""
+
+    hash: str
+    label: str
+    predicted: str
+    duplicate: bool
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    """The hash of an input as the model received it (its shape and uint8 bytes)."""
+    digest = hashlib.sha256(repr(pixels.shape).encode() + np.ascontiguousarray(pixels, np.uint8).tobytes())
+    return digest.hexdigest()[:32]
+
+
+class FeedbackStore:
+    """Corrections of every model under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path, max_items: int) -> None:
+        self.root = root
+        self.max_items = max_items
+
+    def add(self, model: str, version: str, label: str, predicted: str, pixels: np.ndarray,
+            request_id: str) -> Stored:
+        """Store one correction of ``pixels`` (uint8 [C, H, W]); a duplicate is recorded nowhere again."""
+        digest = content_hash(pixels)
+        folder = self.root / model / label
+        path = folder / f"{digest}.png"
+        if path.exists():
+            return Stored(digest, label, predicted, True)
+        if self.count(model) >= self.max_items:
+            raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
+                            "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another worker stored the same input a moment ago
+            return Stored(digest, label, predicted, True)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_png(pixels))
+        record = {"hash": digest, "label": label, "predicted": predicted, "model": model, "version": version,
+                  "request_id": request_id, "time": round(time.time(), 3), "file": f"{label}/{digest}.png"}
+        # One write of one line with O_APPEND: lines from several workers never interleave.
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.root / model / "corrections.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return Stored(digest, label, predicted, False)
+
+    def count(self, model: str) -> int:
+        """Corrections stored for ``model``."""
+        folder = self.root / model
+        if not folder.is_dir():
+            return 0
+        return sum(1 for label in folder.iterdir() if label.is_dir() for _ in label.glob("*.png"))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    image = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,61 @@
+"""Corrections (service/web/api/feedback.py, service/web/corrections.py) through each door: stored once as
+an image-folder dataset training reads, recorded with the version and the predicted label, counted in
+Prometheus; off (409) while TRAINSERVE_FEEDBACK_DIR is unset."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+URL = "/v1/models/mnist-tiny/versions/2/feedback"
+
+
+def test_a_correction_is_stored_once_where_training_reads_it(make_app, tmp_path, mnist):
+    app = make_app(feedback_dir=tmp_path)
+    client = app.test_client()
+    shown = client.post("/v1/models/mnist-tiny/versions/2:classify?include_input=true",
+                        data=_png(mnist["test_x"][0]), content_type="image/png").json["predictions"][0]
+    body = {"instances": [shown["input"]], "label": "3", "request_id": "r-1"}
+    first = client.post(URL, json=body)
+    assert first.status_code == 200, first.json
+    item = first.json["stored"][0]
+    assert item["label"] == "3" and item["predicted"] == shown["label"] and item["duplicate"] is False
+    again = client.post(URL, json=body).json["stored"][0]
+    assert again["duplicate"] is True and again["hash"] == item["hash"]
+    stored = tmp_path / "mnist-tiny" / "3" / f"{item['hash']}.png"
+    assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(shown["input"][0], np.uint8))
+    records = [json.loads(line) for line in (tmp_path / "mnist-tiny" / "corrections.jsonl").read_text()
+               .splitlines()]
+    assert [(r["label"], r["predicted"], r["version"], r["request_id"]) for r in records] == [
+        ("3", shown["label"], "2", "r-1")]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert any(line.startswith("trainserve_corrections_total{") and 'label="3"' in line
+               and f'predicted="{shown["label"]}"' in line for line in metrics.splitlines())
+
+
+def test_an_image_body_is_preprocessed_as_for_classify(make_app, tmp_path, mnist):
+    client = make_app(feedback_dir=tmp_path).test_client()
+    response = client.post(URL + "?label=7", data=_png(mnist["test_x"][1]), content_type="image/png")
+    assert response.status_code == 200, response.json
+    assert len(list((tmp_path / "mnist-tiny" / "7").glob("*.png"))) == 1
+
+
+def test_off_without_a_folder_bad_labels_and_the_limit(make_app, tmp_path, mnist):
+    pixels = mnist["test_x"][:1].reshape(1, 1, 28, 28).tolist()
+    off = make_app().test_client().post(URL, json={"instances": pixels, "label": "3"})
+    assert off.status_code == 409 and "TRAINSERVE_FEEDBACK_DIR" in off.json["error"]
+    client = make_app(feedback_dir=tmp_path, feedback_max_items=1).test_client()
+    assert client.post(URL, json={"instances": pixels, "label": "eleven"}).status_code == 400
+    assert client.post(URL, json={"instances": pixels, "label": "3"}).status_code == 200
+    other = mnist["test_x"][1:2].reshape(1, 1, 28, 28).tolist()
+    full = client.post(URL, json={"instances": other, "label": "3"})
+    assert full.status_code == 429 and "TRAINSERVE_FEEDBACK_MAX_ITEMS" in full.json["error"]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
