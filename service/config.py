@@ -162,6 +162,12 @@ class ServiceConfig:
         return VersionPolicy.parse(self.version_policy)
 
     @property
+    def explain_maps(self) -> int:
+        """Attribution maps one :explain request may ask for: an explanation's rows travel in one slot of
+        the arena, which holds a batch, so never more than the batch size."""
+        return min(self.explain_max_examples, self.max_batch_size)
+
+    @property
     def cors_origin_list(self) -> list[str]:
         """The allowed CORS origins."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
@@ -218,10 +224,6 @@ class ServiceConfig:
         if self.explain_steps > self.explain_max_steps:
             raise ConfigError(f"explain_steps={self.explain_steps} is not valid: expected at most "
                               f"explain_max_steps ({self.explain_max_steps})")
-        if self.explain_max_examples > self.max_batch_size:
-            # an explanation's rows travel in one slot of the arena, which holds a batch
-            raise ConfigError(f"explain_max_examples={self.explain_max_examples} is not valid: expected at "
-                              f"most max_batch_size ({self.max_batch_size})")
 
 
 def _policy(text: str) -> str:
@@ -289,7 +291,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "request_timeout_s": (float, "seconds > 0"),
     "explain_steps": (int, "an integer >= 1, at most TRAINSERVE_EXPLAIN_MAX_STEPS"),
     "explain_max_steps": (int, "an integer from 1 to 1024"),
-    "explain_max_examples": (int, "an integer >= 1, at most TRAINSERVE_MAX_BATCH_SIZE"),
+    "explain_max_examples": (int, "an integer >= 1"),
     "explain_max_queue": (int, "an integer >= 1"),
     "explain_share": (float, "a fraction > 0 and <= 1"),
     "explain_timeout_s": (float, "seconds > 0"),

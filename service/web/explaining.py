@@ -63,11 +63,11 @@ def plan(found: ServedModel, inputs: np.ndarray, targets: list[str], method: str
                            f"{', '.join(labels)})")
     columns = [labels.index(t) for t in dict.fromkeys(targets)]
     per_example = 1 + len(columns)
-    if len(inputs) * per_example > config.explain_max_examples:
+    if len(inputs) * per_example > config.explain_maps:
         maps = len(inputs) * per_example
         raise InvalidInput(f"{len(inputs)} examples with {per_example} labels each is {maps} "
-                           f"attribution maps; the limit is {config.explain_max_examples} "
-                           "(TRAINSERVE_EXPLAIN_MAX_EXAMPLES)")
+                           f"attribution maps; the limit is {config.explain_maps} "
+                           "(TRAINSERVE_EXPLAIN_MAX_EXAMPLES, at most TRAINSERVE_MAX_BATCH_SIZE)")
     rows = np.ascontiguousarray(np.repeat(inputs, per_example, axis=0))
     return Plan(rows, [-1, *columns] * len(inputs), per_example, method, steps)
 
