@@ -100,9 +100,12 @@ class Job:
 
 class ExplainQueue:
     """The runtime's explanations: FIFO, at most ``max_queue`` waiting (QueueFull beyond), run one at a time
-    between batches. One runs at once when no prediction waits; while predictions wait, only once the loop
-    has spent ``1 / share - 1`` times the last explanation's compute on other work, so that explanations
-    take at most ``share`` of a busy runtime's time and are never starved either."""
+    between batches. While the runtime is busy with predictions (some wait, or a batch ran since the last
+    explanation), the next one starts only once ``1 / share - 1`` times the last explanation's compute has
+    passed, so that explanations take at most ``share`` of a busy runtime's time and are never starved
+    either; an idle runtime runs them back to back. (Predictions' queues are often empty for a moment
+    between two batches, while the workers wait for an answer before sending more: "a prediction waits"
+    alone would let explanations take the runtime; scripts/bench_explain_mix.py measured it.)"""
 
     def __init__(self, max_queue: int, share: float) -> None:
         self.max_queue = max_queue
@@ -120,11 +123,15 @@ class ExplainQueue:
                             f"model {key} answers predictions meanwhile: retry the explanation shortly")
         self._jobs.append(job)
 
-    def take(self, predictions_waiting: bool, now: float) -> Job | None:
-        """The next explanation to run now, if its turn has come."""
-        if not self._jobs or (predictions_waiting and now < self._after):
+    def take(self, busy: bool, now: float) -> Job | None:
+        """The next explanation to run now, if its turn has come (``busy``: predictions are being served)."""
+        if not self._jobs or (busy and now < self._after):
             return None
         return self._jobs.popleft()
+
+    def wait_s(self, now: float) -> float | None:
+        """How long the loop may sleep before the next explanation's turn (None: none waits)."""
+        return max(0.0, self._after - now) if self._jobs else None
 
     def done(self, took: float, now: float) -> None:
         """Record an explanation's compute time: the share rule's next opening."""

@@ -81,6 +81,7 @@ class RuntimeServer:
                  explain_max_queue: int = 16, explain_share: float = 0.1) -> None:
         self.max_batch_size = max_batch_size
         self.explanations = ExplainQueue(explain_max_queue, explain_share)
+        self._batches_ran = False  # since the last explanation: the runtime is busy with predictions
         self.table = ModelTable(max_batch_size, max_batch_delay_s, max_queue, max_wait_s, observe, forget,
                                 grace_s)
         self.models, self.queues, self.observers = self.table.models, self.table.queues, self.table.observers
@@ -135,7 +136,8 @@ class RuntimeServer:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "change")
         while not (self.stopping and not any(self.queues) and not self.explanations):
             next_drop = self.table.sweep() if self.table.retiring else None
-            self._poll(0.0 if any(self.queues) or self.explanations else next_drop)
+            waits = [w for w in (next_drop, self.explanations.wait_s(time.monotonic())) if w is not None]
+            self._poll(0.0 if any(self.queues) else min(waits, default=None))
             self._run_batch()
             self._run_explanation()
         self._close()
@@ -333,9 +335,10 @@ class RuntimeServer:
     def _run_explanation(self) -> None:
         """Run the next explanation if its turn has come (ExplainQueue's rule)."""
         now = time.monotonic()
-        job = self.explanations.take(any(self.queues), now)
+        job = self.explanations.take(self._batches_ran or any(self.queues), now)
         if job is None:
             return
+        self._batches_ran = False
         conn, model = job.conn, self.models[job.index]
         conn.pending.discard(job.slot)
         status, rows, text, outcome = protocol.OK, len(job.targets), "", "ok"
@@ -417,6 +420,7 @@ class RuntimeServer:
         model, queue = self.models[index], self.queues[index]
         assert model is not None, "a model with requests queued is not dropped"
         started = time.monotonic()
+        self._batches_ran = True
         total = sum(r.rows for r in batch)
         try:
             out = model.forward([r.item.rows for r in batch])

@@ -157,8 +157,8 @@ def test_the_share_rule_lets_predictions_through_and_explanations_too():
     queue.put(job, "m/1")
     with pytest.raises(Exception, match="EXPLAIN_MAX_QUEUE"):
         queue.put(job, "m/1")
-    assert queue.take(predictions_waiting=True, now=1.0) is job  # nothing ran yet: its turn
+    assert queue.take(busy=True, now=1.0) is job  # nothing ran yet: its turn
     queue.done(took=1.0, now=2.0)  # one second of attributions: three of other work before the next
-    assert queue.take(predictions_waiting=True, now=4.0) is None
-    assert queue.take(predictions_waiting=False, now=4.0) is job  # no prediction waits: at once
-    assert queue.take(predictions_waiting=True, now=5.1) is None and len(queue) == 0
+    assert queue.take(busy=True, now=4.0) is None and queue.wait_s(now=4.0) == 1.0
+    assert queue.take(busy=False, now=4.0) is job  # an idle runtime: at once
+    assert queue.take(busy=True, now=5.1) is None and queue.wait_s(now=5.1) is None
