@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO = {"instances": [[0] * 784], "dtype": "uint8"}
-PREDICTED = re.compile(
-    r'^trainserve_requests_total\{endpoint="v1.predict",model="mnist-tiny",status="200"\} (\S+)$', re.M)
+PREDICTED = re.compile(r'^trainserve_requests_total\{endpoint="v1.predict",model="mnist-tiny",'
+                       r'protocol="http",status="200"\} (\S+)$', re.M)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
