@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from service.manifest import read_manifest
+from service.contract.manifest import read_manifest
 from training.config import EXTRA_FORMATS
 from training.data import read_source
 

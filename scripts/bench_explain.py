@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import read_manifest
+from service.contract.formats import FormatRefused
+from service.contract.loading import LoadedModel, load_format
+from service.contract.manifest import read_manifest
 from service.runtime.explain import attribute
-from service.runtime.formats import FormatRefused
-from service.runtime.registry import LoadedModel, load_format
 
 
 def _digits(data_dir: Path, count: int) -> np.ndarray:

@@ -6,7 +6,7 @@
     python scripts/bench_model.py models/mnist-cnn/1 --batch-sizes 1 8 64 256 --threads 1 2
     python scripts/bench_model.py models/mnist-cnn/1 --archs mlp cnn classic resnet   # untrained nets too
     python scripts/bench_model.py models/mnist-cnn/1 --forms         # TorchScript as exported, frozen, oneDNN
-    python scripts/bench_model.py models/mnist-cnn/1 --malloc-defaults   # without service/server/allocator.py
+    python scripts/bench_model.py models/mnist-cnn/1 --malloc-defaults   # glibc's malloc defaults
 
 Every format the artifact's manifest lists (TorchScript, exported, AOTInductor) is loaded by the service's own
 loader, as the service would serve it, and called with uint8 pixels. ``--archs`` nets are exported in every
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from service.manifest import read_manifest, verify_checksum
-from service.runtime.formats import FormatRefused
-from service.runtime.registry import load_format
-from service.server.allocator import keep_freed_memory
+from service.contract.allocator import keep_freed_memory
+from service.contract.formats import FormatRefused
+from service.contract.loading import load_format
+from service.contract.manifest import read_manifest, verify_checksum
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted, optimized_for_inference
 from training.nets import build_net, count_macs
 
@@ -89,7 +89,7 @@ def main() -> None:
                         "the weights (default: classic; the flag alone: none)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc thresholds at their defaults instead of setting them as the "
-                        "service and the training CLI do (service/server/allocator.py), to measure the "
+                        "service and the training CLI do (service/contract/allocator.py), to measure the "
                         "difference")
     args = p.parse_args()
     if not args.malloc_defaults:
@@ -131,7 +131,7 @@ def _table(entries: dict[str, tuple[str, object]], shape: tuple[int, ...], threa
         batch = torch.randint(0, 256, (size, *shape), dtype=torch.uint8)
         calls = {label: _calibrate(module, batch, seconds / rounds) for label, module in models.items()}
         rates: dict[str, list[float]] = {label: [] for label in models}
-        faults = dict.fromkeys(models, 0)  # minor page faults: what service/server/allocator.py is about
+        faults = dict.fromkeys(models, 0)  # minor page faults: what service/contract/allocator.py is about
         with torch.inference_mode():
             for _ in range(rounds):
                 for label, module in models.items():

@@ -44,11 +44,11 @@ def main() -> None:
 
     import torch
 
-    from service.manifest import artifact_dirs
+    from service.contract.allocator import keep_freed_memory
+    from service.contract.loading import load_model
+    from service.contract.manifest import artifact_dirs
     from service.runtime import protocol
     from service.runtime.client import RuntimeClient
-    from service.runtime.registry import load_model
-    from service.server.allocator import keep_freed_memory
 
     threads = int(os.environ.get("TRAINSERVE_TORCH_THREADS") or 1)
     keep_freed_memory()

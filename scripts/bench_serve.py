@@ -142,9 +142,9 @@ class InProcess:
     def __init__(self, model_dir: Path, name: str) -> None:
         import torch
 
-        from service.manifest import artifact_dirs
-        from service.runtime.registry import load_model
-        from service.server.allocator import keep_freed_memory
+        from service.contract.allocator import keep_freed_memory
+        from service.contract.loading import load_model
+        from service.contract.manifest import artifact_dirs
 
         keep_freed_memory()
         torch.set_num_threads(len(os.sched_getaffinity(0)))

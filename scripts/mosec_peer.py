@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.manifest import artifact_dirs  # noqa: E402
+from service.contract.manifest import artifact_dirs  # noqa: E402
 
 # mosec builds each worker in a spawned process from the class alone; the artifact's folder reaches it
 # through the environment mosec sets for that process (append_worker's env).

@@ -21,8 +21,8 @@ import torch
 from flask import Flask, Response, jsonify, request
 from PIL import Image
 
-from service.manifest import artifact_dirs
-from service.runtime.registry import load_model
+from service.contract.loading import load_model
+from service.contract.manifest import artifact_dirs
 
 
 def create_app() -> Flask:

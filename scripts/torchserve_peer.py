@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.manifest import artifact_dirs  # noqa: E402
+from service.contract.manifest import artifact_dirs  # noqa: E402
 
 LOG4J = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.runtime.policy import VersionPolicy
+from service.policy import VersionPolicy
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
 # A bearer token (RFC 6750 token68 characters): long enough not to be guessed, short enough to bound.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
-MODEL_FORMATS = ("auto", "torchscript", "exported", "aoti")  # auto, then service/manifest.py's FORMATS
+MODEL_FORMATS = ("auto", "torchscript", "exported", "aoti")  # auto, then the contract's FORMATS
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^unix:.+$")
 _GRPC_BIND_RE = re.compile(_BIND_RE.pattern + "|^off$")
 

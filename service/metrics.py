@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,35 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_mp
 from prometheus_client.metrics_core import Metric
 
-from service.runtime.batching import BatchStats, ExplainStats
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # One answered request: model, endpoint, status, model version (None: not an inference of a known
 # version), seconds from arrival.
 Done = tuple[str, str, int, str | None, float]
 # (model, version, role, status): one request as the routing counts it (routed_done's arguments).
 RouteDone = tuple[str, str, str, int]
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch did, for metrics."""
+
+    rows: int
+    requests: int
+    queue_wait_s: tuple[float, ...]  # one per request: from queued to the start of its forward pass
+    compute_s: float
+    failed: bool
+
+
+@dataclass(frozen=True)
+class ExplainStats:
+    """What one explanation did, for metrics."""
+
+    method: str
+    rows: int
+    queue_wait_s: float
+    compute_s: float
+    status: str  # ok, failed, deadline, refused
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -47,8 +47,8 @@ class DigitJitter:
     thicker or thinner stroke, and (``recentre``) MNIST's own normalisation applied again afterwards.
 
     MNIST digits were cropped to their ink, fitted into a 20x20 box and centred by mass in 28x28, and the
-    service prepares every upload the same way (``service/web/imaging.py``); ``recentre`` does that to each
-    warped digit, so that what the net trains on is what the service will hand it (docs/training.md).
+    service prepares every upload the same way (``service/contract/images.py``); ``recentre`` does that to
+    each warped digit, so that what the net trains on is what the service will hand it (docs/training.md).
     """
 
     affine: AffineJitter = AffineJitter(degrees=12.0, translate=0.08, scale=0.12)
@@ -103,7 +103,7 @@ class DigitJitter:
 
 def recentre(images: torch.Tensor, box: int = 20, ink: float = 0.25) -> torch.Tensor:
     """MNIST's normalisation, batched: scale each image's ink box to fit ``box`` pixels and put its centre
-    of mass in the middle (``service/web/imaging.py``'s ``mnist_style``, with bilinear resampling)."""
+    of mass in the middle (``service/contract/images.py``'s ``mnist_style``, with bilinear resampling)."""
     n, _, height, width = images.shape
     peak = images.amax(dim=(1, 2, 3), keepdim=True)
     mask = images > ink * peak

@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     # Imported only now, so that --help and flag errors answer at once, without loading torch.
-    from service.server.allocator import keep_freed_memory
+    from service.contract.allocator import keep_freed_memory
     from training.datasets import DataError
     from training.distributed import world_from_env
     from training.engine import Diverged
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         world = world_from_env(os.environ)
         _configure_logging(world.rank)
-        keep_freed_memory()  # each step reuses what the last one freed (service/server/allocator.py)
+        keep_freed_memory()  # each step reuses what the last one freed (service/contract/allocator.py)
         run(cfg, world)
     except ConfigError as exc:  # settings only the run can judge, such as --device cuda without a GPU
         parser.error(str(exc))

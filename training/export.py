@@ -1,9 +1,9 @@
 """Export a trained net as a TorchScript artifact, with the other formats asked for (training/formats.py)
 and its manifest, atomically.
 
-This module and ``service/runtime/registry.py`` are the only places that call ``torch.jit``: it is
-deprecated in current torch and warns, and the customer asked for TorchScript, so the calls and their
-warning filter stay here.
+This module and ``service/contract/loading.py`` are the only places that call ``torch.jit``: it is
+deprecated in current torch and warns, and users asked for TorchScript, so every call runs inside the
+contract's ``quiet_jit``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.manifest import (
+from service.contract.loading import quiet_jit
+from service.contract.manifest import (
     MODEL_FILE,
     Calibration,
     InputSpec,
@@ -42,15 +41,6 @@ log = logging.getLogger(__name__)
 
 class ExportError(RuntimeError):
     """The scripted module does not behave like the eager one, or the artifact cannot be written."""
-
-
-@contextmanager
-def quiet_jit() -> Iterator[None]:
-    """Silence torch.jit's deprecation warning for the calls inside, and nothing else."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-        yield
 
 
 class PixelClassifier(nn.Module):
@@ -87,7 +77,7 @@ class ArtifactInfo:
     ink: str = "light"
     image_preprocessing: str = "mnist"
     extra: dict[str, Any] = field(default_factory=dict)
-    task: str = "multiclass"  # multiclass | binary | multilabel (service/manifest.py TASKS)
+    task: str = "multiclass"  # multiclass | binary | multilabel (service/contract/manifest.py TASKS)
     threshold: float = 0.5
     # Feature-vector models: the names in input order, and the standardisation the module applies inside.
     features: tuple[str, ...] = ()

@@ -3,7 +3,7 @@
 ``exported``: the model as a ``torch.export`` ExportedProgram (``model.pt2``) with a dynamic batch
 dimension. ``aoti``: that program compiled by AOTInductor into a package for one device kind
 (``model.aoti-cpu.pt2``, and ``model.aoti-cuda.pt2`` where a GPU is present), which needs a C++ compiler.
-Each file is loaded back through the service's own loader (``service/runtime/formats.py``) and compared with
+Each file is loaded back through the service's own loader (``service/contract/formats.py``) and compared with
 the eager model; one that cannot be made or does not match is left out, and the export says why.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from service.manifest import ModelFormat, sha256_file
-from service.runtime import formats as runtime_formats
+from service.contract import formats as runtime_formats
+from service.contract.manifest import ModelFormat, sha256_file
 from training.nets import fold_batchnorm
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ digit classifier in practice, for outlier exposure in training and for measuring
 
 Each kind comes in the two forms the model meets: as a raw 28x28 tensor (what a client of ``:predict`` or
 OIP may send) and after the service's upload preparation (crop to the ink, fit into 20x20, centre by mass:
-``service/web/imaging.py``), which turns a dot into a filled disc and any solid colour into a blank field.
+``service/contract/images.py``), which turns a dot into a filled disc and any solid colour into a blank field.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def generate(count: int, seed: int, kinds: tuple[str, ...] = KINDS) -> tuple[tor
 
 
 def _prepared(pixels: np.ndarray) -> np.ndarray:
-    from service.web.imaging import mnist_style  # the service's own preparation of an upload
+    from service.contract.images import mnist_style  # the service's own preparation of an upload
 
     return mnist_style(pixels)
 

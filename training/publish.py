@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.manifest import ManifestError, read_manifest
-from service.routing import state, store
+from service.contract import routing_state, routing_store
+from service.contract.manifest import ManifestError, read_manifest
 from training.config import canary_percent
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 def served_default(repository: Path, name: str) -> str | None:
     """The version a request without one gets: the routing state's default, else the newest."""
-    versions = store.versions_on_disk(repository, name)
+    versions = routing_store.versions_on_disk(repository, name)
     if not versions:
         return None
     try:
-        pinned = store.read(repository, name)[0].default
+        pinned = routing_store.read(repository, name)[0].default
     except (ValueError, OSError):
         pinned = None
     return pinned if pinned in versions else versions[-1]
@@ -68,7 +68,8 @@ def pin_default(repository: Path, name: str, policy: str) -> str | None:
     if current is None:
         log.info("the first version of %s: published as its default, not as a canary", name)
         return None
-    store.change(repository, name, lambda s: state.pin_default(s, current), "pin-default", by="training")
+    routing_store.change(repository, name, lambda s: routing_state.pin_default(s, current), "pin-default",
+                         by="training")
     return current
 
 
@@ -78,7 +79,8 @@ def start_canary(repository: Path, name: str, version: str, policy: str) -> None
     assert percent is not None
     current = served_default(repository, name)
     assert current is not None
-    store.change(repository, name, lambda s: state.start_canary(s, version, percent, None, current),
-                 "canary", by="training")
+    routing_store.change(repository, name,
+                         lambda s: routing_state.start_canary(s, version, percent, None, current),
+                         "canary", by="training")
     log.info("published %s/%s as a canary answering %g %% of the requests to %s (default %s)", name, version,
-             percent, name, store.read(repository, name)[0].default)
+             percent, name, routing_store.read(repository, name)[0].default)

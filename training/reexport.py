@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from service.manifest import MANIFEST_FILE, Manifest, ModelFormat, read_manifest, verify_checksum
-from service.runtime.registry import load_format
+from service.contract.loading import load_format
+from service.contract.manifest import MANIFEST_FILE, Manifest, ModelFormat, read_manifest, verify_checksum
 from training.datasets import ImageSet
 from training.export import ExportError, PixelClassifier, load_scripted
 from training.formats import ParityError, check_parity, max_batch, parity_probes, write_formats

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from service.manifest import InputSpec
+from service.contract.manifest import InputSpec
 from training.datasets import DataError, ImageSet
 
 FONT_ROOT = Path("/usr/share/fonts")
@@ -52,7 +52,7 @@ def font_files(root: Path = FONT_ROOT) -> list[Path]:
 
 def render_digits(per_font: int, seed: int, fonts: list[Path] | None = None) -> ImageSet:
     """``per_font`` renderings of each digit in each font, prepared as uploads: uint8 ``[N, 1, 28, 28]``."""
-    from service.web.imaging import to_input  # exactly what the service does to an uploaded image
+    from service.contract.images import to_input  # exactly what the service does to an uploaded image
 
     spec = InputSpec(shape=(1, 28, 28))
     rng = np.random.default_rng(seed)

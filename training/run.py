@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from service.manifest import next_version
+from service.contract.manifest import next_version
 from training import outcome, outliers
 from training.augment import AffineJitter, DigitJitter
 from training.averaging import WeightAverage

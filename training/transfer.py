@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from service.manifest import ManifestError, read_manifest, verify_checksum
+from service.contract.manifest import ManifestError, read_manifest, verify_checksum
 from training.config import ConfigError
 from training.export import PixelClassifier, load_scripted
 from training.nets import build_net, fold_batchnorm

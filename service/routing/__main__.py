@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from service.routing import state, store
-from service.routing.state import Budget, RoutingConflict, RoutingError, RoutingState
+from service.contract import routing_state, routing_store
+from service.contract.routing_state import Budget, RoutingConflict, RoutingError, RoutingState
 
 
 def _fraction(text: str) -> float | None:
@@ -65,19 +65,19 @@ def parser() -> argparse.ArgumentParser:
 def _step(args: argparse.Namespace, current: Callable[[str], str]) -> tuple[str, Callable[..., RoutingState]]:
     """The change a command makes, as the store applies it."""
     if args.command == "set-default":
-        return "set-default", lambda s: state.set_default(s, args.version)
+        return "set-default", lambda s: routing_state.set_default(s, args.version)
     if args.command == "rollback":
-        return "rollback", state.rollback
+        return "rollback", routing_state.rollback
     if args.command == "canary":
         budget = Budget(args.max_error_rate, args.max_disagreement, args.min_requests)
         pinned = current(args.version)
-        return "canary", lambda s: state.start_canary(s, args.version, args.percent, budget, pinned)
+        return "canary", lambda s: routing_state.start_canary(s, args.version, args.percent, budget, pinned)
     if args.command == "stop-canary":
-        return "stop-canary", state.stop_canary
+        return "stop-canary", routing_state.stop_canary
     if args.command == "shadow":
         pinned = current(args.version)
-        return "shadow", lambda s: state.start_shadow(s, args.version, args.percent, pinned)
-    return "stop-shadow", state.stop_shadow
+        return "shadow", lambda s: routing_state.start_shadow(s, args.version, args.percent, pinned)
+    return "stop-shadow", routing_state.stop_shadow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,17 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     model_dir: Path = args.model_dir
     try:
         if args.command == "show":
-            written, history = store.read(model_dir, args.name)
+            written, history = routing_store.read(model_dir, args.name)
             print(json.dumps(written.to_dict() | {"history": history}, indent=1))
             return 0
-        on_disk = store.versions_on_disk(model_dir, args.name)
+        on_disk = routing_store.versions_on_disk(model_dir, args.name)
         if not on_disk:
             raise RoutingError(f"{model_dir / args.name} holds no version of a model")
         if getattr(args, "version", None) is not None and args.version not in on_disk:
             raise RoutingError(f"model {args.name!r} has no version {args.version!r} (it has "
                                f"{', '.join(on_disk)})")
-        action, step = _step(args, lambda candidate: store.newest_other(on_disk, args.name, candidate))
-        written = store.change(model_dir, args.name, step, action, by="cli")
+        action, step = _step(args,
+                             lambda candidate: routing_store.newest_other(on_disk, args.name, candidate))
+        written = routing_store.change(model_dir, args.name, step, action, by="cli")
     except RoutingError as exc:
         print(f"python -m service.routing: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.routing.state import CANARY, DEFAULT, NAMED, SHADOW
+from service.contract.routing_state import CANARY, DEFAULT, NAMED, SHADOW
 from service.runtime.catalog import Catalog, ServedModel
 
 CLIENT_HEADER = "X-Client-ID"

@@ -1,4 +1,4 @@
-"""The automatic rollback: a canary that breaks its budget (``state.Budget``) is stopped by itself.
+"""The automatic rollback: a canary that breaks its budget (``routing_state.Budget``) is stopped by itself.
 
 The launcher runs one watcher per service, twice a second, and it does work only while some model has a
 canary: it reads the routing files and the counters every process of the service writes (the Prometheus
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.routing import state, store
-from service.routing.state import CANARY, Canary, RoutingConflict, RoutingError, RoutingState
+from service.contract import routing_state, routing_store
+from service.contract.routing_state import CANARY, Canary, RoutingConflict, RoutingError, RoutingState
 
 if TYPE_CHECKING:  # prometheus_client picks its multiprocess mode on import: the launcher imports it late
     from prometheus_client.metrics_core import Metric
@@ -100,10 +100,10 @@ class RollbackWatcher:
         except OSError:
             return found
         for name in names:
-            if not store.routing_path(self.model_dir, name).exists():
+            if not routing_store.routing_path(self.model_dir, name).exists():
                 continue
             try:
-                canary = store.read(self.model_dir, name)[0].canary
+                canary = routing_store.read(self.model_dir, name)[0].canary
             except (RoutingError, OSError):
                 continue  # the runtimes log it
             if canary is not None:
@@ -115,11 +115,11 @@ class RollbackWatcher:
             if current.canary is None or (current.canary.version, current.canary.since) != (canary.version,
                                                                                              canary.since):
                 raise RoutingConflict("the canary changed meanwhile")
-            return state.stop_canary(current)
+            return routing_state.stop_canary(current)
 
         try:
-            store.change(self.model_dir, name, stop, "rollback-canary", by="automatic rollback",
-                         reason=why)
+            routing_store.change(self.model_dir, name, stop, "rollback-canary", by="automatic rollback",
+                                 reason=why)
         except RoutingConflict:
             return  # stopped or replaced by someone else (another replica, an operator) meanwhile
         except (RoutingError, OSError) as exc:

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from service.config import ConfigError, ServiceConfig
+from service.contract.allocator import keep_freed_memory
+from service.contract.loading import LoadedModel, RegistryError, resolve_device
 from service.logs import logging_config
 from service.metrics import Metrics
 from service.runtime.control import ModelControl, loader
-from service.runtime.registry import LoadedModel, RegistryError, resolve_device
 from service.runtime.server import RuntimeServer, listen
-from service.server.allocator import keep_freed_memory
 
 log = logging.getLogger("service.runtime")
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     logging.config.dictConfig(logging_config(config.log_format, config.log_level))
     torch.set_num_threads(config.torch_thread_count)
-    keep_freed_memory()  # batches reuse the memory the last one freed (service/server/allocator.py)
+    keep_freed_memory()  # batches reuse the memory the last one freed (service/contract/allocator.py)
     metrics = Metrics(config.prometheus_multiproc_dir)
     try:
         device = resolve_device(args.device or config.device, config.half)

@@ -31,29 +31,6 @@ from typing import Generic, TypeVar
 
 from service.errors import QueueFull
 
-
-@dataclass(frozen=True)
-class BatchStats:
-    """What one batch did, for metrics."""
-
-    rows: int
-    requests: int
-    queue_wait_s: tuple[float, ...]  # one per request: from queued to the start of its forward pass
-    compute_s: float
-    failed: bool
-
-
-@dataclass(frozen=True)
-class ExplainStats:
-    """What one explanation did, for metrics."""
-
-    method: str
-    rows: int
-    queue_wait_s: float
-    compute_s: float
-    status: str  # ok, failed, deadline, refused
-
-
 T = TypeVar("T")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.manifest import Manifest
-from service.routing.state import RoutingState
+from service.contract.manifest import Manifest
+from service.contract.routing_state import RoutingState
 from service.runtime.versions import ModelVersions
 
 

@@ -34,10 +34,10 @@ from queue import Empty, SimpleQueue
 
 import torch
 
-from service.manifest import MANIFEST_FILE, ManifestError, artifact_dirs, version_key
+from service.contract.loading import LoadedModel, RegistryError, load_model
+from service.contract.manifest import MANIFEST_FILE, ManifestError, artifact_dirs, version_key
+from service.policy import VersionPolicy
 from service.runtime import protocol
-from service.runtime.policy import VersionPolicy
-from service.runtime.registry import LoadedModel, RegistryError, load_model
 from service.runtime.routes import RoutingFiles
 from service.runtime.table import Change
 

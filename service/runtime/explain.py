@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, Occlusion
 
+from service.contract.loading import LoadedModel, merge_inputs
 from service.errors import QueueFull
 from service.runtime.protocol import GRADIENT_FORMATS, OCCLUSION_STRIDE, OCCLUSION_WINDOW
-from service.runtime.registry import LoadedModel, merge_inputs
 
 INTEGRATED_GRADIENTS, OCCLUSION = "integrated_gradients", "occlusion"
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.routing import store
-from service.routing.state import RoutingError, RoutingState
+from service.contract import routing_store
+from service.contract.routing_state import RoutingError, RoutingState
 
 log = logging.getLogger("service.runtime")
 
@@ -41,7 +41,7 @@ class RoutingFiles:
             names |= set(self._prints)
         changed = set()
         for name in sorted(names):
-            path = store.routing_path(self.model_dir, name)
+            path = routing_store.routing_path(self.model_dir, name)
             try:
                 st = path.stat()
                 print_: _Print | None = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -57,7 +57,7 @@ class RoutingFiles:
     def _read(self, name: str, exists: bool) -> bool:
         """Take the file's state; whether it routes differently from the one held."""
         try:
-            state = store.read(self.model_dir, name)[0] if exists else RoutingState()
+            state = routing_store.read(self.model_dir, name)[0] if exists else RoutingState()
         except (RoutingError, OSError) as exc:
             log.error("routing state of %s not taken (%s): keeping the last one read", name, exc)
             return False

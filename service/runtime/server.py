@@ -39,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from service.contract.loading import LoadedModel
 from service.errors import QueueFull
+from service.metrics import BatchStats, ExplainStats
 from service.runtime import protocol
-from service.runtime.batching import BatchStats, ExplainStats, Queued
+from service.runtime.batching import Queued
 from service.runtime.explain import ExplainError, ExplainQueue, Job, attribute
-from service.runtime.registry import LoadedModel
 from service.runtime.table import Change, ModelTable, Observer
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.contract.loading import LoadedModel
+from service.metrics import BatchStats, ExplainStats
 from service.runtime import protocol
-from service.runtime.batching import BatchQueue, BatchStats, ExplainStats
-from service.runtime.registry import LoadedModel
+from service.runtime.batching import BatchQueue
 
 log = logging.getLogger("service.runtime.server")
 

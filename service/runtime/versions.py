@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from service.contract.manifest import Manifest, version_key
 from service.errors import ModelNotFound
-from service.manifest import Manifest, version_key
 
 
 class _HasManifest(Protocol):

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 
 from service.config import ConfigError, ServiceConfig
-from service.manifest import artifact_dirs
+from service.contract.manifest import artifact_dirs
 
 
 def preflight(config: ServiceConfig, devices: Sequence[str]) -> None:

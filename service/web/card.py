@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.manifest import Manifest
+from service.contract.manifest import Manifest
 
 _INK = {"light": "light strokes on a dark ground (uploads are inverted to match)",
         "dark": "dark strokes on a light ground (uploads are inverted to match)"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.manifest import Manifest
+from service.contract.manifest import Manifest
 
 OUTLIER_OUTPUTS = ("outlier", "outlier_score")  # the OIP outputs of a model with a "not a digit" score
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from service.config import ServiceConfig
+from service.contract.manifest import REPORT_FILES, InputSpec, Manifest
 from service.errors import ArtifactFileNotFound
-from service.manifest import REPORT_FILES, InputSpec, Manifest
 from service.metrics import Metrics
 from service.runtime.catalog import Catalog, ServedModel
 from service.runtime.client import RuntimeClient
@@ -177,5 +177,5 @@ _PLOT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\.png$")
 
 def _plot(path: Path) -> bool:
     # Only PNGs, by a plain name, in the folder itself; not a link, which could point anywhere on the
-    # machine (the model file's own rule, service/manifest.py).
+    # machine (the model file's own rule, service/contract/manifest.py).
     return bool(_PLOT_NAME.match(path.name)) and path.is_file() and not path.is_symlink()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.contract.images import to_input
 from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.runtime.catalog import ServedModel
 from service.web import binary, imaging
@@ -140,7 +141,7 @@ def image_type(mimetype: str) -> None:
 def image_inputs(found: ServedModel, blobs: Sequence[bytes | bytearray]) -> np.ndarray:
     """Uploaded images, decoded and prepared as the model expects, as a uint8 batch [N, C, H, W]."""
     spec = found.manifest.input
-    images = [imaging.to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs]
+    images = [to_input(imaging.decode(blob, spec.shape[0]), spec) for blob in blobs]
     return images[0][None] if len(images) == 1 else np.stack(images)
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from service.contract.manifest import Manifest
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
-from service.manifest import Manifest
 from service.metrics import Metrics
 from service.routing.split import Routed
 from service.runtime.catalog import ServedModel

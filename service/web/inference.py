@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from service.contract.manifest import InputSpec, Manifest
 from service.errors import InvalidInput
-from service.manifest import InputSpec, Manifest
 from service.web.confidence import OUTLIER_OUTPUTS, Verdict, outlier_tensors, withheld_labels
 
 # Open Inference Protocol datatype -> numpy dtype, for the numeric inputs a request may send. The model

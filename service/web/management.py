@@ -13,7 +13,7 @@ from pathlib import Path
 from service.config import ServiceConfig
 from service.errors import Conflict, Forbidden, InvalidInput, ModelNotFound, Unauthorized
 
-# An artifact's name (service/manifest.py's rule): no separator, no "..", nothing but a folder's name.
+# An artifact's name (the manifest's rule): no separator, no "..", nothing but a folder's name.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # Loading verifies and warms up every version the policy selects: it may take far longer than inference.
 LOAD_SECONDS = 120.0

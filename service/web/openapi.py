@@ -21,7 +21,7 @@ import numpy as np
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from service.manifest import InputSpec, Manifest
+from service.contract.manifest import InputSpec, Manifest
 from service.runtime.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
 from service.web.confidence import OUTLIER_OUTPUTS
@@ -111,7 +111,7 @@ def _routing_body(**fields: dict[str, Any]) -> dict[str, Any]:
 
 
 _ROUTING_CHANGE_ERRORS = ("400", *_MANAGEMENT, "404", "409", "503", "504")
-# Every name an artifact folder can have (service/manifest.py's rule).
+# Every name an artifact folder can have (service/contract/manifest.py's rule).
 _REPOSITORY_NAME = {"name": "name", "in": "path", "required": True, "example": "mnist-cnn",
                     "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}}
 _INDEX_BODY = {"application/json": {"schema": {"type": "object", "properties": {"ready": {

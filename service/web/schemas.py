@@ -10,8 +10,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from service.contract.manifest import FORMATS
 from service.errors import InvalidInput
-from service.manifest import FORMATS
 from service.web.inference import DATATYPES
 from service.web.limits import MAX_TOP_K
 

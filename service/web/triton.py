@@ -17,9 +17,9 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from service.config import ServiceConfig
-from service.manifest import artifact_dirs
+from service.contract.manifest import artifact_dirs
+from service.policy import Rule
 from service.runtime.catalog import Catalog, ServedModel
-from service.runtime.policy import Rule
 from service.web.dataplane import PLATFORMS
 from service.web.inference import outputs_for
 

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from service.server.allocator import keep_freed_memory
+from service.contract.allocator import keep_freed_memory
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 
 # Batch-64 passes of the default net in a fresh process (the setting is process-wide): page faults per pass.
 PASSES = """
 import json, resource, sys, torch
-from service.server.allocator import keep_freed_memory
+from service.contract.allocator import keep_freed_memory
 from training.nets import build_net
 torch.set_num_threads(1)
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None

@@ -23,8 +23,8 @@ import pytest
 import requests
 import torch
 
-from service.manifest import sha256_file
-from service.runtime import formats
+from service.contract import formats
+from service.contract.manifest import sha256_file
 
 pytestmark = pytest.mark.slow
 

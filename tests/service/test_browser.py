@@ -16,7 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from service.manifest import read_manifest
+from service.contract import images
+from service.contract.manifest import read_manifest
 from service.web import imaging
 
 pytestmark = pytest.mark.slow
@@ -141,7 +142,7 @@ def test_drawing_a_digit_shows_its_class_the_input_and_every_probability(tab, ui
         body = response.json()["predictions"][0]
         # What the page sent, preprocessed here, is what the service says the model got, and what it shows.
         sent = response.request.post_data_buffer
-        assert np.array_equal(imaging.to_input(imaging.decode(sent), spec)[0], np.asarray(body["input"][0]))
+        assert np.array_equal(images.to_input(imaging.decode(sent), spec)[0], np.asarray(body["input"][0]))
         assert np.array_equal(tab.preview(), np.asarray(body["input"][0], np.uint8))
         bars = tab.page.get_by_test_id("probabilities").locator("li")
         assert bars.count() == 10

@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from service.manifest import Calibration, OutlierSpec, read_manifest
+from service.contract.manifest import Calibration, OutlierSpec, read_manifest
 from service.web.confidence import annotate, calibrated, describe, judge, withheld_labels
 from service.web.inference import oip_outputs, predictions, softmax
 from training.datasets import IDX_DATASETS, find_idx_folder, read_idx
@@ -138,7 +138,7 @@ def test_the_service_flags_a_blank_and_clothes_and_answers_a_digit(serve, fashio
     ("outliers", {"threshold": 0.5, "score": "energy"}, "score"),
 ])
 def test_a_manifest_with_a_bad_calibration_or_threshold_is_refused(entry, value, named) -> None:
-    from service.manifest import Manifest, ManifestError
+    from service.contract.manifest import Manifest, ManifestError
 
     data = json.loads((SHIPPED / "1" / "manifest.json").read_text()) | {entry: value}
     with pytest.raises(ManifestError, match=named):
@@ -146,7 +146,7 @@ def test_a_manifest_with_a_bad_calibration_or_threshold_is_refused(entry, value,
 
 
 def test_old_manifests_load_with_the_documented_defaults() -> None:
-    from service.manifest import Manifest
+    from service.contract.manifest import Manifest
 
     data = json.loads((SHIPPED / "1" / "manifest.json").read_text())
     assert "calibration" not in data and "outliers" not in data  # written before issue 26

@@ -18,10 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from service.manifest import ManifestError, ModelFormat, read_manifest, sha256_file
-from service.runtime import formats
-from service.runtime.registry import load_model
-from service.web.imaging import decode, to_input
+from service.contract import formats
+from service.contract.images import to_input
+from service.contract.loading import load_model
+from service.contract.manifest import ManifestError, ModelFormat, read_manifest, sha256_file
+from service.web.imaging import decode
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
 from training.nets import build_net
 
@@ -118,7 +119,7 @@ def test_the_cpu_instruction_sets_are_read_as_inductor_reads_them_without_import
     from torch._inductor.cpu_vec_isa import x86_isa_checker
 
     assert formats.cpu_isa_flags() == x86_isa_checker()
-    probe = ("import sys, torch; from service.runtime import formats; formats.cpu_isa_flags(); "
+    probe = ("import sys, torch; from service.contract import formats; formats.cpu_isa_flags(); "
              "print('torch._inductor' in sys.modules)")
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parents[2], timeout=120)
@@ -138,14 +139,14 @@ def test_an_aoti_package_built_for_another_torch_device_or_cpu_is_refused(
     if package_changes:
         _rewrite_package_metadata(artifact, **package_changes)
     _edit_manifest(artifact, "aoti", **manifest_changes)
-    with caplog.at_level(logging.WARNING, logger="service.runtime.registry"):
+    with caplog.at_level(logging.WARNING, logger="service.contract.loading"):
         model = load_model(artifact, CPU, False, 8, model_format="aoti")
     assert model.format == "torchscript" and reason in caplog.text
 
 
 def test_batches_beyond_the_exported_bound_fall_back_to_torchscript(
         artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.runtime.registry"):
+    with caplog.at_level(logging.WARNING, logger="service.contract.loading"):
         model = load_model(artifact, CPU, False, warmup_batch=1025, model_format="exported")
     assert model.format == "torchscript" and "takes batches of up to 1024 rows" in caplog.text
 
@@ -163,7 +164,7 @@ def test_a_manifest_from_before_formats_serves_its_torchscript_file(
     data = json.loads((folder / "manifest.json").read_text())
     del data["formats"]  # as every artifact exported before there were other formats
     (folder / "manifest.json").write_text(json.dumps(data))
-    with caplog.at_level(logging.WARNING, logger="service.runtime.registry"):
+    with caplog.at_level(logging.WARNING, logger="service.contract.loading"):
         model = load_model(folder, CPU, False, 8, model_format="aoti")
     assert model.format == "torchscript" and "has no aoti file" in caplog.text
     manifest = read_manifest(folder)

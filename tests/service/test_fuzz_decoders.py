@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from service.contract import images
+from service.contract.manifest import InputSpec
 from service.errors import InvalidInput, PayloadTooLarge
-from service.manifest import InputSpec
 from service.web import binary, imaging
 
 CLIENT_ERRORS = (InvalidInput, PayloadTooLarge)
@@ -158,7 +159,7 @@ def _decodes_or_refuses(data: bytes, spec: InputSpec) -> None:
         return
     assert pixels.dtype == np.uint8 and pixels.ndim == (2 if spec.shape[0] == 1 else 3)
     assert pixels.size > 0
-    prepared = imaging.to_input(pixels, spec)
+    prepared = images.to_input(pixels, spec)
     assert prepared.shape == spec.shape and prepared.dtype == np.uint8
 
 
@@ -197,5 +198,5 @@ def test_mutated_uploads_through_the_app_get_200_or_a_json_4xx(client, real_imag
 def test_the_real_images_themselves_decode(real_images):
     # The mutations start from files the decoders take: otherwise every mutant would be refused anyway.
     for blob in real_images:
-        assert imaging.to_input(imaging.decode(blob), SPEC).shape == SPEC.shape
-        assert imaging.to_input(imaging.decode(blob, 3), RGB_SPEC).shape == RGB_SPEC.shape
+        assert images.to_input(imaging.decode(blob), SPEC).shape == SPEC.shape
+        assert images.to_input(imaging.decode(blob, 3), RGB_SPEC).shape == RGB_SPEC.shape

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.contract import images
+from service.contract.manifest import InputSpec
 from service.errors import InvalidInput, PayloadTooLarge
-from service.manifest import InputSpec
 from service.web import imaging
 
 SPEC = InputSpec(shape=(1, 28, 28))
@@ -41,7 +42,7 @@ def enlarged_dark_on_light(digit: np.ndarray) -> np.ndarray:
 
 def test_a_clean_mnist_digit_comes_back_nearly_unchanged(mnist):
     digit = mnist["test_x"][0]
-    prepared = imaging.to_input(imaging.decode(png(digit)), SPEC)[0]
+    prepared = images.to_input(imaging.decode(png(digit)), SPEC)[0]
     assert prepared.shape == (28, 28) and prepared.dtype == np.uint8
     assert np.abs(prepared.astype(int) - digit).mean() < 12
 
@@ -65,13 +66,13 @@ def test_a_drawing_on_a_transparent_canvas_keeps_its_strokes(mnist):
     digit = mnist["test_x"][1]
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[..., 3] = digit  # black strokes, drawn only in the alpha channel
-    prepared = imaging.to_input(imaging.decode(png(rgba, "RGBA")), SPEC)[0]
-    reference = imaging.to_input(imaging.decode(png(digit)), SPEC)[0]
+    prepared = images.to_input(imaging.decode(png(rgba, "RGBA")), SPEC)[0]
+    reference = images.to_input(imaging.decode(png(digit)), SPEC)[0]
     assert np.abs(prepared.astype(int) - reference).mean() < 3
 
 
 def test_blank_image_gives_an_empty_field():
-    assert not imaging.to_input(imaging.decode(png(np.full((50, 40), 255, np.uint8))), SPEC).any()
+    assert not images.to_input(imaging.decode(png(np.full((50, 40), 255, np.uint8))), SPEC).any()
 
 
 def test_undecodable_images_are_invalid_and_oversized_ones_too_large(monkeypatch):
@@ -182,7 +183,7 @@ def test_a_large_photo_is_decoded_at_a_reduced_scale_within_the_budget():
     photo = np.full((6000, 4000, 3), 255, np.uint8)  # 24 megapixels, 72 MB as decoded RGB
     photo[2000:4000, 1500:2500] = 0  # a dark stroke on white
     data = _encode(Image.fromarray(photo), "JPEG", quality=80)
-    (prepared, peak) = _peak_of(lambda d: imaging.to_input(imaging.decode(d), SPEC), data)
+    (prepared, peak) = _peak_of(lambda d: images.to_input(imaging.decode(d), SPEC), data)
     assert peak <= imaging.MAX_DECODED_BYTES, f"{peak / 2**20:.0f} MiB"
     assert prepared.shape == (1, 28, 28) and prepared.max() == 255 and prepared[0, 0, 0] == 0
 
@@ -192,6 +193,6 @@ def test_a_full_size_grey_image_is_prepared_within_the_budget():
     grey = np.full((side, side), 255, np.uint8)
     grey[side // 4: side // 2, side // 3: side // 2] = 0
     data = png(grey)
-    prepared, peak = _peak_of(lambda d: imaging.to_input(imaging.decode(d), SPEC), data)
+    prepared, peak = _peak_of(lambda d: images.to_input(imaging.decode(d), SPEC), data)
     assert peak <= imaging.MAX_DECODED_BYTES, f"{peak / 2**20:.0f} MiB"
     assert prepared.max() == 255

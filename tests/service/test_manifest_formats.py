@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import Manifest, ManifestError, ModelFormat
+from service.contract.manifest import Manifest, ManifestError, ModelFormat
 
 SHA = "a" * 64
 

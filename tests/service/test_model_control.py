@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, ServiceConfig
-from service.manifest import ManifestError
+from service.contract.loading import RegistryError
+from service.contract.manifest import ManifestError
+from service.policy import Rule, VersionPolicy
 from service.runtime import protocol
 from service.runtime.control import ModelControl, scan
-from service.runtime.policy import Rule, VersionPolicy
-from service.runtime.registry import RegistryError
 
 
 @pytest.mark.parametrize(("text", "name", "expected"), [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.manifest import read_manifest
+from service.contract.manifest import read_manifest
 
 DIGIT = np.zeros((28, 28), int)
 DIGIT[8:20, 12:16] = 255

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from service.contract.loading import RegistryError, resolve_device
 from service.errors import ModelNotFound
+from service.policy import VersionPolicy
 from service.runtime.control import ModelControl, loader
-from service.runtime.policy import VersionPolicy
-from service.runtime.registry import RegistryError, resolve_device
 from service.runtime.versions import ModelVersions
 
 CPU = torch.device("cpu")

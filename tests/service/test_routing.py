@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from service.routing import split, store
+from service.contract import routing_store
+from service.routing import split
 
 TOKEN = "rollout-management-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -309,7 +310,7 @@ def test_the_cli_changes_a_running_service_and_the_state_survives_a_restart(star
     shown = subprocess.run([*cli, "show", "mnist-tiny"], cwd=repo_root, capture_output=True, text=True,
                            timeout=60)
     assert '"by": "cli"' in shown.stdout
-    assert store.read(root, "mnist-tiny")[0].shadow.version == "2"
+    assert routing_store.read(root, "mnist-tiny")[0].shadow.version == "2"
 
 
 def test_the_routing_api_needs_the_token_and_says_what_it_refuses(make_app, artifact_root, tmp_path):
@@ -330,7 +331,7 @@ def test_the_routing_api_needs_the_token_and_says_what_it_refuses(make_app, arti
     for method, path, body, status, says in refused:
         answer = getattr(client, method)(f"{ROUTING}{path}", json=body, headers=AUTH)
         assert (answer.status_code, says in answer.json["error"]) == (status, True), (path, answer.json)
-    assert not (root / "mnist-tiny" / store.ROUTING_FILE).exists()  # nothing refused was written
+    assert not (root / "mnist-tiny" / routing_store.ROUTING_FILE).exists()  # nothing refused was written
     answer = client.put(f"{ROUTING}/default", json={"version": "1"}, headers=AUTH)
     assert answer.status_code == 200 and answer.json["effective"]["default"] == "1"
     conflict = client.put(f"{ROUTING}/canary", json={"version": "1", "percent": 10}, headers=AUTH)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from service.manifest import read_manifest
-from service.routing import split, state, store
-from service.routing.state import Budget, RoutingConflict, RoutingError, RoutingState
+from service.contract import routing_state, routing_store
+from service.contract.manifest import read_manifest
+from service.contract.routing_state import Budget, RoutingConflict, RoutingError, RoutingState
+from service.routing import split
 from service.routing.watch import Counts, RollbackWatcher, canary_counts
 from service.runtime.catalog import Catalog, ServedModel
 from service.web import rollout
@@ -24,37 +25,37 @@ NAME = "mnist-tiny"
 
 
 def test_a_default_pinned_then_rolled_back_restores_what_came_before():
-    first = state.set_default(RoutingState(), "1")
-    second = state.set_default(first, "2")
+    first = routing_state.set_default(RoutingState(), "1")
+    second = routing_state.set_default(first, "2")
     assert (second.default, second.previous) == ("2", (None, "1"))
     assert second.pins() == {"1", "2"}  # the default a rollback goes back to stays loaded
-    assert state.rollback(second) == RoutingState(default="1", previous=(None,))
-    assert state.rollback(state.rollback(second)) == RoutingState()
+    assert routing_state.rollback(second) == RoutingState(default="1", previous=(None,))
+    assert routing_state.rollback(routing_state.rollback(second)) == RoutingState()
     with pytest.raises(RoutingConflict, match="no earlier default"):
-        state.rollback(RoutingState())
+        routing_state.rollback(RoutingState())
 
 
 def test_a_candidate_pins_the_version_served_now_and_promotion_ends_it():
-    canary = state.start_canary(RoutingState(), "3", 10, None, current="2")
+    canary = routing_state.start_canary(RoutingState(), "3", 10, None, current="2")
     assert (canary.default, canary.canary.version, canary.canary.budget) == ("2", "3", Budget())
-    adjusted = state.start_canary(canary, "3", 25, Budget(max_error_rate=None), current="2")
+    adjusted = routing_state.start_canary(canary, "3", 25, Budget(max_error_rate=None), current="2")
     assert (adjusted.canary.percent, adjusted.canary.budget.max_error_rate) == (25, None)
-    shadowed = state.start_shadow(adjusted, "3", 5, current="2")
-    promoted = state.set_default(shadowed, "3")
+    shadowed = routing_state.start_shadow(adjusted, "3", 5, current="2")
+    promoted = routing_state.set_default(shadowed, "3")
     assert (promoted.default, promoted.canary, promoted.shadow) == ("3", None, None)
     assert promoted.previous == ("2",)
     with pytest.raises(RoutingConflict, match="is the default"):
-        state.start_canary(promoted, "3", 10, None, current="3")
+        routing_state.start_canary(promoted, "3", 10, None, current="3")
     with pytest.raises(RoutingConflict, match="no canary"):
-        state.stop_canary(promoted)
+        routing_state.stop_canary(promoted)
     with pytest.raises(RoutingConflict, match="no shadow"):
-        state.stop_shadow(promoted)
+        routing_state.stop_shadow(promoted)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 100.5, float("nan"), True, "10"])
 def test_a_percent_outside_0_to_100_is_refused(bad):
     with pytest.raises(RoutingError, match="percent"):
-        state.Canary("2", bad)
+        routing_state.Canary("2", bad)
 
 
 @pytest.mark.parametrize("data", [[], {"default": "01"}, {"default": 2}, {"canary": {"percent": 5}},
@@ -66,8 +67,8 @@ def test_a_malformed_state_is_a_routing_error(data):
 
 
 def test_the_json_form_round_trips():
-    written = RoutingState("2", state.Canary("3", 12.5, Budget(None, 0.2, 50), since=4), state.Shadow("1", 5),
-                           (None, "1"), revision=7)
+    written = RoutingState("2", routing_state.Canary("3", 12.5, Budget(None, 0.2, 50), since=4),
+                           routing_state.Shadow("1", 5), (None, "1"), revision=7)
     assert RoutingState.from_dict(json.loads(json.dumps(written.to_dict()))) == written
 
 
@@ -82,30 +83,33 @@ def test_the_budget_is_judged_only_over_its_minimum():
 
 def test_the_file_is_written_whole_with_its_history_and_read_back(tmp_path: Path):
     (tmp_path / NAME).mkdir()
-    assert store.read(tmp_path, NAME) == (RoutingState(), [])
-    store.change(tmp_path, NAME, lambda s: state.set_default(s, "1"), "set-default", by="test")
-    written = store.change(tmp_path, NAME, lambda s: state.start_canary(s, "2", 10, None, "1"), "canary",
-                           by="test", reason="why")
+    assert routing_store.read(tmp_path, NAME) == (RoutingState(), [])
+    routing_store.change(tmp_path, NAME, lambda s: routing_state.set_default(s, "1"), "set-default",
+                         by="test")
+    written = routing_store.change(tmp_path, NAME,
+                                   lambda s: routing_state.start_canary(s, "2", 10, None, "1"),
+                                   "canary", by="test", reason="why")
     assert written.revision == 2 and written.canary.since == 2
-    again = store.change(tmp_path, NAME, lambda s: state.start_canary(s, "2", 10, None, "1"), "canary",
-                         by="x")
+    again = routing_store.change(tmp_path, NAME, lambda s: routing_state.start_canary(s, "2", 10, None, "1"),
+                                 "canary", by="x")
     assert again == written  # no change, nothing written
-    read, history = store.read(tmp_path, NAME)
+    read, history = routing_store.read(tmp_path, NAME)
     assert read == written
     assert [(h["revision"], h["action"], h.get("reason")) for h in history] == [(1, "set-default", None),
                                                                               (2, "canary", "why")]
     assert sorted(p.name for p in (tmp_path / NAME).iterdir()) == [".routing.lock", "routing.json"]
-    with pytest.raises(store.StoreError, match="not a model folder"):
-        store.change(tmp_path, "absent", lambda s: s, "x", by="test")
+    with pytest.raises(routing_store.StoreError, match="not a model folder"):
+        routing_store.change(tmp_path, "absent", lambda s: s, "x", by="test")
 
 
 BUMP = """
 import sys
 from pathlib import Path
-from service.routing import state, store
+from service.contract import routing_state, routing_store
 for _ in range(10):
-    store.change(Path(sys.argv[1]), "mnist-tiny",
-                 lambda s: state.set_default(s, str(int(s.default or 0) + 1)), "set-default", by="a process")
+    routing_store.change(Path(sys.argv[1]), "mnist-tiny",
+                         lambda s: routing_state.set_default(s, str(int(s.default or 0) + 1)), "set-default",
+                         by="a process")
 """
 
 
@@ -113,7 +117,7 @@ def test_writers_in_several_processes_lose_no_change(tmp_path: Path, repo_root: 
     (tmp_path / NAME).mkdir()
     writers = [subprocess.Popen([sys.executable, "-c", BUMP, str(tmp_path)], cwd=repo_root) for _ in range(3)]
     assert [writer.wait(timeout=120) for writer in writers] == [0, 0, 0]
-    written, history = store.read(tmp_path, NAME)
+    written, history = routing_store.read(tmp_path, NAME)
     assert (written.default, written.revision, len(history)) == ("30", 30, 30)
 
 
@@ -134,25 +138,27 @@ def _with(catalog: Catalog, routing: RoutingState | None) -> Catalog:
 
 
 def test_the_url_wins_and_a_client_key_always_gets_the_same_version(catalog):
-    routed = _with(catalog, RoutingState("1", state.Canary("3", 30), state.Shadow("2", 100)))
-    assert split.resolve(routed, NAME, "3", "any").role == state.NAMED
+    routed = _with(catalog, RoutingState("1", routing_state.Canary("3", 30), routing_state.Shadow("2", 100)))
+    assert split.resolve(routed, NAME, "3", "any").role == routing_state.NAMED
     assert split.resolve(_with(catalog, None), NAME, None, None).model.manifest.version == "3"  # newest
     keys = [f"client-{i}" for i in range(2000)]
     first = [split.resolve(routed, NAME, None, k) for k in keys]
     assert [r.model.manifest.version for r in first] == \
         [split.resolve(routed, NAME, None, k).model.manifest.version for k in keys]
-    canary = [r for r in first if r.role == state.CANARY]
+    canary = [r for r in first if r.role == routing_state.CANARY]
     assert 0.27 <= len(canary) / len(keys) <= 0.33
     assert all(r.model.manifest.version == "3" and r.other.manifest.version == "1" for r in canary)
     # A request the default answers gets the shadow's copy (100 %); one the canary answers, the default's.
-    assert {(r.model.manifest.version, r.other.manifest.version) for r in first if r.role == state.DEFAULT} \
-        == {("1", "2")}
+    pairs = {(r.model.manifest.version, r.other.manifest.version)
+             for r in first if r.role == routing_state.DEFAULT}
+    assert pairs == {("1", "2")}
 
 
 def test_a_candidate_that_is_not_served_gets_no_share(catalog):
-    routed = _with(catalog, RoutingState("1", state.Canary("9", 100), state.Shadow("9", 100)))
+    routed = _with(catalog, RoutingState("1", routing_state.Canary("9", 100), routing_state.Shadow("9", 100)))
     decision = split.resolve(routed, NAME, None, "key", draw=random.Random(0).random)
-    assert (decision.model.manifest.version, decision.role, decision.other) == ("1", state.DEFAULT, None)
+    assert (decision.model.manifest.version, decision.role, decision.other) == \
+        ("1", routing_state.DEFAULT, None)
     assert split.effective(routed, NAME) == {"default": "1", "canary": None, "shadow": None, "revision": 0}
 
 
@@ -166,7 +172,8 @@ def _families(rows: list[tuple[str, dict[str, str], float]]) -> list[Metric]:
 def test_the_watcher_rolls_back_a_canary_over_its_budget_once(tmp_path: Path):
     (tmp_path / NAME).mkdir()
     budget = Budget(max_error_rate=0.1, max_disagreement=None, min_requests=20)
-    store.change(tmp_path, NAME, lambda s: state.start_canary(s, "3", 50, budget, "1"), "canary", by="t")
+    routing_store.change(tmp_path, NAME, lambda s: routing_state.start_canary(s, "3", 50, budget, "1"),
+                         "canary", by="t")
     labels = {"model": NAME, "version": "3", "role": "canary"}
     counters: list[tuple[str, dict[str, str], float]] = []
     applied, counted = [], []
@@ -176,13 +183,13 @@ def test_the_watcher_rolls_back_a_canary_over_its_budget_once(tmp_path: Path):
     counters[:] = [("trainserve_routed_requests_total", labels | {"outcome": "success"}, 18),
                    ("trainserve_routed_requests_total", labels | {"outcome": "error"}, 1)]
     watcher.check(1.0)
-    assert store.read(tmp_path, NAME)[0].canary is not None  # 19 requests: too few to judge
+    assert routing_store.read(tmp_path, NAME)[0].canary is not None  # 19 requests: too few to judge
     assert canary_counts(_families(counters), NAME, "3") == Counts(19, 1, 0, 0)
     counters.append(("trainserve_routed_requests_total", labels | {"outcome": "error"}, 2))
     watcher.check(1.2)  # within WATCH_S of the last check: not judged yet
     assert not counted
     watcher.check(2.0)
-    written, history = store.read(tmp_path, NAME)
+    written, history = routing_store.read(tmp_path, NAME)
     assert written.canary is None and written.default == "1"
     assert (history[-1]["action"], history[-1]["by"]) == ("rollback-canary", "automatic rollback")
     assert applied == [NAME] and counted == [(NAME, "3", "errors")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import Manifest, read_manifest
+from service.contract.manifest import Manifest, read_manifest
 from service.runtime.table import Change, ModelTable
 
 SHIPPED = read_manifest(Path(__file__).resolve().parents[2] / "models" / "mnist-cnn" / "1")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.manifest import read_manifest
+from service.contract.manifest import read_manifest
 from service.web.schemas import InferResponse, PredictResponse
 from training.export import load_scripted
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.manifest import REPORT_FILES, read_manifest
-from service.routing import state, store
+from service.contract import images, routing_state, routing_store
+from service.contract.manifest import REPORT_FILES, read_manifest
 from service.web import imaging
 from service.web.card import duration, sections
 from service.web.stats import quantile
@@ -79,7 +79,7 @@ def test_classify_with_include_input_returns_exactly_what_the_model_received(ui_
     shown = np.asarray(body["predictions"][0]["input"])
     spec = read_manifest(ui_root / "mnist-cnn" / "1").input
     assert shown.shape == (1, 28, 28)
-    assert np.array_equal(shown, imaging.to_input(imaging.decode(image), spec))
+    assert np.array_equal(shown, images.to_input(imaging.decode(image), spec))
     # The same pixels sent as pixels get the same answer: this is the model's input, not an illustration.
     again = ui_client.post("/v1/models/mnist-cnn:predict",
                            json={"instances": shown.tolist(), "dtype": "uint8"}).json["predictions"][0]
@@ -215,8 +215,10 @@ def test_model_page_shows_the_rollout_and_each_versions_figures_side_by_side(mak
                                                                              tmp_path, mnist):
     root = tmp_path / "models"
     shutil.copytree(artifact_root / "mnist-tiny", root / "mnist-tiny")
-    store.change(root, "mnist-tiny", lambda s: state.start_shadow(state.set_default(s, "1"), "2", 25, "1"),
-                 "shadow", by="an operator")
+    routing_store.change(root, "mnist-tiny",
+                         lambda s: routing_state.start_shadow(routing_state.set_default(s, "1"), "2", 25,
+                                                              "1"),
+                         "shadow", by="an operator")
     client = make_app(model_dir=root).test_client()
     body = {"instances": [mnist["test_x"][0].tolist()], "dtype": "uint8"}
     for _ in range(3):

@@ -62,7 +62,7 @@ def test_digit_jitter_is_repeatable_and_keeps_the_ink(datasets_dir) -> None:
 def test_recentre_matches_the_services_preparation_of_an_upload(datasets_dir) -> None:
     import numpy as np
 
-    from service.web.imaging import mnist_style
+    from service.contract.images import mnist_style
     from training.augment import AffineJitter, recentre
 
     digits = _mnist_digits(datasets_dir)

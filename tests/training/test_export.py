@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.manifest import read_manifest, sha256_file, verify_checksum
+from service.contract.manifest import read_manifest, sha256_file, verify_checksum
 from training.export import ArtifactInfo, ExportError, PixelClassifier, export, load_scripted
 from training.nets import build_net
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch._inductor.config as inductor_config
 
-from service.manifest import read_manifest, sha256_file
-from service.runtime import formats as runtime_formats
+from service.contract import formats as runtime_formats
+from service.contract.manifest import read_manifest, sha256_file
 from training import formats as training_formats
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
 from training.formats import ParityError, check_parity, max_batch, parity_probes

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import MANIFEST_FILE, read_manifest
-from service.routing import store
+from service.contract import routing_store
+from service.contract.manifest import MANIFEST_FILE, read_manifest
 from training.config import ConfigError, TrainConfig
 from training.publish import served_default_accuracy
 from training.run import run
@@ -59,11 +59,11 @@ def test_a_canary_is_published_whatever_its_accuracy_and_the_default_stays(tmp_p
     repository = tmp_path / "models"
     first = run(_cfg(tmp_path, publish="canary:20"))  # nothing served yet: it is the default
     assert first == repository / "digits-mlp" / "1"
-    assert not store.routing_path(repository, "digits-mlp").exists()
+    assert not routing_store.routing_path(repository, "digits-mlp").exists()
     _claim(first, 0.9999)
     second = run(_cfg(tmp_path, publish="canary:20"))
     assert second == repository / "digits-mlp" / "2"  # worse, published all the same: as a canary
-    written, history = store.read(repository, "digits-mlp")
+    written, history = routing_store.read(repository, "digits-mlp")
     assert written.default == "1" and (written.canary.version, written.canary.percent) == ("2", 20.0)
     assert [(h["action"], h["by"]) for h in history] == [("pin-default", "training"), ("canary", "training")]
     # What "better" compares with is the pinned default, not the newest version.

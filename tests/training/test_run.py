@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.manifest import read_manifest, verify_checksum
+from service.contract.manifest import read_manifest, verify_checksum
 from training.config import TrainConfig
 from training.data import load_data, make_loader
 from training.datasets import IDX_DATASETS, load_idx_dataset

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.manifest import read_manifest, verify_checksum
+from service.contract.manifest import read_manifest, verify_checksum
 from training.config import ConfigError, TrainConfig
 from training.engine import Diverged
 from training.export import load_scripted

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.manifest import read_manifest
+from service.contract.manifest import read_manifest
 from service.web.confidence import calibrated, judge
 from training.calibration import decisions, fit_temperature, reliability
 from training.config import TrainConfig

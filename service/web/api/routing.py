@@ -16,9 +16,10 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from service.contract import routing_state, routing_store
+from service.contract.routing_state import Budget, RoutingConflict, RoutingError, RoutingState
 from service.errors import Conflict, InvalidInput, ModelNotFound
-from service.routing import split, state, store
-from service.routing.state import Budget, RoutingConflict, RoutingError, RoutingState
+from service.routing import split
 from service.runtime import protocol
 from service.runtime.catalog import Catalog
 from service.web.api.common import parse_json, plane, respond
@@ -46,14 +47,14 @@ def set_default(name: str) -> Response:
     _manage(name)
     version = _fields({"version": str})["version"]
     _check_versions(name, [version])
-    return _change(name, "set-default", lambda s: state.set_default(s, version))
+    return _change(name, "set-default", lambda s: routing_state.set_default(s, version))
 
 
 @bp.post(f"{_MANAGE}/rollback")
 def rollback(name: str) -> Response:
     """Go back to the default before the current one."""
     _manage(name)
-    return _change(name, "rollback", state.rollback)
+    return _change(name, "rollback", routing_state.rollback)
 
 
 @bp.put(f"{_MANAGE}/canary")
@@ -70,14 +71,14 @@ def start_canary(name: str) -> Response:
         raise InvalidInput(str(exc)) from None
     _check_versions(name, [version])
     current = _current(name, version)
-    return _change(name, "canary", lambda s: state.start_canary(s, version, percent, budget, current))
+    return _change(name, "canary", lambda s: routing_state.start_canary(s, version, percent, budget, current))
 
 
 @bp.delete(f"{_MANAGE}/canary")
 def stop_canary(name: str) -> Response:
     """Stop the canary."""
     _manage(name)
-    return _change(name, "stop-canary", state.stop_canary)
+    return _change(name, "stop-canary", routing_state.stop_canary)
 
 
 @bp.put(f"{_MANAGE}/shadow")
@@ -88,14 +89,14 @@ def start_shadow(name: str) -> Response:
     version, percent = body["version"], body["percent"]
     _check_versions(name, [version])
     current = _current(name, version)
-    return _change(name, "shadow", lambda s: state.start_shadow(s, version, percent, current))
+    return _change(name, "shadow", lambda s: routing_state.start_shadow(s, version, percent, current))
 
 
 @bp.delete(f"{_MANAGE}/shadow")
 def stop_shadow(name: str) -> Response:
     """Stop the shadow."""
     _manage(name)
-    return _change(name, "stop-shadow", state.stop_shadow)
+    return _change(name, "stop-shadow", routing_state.stop_shadow)
 
 
 def _manage(name: str) -> None:
@@ -107,7 +108,7 @@ def _manage(name: str) -> None:
 def _check_versions(name: str, versions: list[str]) -> None:
     """Versions a change names must be in the repository (and served, under model control "none")."""
     config = plane().config
-    on_disk = store.versions_on_disk(config.model_dir, name)
+    on_disk = routing_store.versions_on_disk(config.model_dir, name)
     for version in versions:
         if version not in on_disk:
             raise ModelNotFound(f"model {name!r} has no version {version[:20]!r} in the repository (it has "
@@ -121,12 +122,12 @@ def _change(name: str, action: str, step: Callable[[RoutingState], RoutingState]
     """Write the file, have every runtime take it, answer with the document."""
     config = plane().config
     try:
-        store.change(config.model_dir, name, step, action, by="api")
+        routing_store.change(config.model_dir, name, step, action, by="api")
     except RoutingError as exc:
         raise InvalidInput(str(exc)) from None
     except RoutingConflict as exc:
         raise Conflict(str(exc)) from None
-    except store.StoreError as exc:
+    except routing_store.StoreError as exc:
         raise Conflict(f"{exc}: the routing state lives in the model repository, which must be writable "
                        "here (or change it with python -m service.routing where it is)") from None
     runtimes = plane().client.control(protocol.ROUTE, name,
@@ -152,9 +153,9 @@ def _fields(wanted: dict[str, type | tuple[type, ...]], optional: tuple[str, ...
             raise InvalidInput(f"{field!r} must be {_KINDS[field]}")
     try:  # the values' own rules, before anything is looked up
         if "version" in body:
-            state.check_version(body["version"])
+            routing_state.check_version(body["version"])
         if "percent" in body:
-            state.check_percent(body["percent"])
+            routing_state.check_percent(body["percent"])
     except RoutingError as exc:
         raise InvalidInput(str(exc)) from None
     return body
@@ -172,16 +173,16 @@ def _current(name: str, candidate: str) -> str:
     if served and (default := catalog.default_version(name)) != candidate:
         return default
     versions = list(served) if config.model_control == "none" else \
-        store.versions_on_disk(config.model_dir, name)
+        routing_store.versions_on_disk(config.model_dir, name)
     try:
-        return store.newest_other(versions, name, candidate)
+        return routing_store.newest_other(versions, name, candidate)
     except RoutingConflict as exc:
         raise Conflict(f"{exc}: there is no default to compare it with") from None
 
 
 def document(name: str, catalog: Catalog) -> dict[str, Any]:
     try:
-        written, history = store.read(plane().config.model_dir, name)
+        written, history = routing_store.read(plane().config.model_dir, name)
     except (RoutingError, OSError) as exc:
         raise Conflict(f"the routing state of {name!r} cannot be read: {exc}") from None
     served = sorted(catalog.models.get(name, {}), key=int)

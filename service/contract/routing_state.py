@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-VERSION = re.compile(r"^[1-9][0-9]{0,8}$")  # an artifact version (service/manifest.py's rule)
+VERSION = re.compile(r"^[1-9][0-9]{0,8}$")  # an artifact version (service/contract/manifest.py's rule)
 # Roles a version plays for a request: the default, the canary, or the one the URL names; a shadow copy.
 DEFAULT, CANARY, NAMED, SHADOW = "default", "canary", "named", "shadow"
 # How many earlier defaults a rollback can go back through.

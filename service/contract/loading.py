@@ -1,8 +1,10 @@
-"""The model repository: load, verify and warm up every artifact under the model folder, in the format the
-operator asks for (TRAINSERVE_MODEL_FORMAT) or the next one its manifest lists that runs here.
+"""Loading an artifact: verify, load and warm up a version in the format the operator asks for
+(TRAINSERVE_MODEL_FORMAT) or the next one its manifest lists that runs here. The runtime serves what this
+returns; training measures its exports through it.
 
-This module and ``training/export.py`` are the only places that call ``torch.jit`` (it is deprecated in
-current torch and warns; the customer asked for TorchScript), so its warning filter lives here too.
+``torch.jit`` is deprecated in current torch and warns; TorchScript is the format users asked for, so every
+call to it (here and in ``training/export.py``) runs inside ``quiet_jit``, which silences that warning and
+nothing else.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import Manifest, ManifestError, ModelFormat, read_manifest, verify_file
-from service.runtime import formats
+from service.contract import formats
+from service.contract.manifest import Manifest, ManifestError, ModelFormat, read_manifest, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ class RegistryError(RuntimeError):
 
 
 @contextmanager
-def _quiet_jit() -> Iterator[None]:
+def quiet_jit() -> Iterator[None]:
+    """Silence torch.jit's deprecation warning for the calls inside, and nothing else."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
@@ -188,7 +191,7 @@ def _load_and_warm_up(path: Path, manifest: Manifest, entry: ModelFormat, device
 
 
 def _load_torchscript(path: Path, device: torch.device, half: bool) -> torch.jit.ScriptModule:
-    with _quiet_jit():
+    with quiet_jit():
         module = torch.jit.load(str(path), map_location=device)
         module.eval()
         if half:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from service.manifest import ManifestError, ModelFormat
+from service.contract.manifest import ManifestError, ModelFormat
 
 # auto's choice, fastest first: the in-process measurements in docs/benchmarks.md#model-formats. On CUDA the
 # same order until a measurement there says otherwise.

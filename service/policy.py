@@ -8,9 +8,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from service.manifest import version_key
+from service.contract.manifest import version_key
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a model name (service/manifest.py)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a model name (service/contract/manifest.py)
 _RULE = re.compile(r"^(?:latest:(?P<latest>[1-9][0-9]{0,3})|(?P<all>all)"
                    r"|specific:(?P<specific>[0-9]+(?:,[0-9]+)*))$")
 

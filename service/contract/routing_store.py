@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from service.manifest import MANIFEST_FILE, version_key
-from service.routing.state import VERSION, RoutingConflict, RoutingError, RoutingState
+from service.contract.manifest import MANIFEST_FILE, version_key
+from service.contract.routing_state import VERSION, RoutingConflict, RoutingError, RoutingState
 
 ROUTING_FILE = "routing.json"
 LOCK_FILE = ".routing.lock"
