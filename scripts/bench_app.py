@@ -54,7 +54,7 @@ def main() -> None:
         _wrap_steps(timings)
     with tempfile.TemporaryDirectory() as tmp, runtime(args.model_dir, Path(tmp) / "runtime.sock") as sock:
         app = create_app({"model_dir": args.model_dir, "runtime_sockets": str(sock)})
-        name = next(iter(app.extensions["trainserve"].registry)).manifest.name
+        name = next(iter(app.extensions["trainserve"].catalog)).manifest.name
         for kind in args.payloads.split(","):
             path, content_type, headers, body = payload(kind, name, Path(tmp))
             data = body.read_bytes() if kind != "live" else b""
@@ -79,7 +79,7 @@ def main() -> None:
 @contextlib.contextmanager
 def runtime(model_dir: Path, sock: Path, **env_extra: str) -> Iterator[Path]:
     """A model runtime process on ``sock`` for the duration (one torch thread unless ``env_extra`` says)."""
-    from service.runtime.client import RuntimeClient
+    from service.handoff.client import RuntimeClient
 
     env = {**os.environ, "TRAINSERVE_MODEL_DIR": str(model_dir), "TRAINSERVE_TORCH_THREADS": "1",
            "TRAINSERVE_DEVICE": "cpu", **env_extra}

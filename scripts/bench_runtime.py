@@ -47,8 +47,8 @@ def main() -> None:
     from service.contract.allocator import keep_freed_memory
     from service.contract.loading import load_model
     from service.contract.manifest import artifact_dirs
-    from service.runtime import protocol
-    from service.runtime.client import RuntimeClient
+    from service.handoff import protocol
+    from service.handoff.client import RuntimeClient
 
     threads = int(os.environ.get("TRAINSERVE_TORCH_THREADS") or 1)
     keep_freed_memory()

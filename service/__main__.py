@@ -1,7 +1,7 @@
-"""``python -m service``: the model runtimes and the HTTP front end, supervised (service/server/launch.py)."""
+"""``python -m service``: the model runtimes and the HTTP front end, supervised (service/launcher/)."""
 
 import sys
 
-from service.server.launch import main
+from service.launcher.launch import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 Lower layers (schemas, inference, batching, the registry, the runtime client) raise a
 :class:`ServiceError` subclass that names its HTTP status; they never build responses:
-``service/web/errors.py`` turns them into ``{"error": "<message>"}``.
+``service/web/error_handlers.py`` turns them into ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations

@@ -73,3 +73,20 @@ def test_docs_settings_describes_every_setting_of_the_service():
         name = field.name.upper()
         var = name if name.startswith("PROMETHEUS") else f"TRAINSERVE_{name}"
         assert f"`{var}`" in text, var
+
+
+MAP_ROW = re.compile(r"^\| `((?:service|training)/[\w/]*)` \|[^|]*\|(.*)\|$", re.M)
+
+
+def test_the_architecture_map_names_every_module_and_only_modules_that_exist():
+    rows = {folder: set(re.findall(r"`([\w.]+\.py)`", modules))
+            for folder, modules in MAP_ROW.findall((REPO / "docs" / "architecture.md").read_text())}
+    tree: dict[str, set[str]] = {}
+    for package in ("service", "training"):
+        for path in (REPO / package).rglob("*.py"):
+            if path.name == "__init__.py" or path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue  # a package's docstring, and protoc's output (named in the map as "the stubs")
+            tree.setdefault(f"{path.parent.relative_to(REPO).as_posix()}/", set()).add(path.name)
+    assert set(rows) == set(tree), "folders in the map and in the tree differ"
+    for folder, names in tree.items():
+        assert rows[folder] == names, f"{folder}: missing {names - rows[folder]}, gone {rows[folder] - names}"

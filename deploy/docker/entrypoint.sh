@@ -1,6 +1,6 @@
 #!/bin/sh
 # The image's entry point: prepare the Prometheus multiprocess directory's parent, then replace this shell
-# with the launcher (service/server/launch.py), so that it is PID 1 and receives SIGTERM from `docker stop`
+# with the launcher (service/launcher/launch.py), so that it is PID 1 and receives SIGTERM from `docker stop`
 # or the kubelet directly: readiness goes off, the HTTP front end stops accepting and finishes what it
 # holds within TRAINSERVE_GRACEFUL_TIMEOUT_S, then the model runtime finishes its queue and everything exits.
 # The launcher empties and recreates the metrics directory itself at start-up.

@@ -3,7 +3,7 @@ how to load it.
 
 An ExportedProgram (``torch.export.load``) and an AOTInductor package (``aoti_load_package``) are each
 wrapped to be called like the TorchScript module: a batch of uint8 or float32 pixels in, logits out. The
-TorchScript file itself is loaded by ``registry.py``, which with ``training/export.py`` keeps every
+TorchScript file itself is loaded by ``loading.py``, which with ``training/export.py`` keeps every
 ``torch.jit`` call.
 """
 

@@ -26,7 +26,7 @@ from service.contract.manifest import Manifest, ManifestError, ModelFormat, read
 log = logging.getLogger(__name__)
 
 
-class RegistryError(RuntimeError):
+class LoadingError(RuntimeError):
     """The service cannot serve anything: no usable device or no loadable artifact."""
 
 
@@ -40,18 +40,18 @@ def quiet_jit() -> Iterator[None]:
 
 
 def resolve_device(device: str, half: bool) -> torch.device:
-    """Turn the device setting into a torch.device that exists here; raise RegistryError otherwise."""
+    """Turn the device setting into a torch.device that exists here; raise LoadingError otherwise."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device")
+            raise LoadingError(f"TRAINSERVE_DEVICE={device} but torch sees no CUDA device")
         if (resolved.index or 0) >= torch.cuda.device_count():
-            raise RegistryError(f"TRAINSERVE_DEVICE={device} but torch sees "
+            raise LoadingError(f"TRAINSERVE_DEVICE={device} but torch sees "
                                 f"{torch.cuda.device_count()} CUDA devices")
     elif half:
-        raise RegistryError(f"TRAINSERVE_HALF=1 needs a CUDA device, not {device}: unset TRAINSERVE_HALF")
+        raise LoadingError(f"TRAINSERVE_HALF=1 needs a CUDA device, not {device}: unset TRAINSERVE_HALF")
     return resolved
 
 

@@ -2,7 +2,7 @@
 define it): another door into the same model runtimes as HTTP, with the same rules (docs/architecture.md).
 
 ``server.py`` runs it (``python -m service.grpc``, started by the launcher), ``servicer.py`` holds the
-methods, ``tensors.py`` turns protobuf messages into the documents every door shares (``web/exchange.py``)
+methods, ``messages.py`` turns protobuf messages into the documents every door shares (``web/exchange.py``)
 and back, ``status.py`` maps the typed errors onto gRPC status codes, ``proto/`` holds the vendored proto
 files and the stubs generated from them (``scripts/grpc_protos.py``).
 """

@@ -24,10 +24,10 @@ from service.config import ConfigError, ServiceConfig
 from service.grpc.proto import _pool
 from service.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.servicer import SERVICE, InferenceServicer
+from service.handoff.client import RuntimeClient
+from service.handoff.grouping import GroupingClient
 from service.logs import logging_config
 from service.metrics import Metrics
-from service.runtime.client import RuntimeClient
-from service.runtime.grouping import GroupingClient
 
 log = logging.getLogger(__name__)
 

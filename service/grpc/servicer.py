@@ -21,21 +21,21 @@ from google.protobuf import json_format
 
 from service.config import ServiceConfig
 from service.errors import ModelNotFound, NotReady, NotSupported, ServiceError
-from service.grpc import status, tensors
+from service.grpc import messages, status
 from service.grpc.proto import grpc_service_pb2 as pb
 from service.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.proto import model_config_pb2
+from service.handoff import protocol
+from service.handoff.catalog import ServedModel
+from service.handoff.client import RuntimeClient
+from service.handoff.grouping import GroupingClient
 from service.logs import request_id as request_id_var
 from service.metrics import Metrics
 from service.routing import split
-from service.runtime import protocol
-from service.runtime.catalog import ServedModel
-from service.runtime.client import RuntimeClient
-from service.runtime.grouping import GroupingClient
 from service.web import exchange, management, operability
 from service.web.api.v2 import SERVER
 from service.web.dataplane import model_metadata
-from service.web.errors import log_error, log_unexpected
+from service.web.error_handlers import log_error, log_unexpected
 from service.web.triton import model_config, repository_index, statistics
 
 T = TypeVar("T")
@@ -238,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if call.deadline is not None:
             deadline = min(deadline, call.deadline)
         logits = exchange.finite(await self.client.infer(found, inputs, deadline))
-        return tensors.infer_response(exchange.infer_document(found, body, logits, threshold))
+        return messages.infer_response(exchange.infer_document(found, body, logits, threshold))
 
     # --- Triton's extensions -----------------------------------------------------------------------------
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
@@ -313,7 +313,7 @@ def _model_name(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloa
 
 
 def _inputs(found: ServedModel, request: pb.ModelInferRequest) -> tuple[dict[str, Any], np.ndarray, float]:
-    body = tensors.infer_request(request)
+    body = messages.infer_request(request)
     inputs, threshold = exchange.infer_inputs(found, body)
     return body, inputs, threshold
 

@@ -1,5 +1,5 @@
 """The typed errors (``service/errors.py``, each with its HTTP status) as gRPC status codes: the one mapping
-of the gRPC door, as ``web/errors.py`` is the HTTP door's. The message is the same text; a retry hint
+of the gRPC door, as ``web/error_handlers.py`` is the HTTP door's. The message is the same text; a retry hint
 (``Retry-After`` over HTTP) travels as trailing metadata, beside the request id."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.contract.routing_state import CANARY, DEFAULT, NAMED, SHADOW
-from service.runtime.catalog import Catalog, ServedModel
+from service.handoff.catalog import Catalog, ServedModel
 
 CLIENT_HEADER = "X-Client-ID"
 _SPAN = float(1 << 64)

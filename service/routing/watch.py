@@ -24,7 +24,7 @@ from service.contract.routing_state import CANARY, Canary, RoutingConflict, Rout
 if TYPE_CHECKING:  # prometheus_client picks its multiprocess mode on import: the launcher imports it late
     from prometheus_client.metrics_core import Metric
 
-log = logging.getLogger("service.routing")
+log = logging.getLogger(__name__)
 
 WATCH_S = 0.5
 

@@ -23,13 +23,13 @@ import torch
 
 from service.config import ConfigError, ServiceConfig
 from service.contract.allocator import keep_freed_memory
-from service.contract.loading import LoadedModel, RegistryError, resolve_device
+from service.contract.loading import LoadedModel, LoadingError, resolve_device
 from service.logs import logging_config
 from service.metrics import Metrics
 from service.runtime.control import ModelControl, loader
-from service.runtime.server import RuntimeServer, listen
+from service.runtime.loop import RuntimeServer, listen
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger("service.runtime")  # run as __main__, where __name__ names no module
 
 EXIT_CONFIG, EXIT_NO_MODEL = 2, 3  # the launcher does not restart a runtime that exits with these
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device or config.device, config.half)
         control = _model_control(config, device, metrics, args.socket)
         models, refused = control.start_up(crashed=args.crashed)
-    except RegistryError as exc:
+    except LoadingError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL
 

@@ -1,6 +1,6 @@
 """Dynamic batching: which queued requests for one model run together in the next forward pass.
 
-The model runtime (``service/runtime/server.py``) runs one event loop per device; this module is its
+The model runtime (``service/runtime/loop.py``) runs one event loop per device; this module is its
 batching policy, with no threads, sockets or torch, so that its contract can be tested exactly.
 
 Contract of :class:`BatchQueue`:

@@ -34,14 +34,14 @@ from queue import Empty, SimpleQueue
 
 import torch
 
-from service.contract.loading import LoadedModel, RegistryError, load_model
+from service.contract.loading import LoadedModel, LoadingError, load_model
 from service.contract.manifest import MANIFEST_FILE, ManifestError, artifact_dirs, version_key
+from service.handoff import protocol
 from service.policy import VersionPolicy
-from service.runtime import protocol
 from service.runtime.routes import RoutingFiles
 from service.runtime.table import Change
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger(__name__)
 
 # An artifact folder's identity on disk: the manifest's inode, size and modification time. Export renames
 # a finished folder into place, so a new or replaced artifact always has a new manifest file.
@@ -95,10 +95,10 @@ class ModelControl:
         self.routing = RoutingFiles(self.model_dir)
 
     def start_up(self, crashed: str | None = None) -> tuple[list[LoadedModel], dict[str, str]]:
-        """Load what the policy selects, before serving; RegistryError when nothing could be loaded.
+        """Load what the policy selects, before serving; LoadingError when nothing could be loaded.
         ``crashed``: the previous runtime died of this signal, so what it was loading is refused."""
         if not self.model_dir.is_dir():
-            raise RegistryError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
+            raise LoadingError(f"TRAINSERVE_MODEL_DIR={self.model_dir} is not a folder")
         self._refuse_what_crashed(crashed)
         self.routing.refresh()
         change = self.reconcile(None)
@@ -108,7 +108,7 @@ class ModelControl:
             refusals = (change.refused or {}).items()
             why = ("; ".join(f"refused {folder}: {reason}" for folder, reason in refusals)
                    or "it holds no <name>/<version>/manifest.json")
-            raise RegistryError(f"no loadable model under TRAINSERVE_MODEL_DIR={self.model_dir}: {why}")
+            raise LoadingError(f"no loadable model under TRAINSERVE_MODEL_DIR={self.model_dir}: {why}")
         return change.added, change.refused or {}
 
     def start(self, submit: Callable[[Change], None]) -> threading.Thread:

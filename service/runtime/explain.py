@@ -21,7 +21,7 @@ from captum.attr import FeatureAblation, IntegratedGradients, Occlusion
 
 from service.contract.loading import LoadedModel, merge_inputs
 from service.errors import QueueFull
-from service.runtime.protocol import GRADIENT_FORMATS, OCCLUSION_STRIDE, OCCLUSION_WINDOW
+from service.handoff.protocol import GRADIENT_FORMATS, OCCLUSION_STRIDE, OCCLUSION_WINDOW
 
 INTEGRATED_GRADIENTS, OCCLUSION = "integrated_gradients", "occlusion"
 

@@ -16,7 +16,7 @@ from typing import Any
 from service.contract import routing_store
 from service.contract.routing_state import RoutingError, RoutingState
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger(__name__)
 
 _Print = tuple[int, int, int]
 

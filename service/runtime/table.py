@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.contract.loading import LoadedModel
+from service.handoff import protocol
 from service.metrics import BatchStats, ExplainStats
-from service.runtime import protocol
 from service.runtime.batching import BatchQueue
 
-log = logging.getLogger("service.runtime.server")
+log = logging.getLogger(__name__)
 
 
 class Observer:
@@ -81,7 +81,7 @@ def arena_layout(models: list[LoadedModel], max_batch_size: int,
                                 max(MIN_SLOTS, min(ARENA_SLOTS, ARENA_BYTES // slot_size)))
 
 
-def catalog(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.ArenaLayout,
+def catalog_message(listed: dict[int, LoadedModel], retiring: dict[str, int], layout: protocol.ArenaLayout,
             max_batch_size: int, refused: dict[str, str], started: float, epoch: int,
             routing: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a new connection learns: the listed models with their indices and devices, the retiring ones
@@ -116,7 +116,7 @@ class ModelTable:
         self.layout: protocol.ArenaLayout | None = None
         self.started = time.time()
         self.epoch = 0
-        self.catalog: dict[str, Any] = {}
+        self.catalog_message: dict[str, Any] = {}
         # The state page every connection maps: its descriptor is sent in each greeting.
         self.state_fd = protocol.new_shared_memory(mmap.PAGESIZE)
         self.state = protocol.State(os.dup(self.state_fd), writable=True)
@@ -152,8 +152,8 @@ class ModelTable:
         self.layout = arena_layout(live, self.max_batch_size, at_least=self.layout)
         self.epoch += 1
         retiring = {self.keys[i]: i for i in self.retiring}
-        self.catalog = catalog(self.listed, retiring, self.layout, self.max_batch_size, self.refused,
-                               self.started, self.epoch, self.routing)
+        self.catalog_message = catalog_message(self.listed, retiring, self.layout, self.max_batch_size,
+                                               self.refused, self.started, self.epoch, self.routing)
         self.state.epoch = self.epoch
 
     def listed_index(self, key: str) -> int | None:

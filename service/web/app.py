@@ -18,14 +18,14 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from service.config import ConfigError, ServiceConfig
+from service.handoff.client import RuntimeClient
 from service.metrics import Metrics
-from service.runtime.client import RuntimeClient
 from service.web import encoding, exchange, limits, operability
 from service.web.api import docs, feedback, health, kserve, repository, routing, stats, ui, v1, v2
 from service.web.api.common import EXTENSION, plane
 from service.web.dataplane import DataPlane
-from service.web.errors import register_error_handlers
-from service.web.stats import INFERENCE_ENDPOINTS
+from service.web.error_handlers import register_error_handlers
+from service.web.figures import INFERENCE_ENDPOINTS
 
 log = logging.getLogger(__name__)
 

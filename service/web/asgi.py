@@ -4,7 +4,7 @@ loop, and the whole Flask app beside it on the same port.
 ``create_asgi_app()`` is the factory granian calls in every worker. A request to one of the hot routes
 (``web/hot.py``: images to ``:classify``, OIP ``infer``, v1 ``:predict``), in its usual form (no query
 string, no Content-Encoding, not multipart), is served by an async handler: no thread, and its rows go to
-the model runtime with every other request of the same loop turn (``runtime/grouping.py``). Everything else
+the model runtime with every other request of the same loop turn (``handoff/grouping.py``). Everything else
 goes to the Flask app (``web/app.py``), which runs in a small thread pool through a2wsgi's WSGI-in-ASGI
 adapter. Both doors call the same request and answer functions (``web/exchange.py``), error texts,
 request ids, CORS and compression, so a client cannot tell which one answered.
@@ -25,14 +25,14 @@ from a2wsgi import WSGIMiddleware
 
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ServiceError
+from service.handoff.grouping import GroupingClient
 from service.logs import request_id as request_id_var
 from service.metrics import Done, RouteDone
-from service.runtime.grouping import GroupingClient
 from service.web import encoding, exchange, limits, operability
 from service.web.api.common import EXTENSION
 from service.web.app import create_app
 from service.web.dataplane import DataPlane
-from service.web.errors import log_error, log_unexpected
+from service.web.error_handlers import log_error, log_unexpected
 from service.web.followups import LoopFollowups, Recorder
 from service.web.hot import ROUTES, Call, route
 

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
-from service.web.inference import DATATYPES
+from service.web.tensors import DATATYPES
 
 HEADER = "Inference-Header-Content-Length"
 

@@ -1,6 +1,6 @@
 """The data plane as the HTTP layer sees it: the served models, readiness and inference, all through the
 model runtime (``service/runtime``). The HTTP layer hands it validated arrays and gets logits back; it
-never touches tensors, and it raises typed ServiceErrors that ``web/errors.py`` maps to statuses.
+never touches tensors, and it raises typed ServiceErrors that ``web/error_handlers.py`` maps to statuses.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 from service.config import ServiceConfig
 from service.contract.manifest import REPORT_FILES, InputSpec, Manifest
 from service.errors import ArtifactFileNotFound
+from service.handoff.catalog import Catalog, ServedModel
+from service.handoff.client import RuntimeClient
 from service.metrics import Metrics
-from service.runtime.catalog import Catalog, ServedModel
-from service.runtime.client import RuntimeClient
 from service.web.confidence import describe
 from service.web.exchange import finite
 from service.web.explaining import Plan
@@ -38,7 +38,7 @@ class DataPlane:
         self.followups = ThreadFollowups(client, Recorder(metrics))  # copies for comparisons, after answers
 
     @property
-    def registry(self) -> Catalog:
+    def catalog(self) -> Catalog:
         """The served models (503 while no runtime has ever answered)."""
         return self.client.catalog()
 
@@ -50,11 +50,11 @@ class DataPlane:
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         """The model a request addresses (ModelNotFound when there is none)."""
-        return self.registry.get(name, version)
+        return self.catalog.get(name, version)
 
     def model_ready(self, model: ServedModel) -> bool:
         """Whether this model version takes requests now."""
-        return self.registry.serves(model.key) and self.ready
+        return self.catalog.serves(model.key) and self.ready
 
     def infer(self, model: ServedModel, inputs: np.ndarray, arrived: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape]; the deadline counts from ``arrived``."""
@@ -90,7 +90,7 @@ class DataPlane:
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
         """OIP model metadata: the real input and output tensors (-1: any batch size), task and labels."""
-        return model_metadata(model, self.registry, self.config)
+        return model_metadata(model, self.catalog, self.config)
 
 
 def model_metadata(model: ServedModel, catalog: Catalog, config: ServiceConfig) -> dict[str, Any]:

@@ -17,11 +17,13 @@ import orjson
 
 from service.contract.images import to_input
 from service.errors import InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from service.runtime.catalog import ServedModel
+from service.handoff.catalog import ServedModel
 from service.web import binary, imaging
 from service.web.binary import wants_binary
 from service.web.confidence import annotate, calibrated, judge
-from service.web.inference import (
+from service.web.limits import parse_json
+from service.web.schemas import INFER_REQUEST, PREDICT_REQUEST, load
+from service.web.tensors import (
     check_input_name,
     oip_outputs,
     outputs_for,
@@ -31,8 +33,6 @@ from service.web.inference import (
     probabilities,
     threshold_for,
 )
-from service.web.limits import parse_json
-from service.web.schemas import INFER_REQUEST, PREDICT_REQUEST, load
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 # A binary OIP request is a JSON header and raw bytes: tritonclient sends no content type at all.

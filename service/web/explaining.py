@@ -16,8 +16,8 @@ import numpy as np
 
 from service.config import ServiceConfig
 from service.errors import InvalidInput
-from service.runtime import protocol
-from service.runtime.catalog import ServedModel
+from service.handoff import protocol
+from service.handoff.catalog import ServedModel
 from service.web.exchange import Answer, json_answer, predictions_payload
 
 CAPTUM = {"integrated_gradients": "IntegratedGradients", "occlusion": "Occlusion"}

@@ -27,9 +27,9 @@ import numpy as np
 
 from service.contract.manifest import Manifest
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
+from service.handoff.catalog import ServedModel
 from service.metrics import Metrics
 from service.routing.split import Routed
-from service.runtime.catalog import ServedModel
 from service.web.confidence import calibrated
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class LoopFollowups:
     """An event loop's followups: copies sent on the loop, at most ``copies`` at once."""
 
     def __init__(self, client: Any, recorder: Recorder, copies: int = COPIES) -> None:
-        self.client = client  # service.runtime.grouping.GroupingClient
+        self.client = client  # service.handoff.grouping.GroupingClient
         self.recorder = recorder
         self.copies = copies
         self.in_flight = 0
@@ -158,7 +158,7 @@ class ThreadFollowups:
     (in the worker, never before a fork)."""
 
     def __init__(self, client: Any, recorder: Recorder, copies: int = COPIES) -> None:
-        self.client = client  # service.runtime.client.RuntimeClient
+        self.client = client  # service.handoff.client.RuntimeClient
         self.recorder = recorder
         self._queue: queue.Queue[Followup | None] = queue.Queue(maxsize=copies)
         self._thread: threading.Thread | None = None

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from service.handoff.catalog import ServedModel
 from service.routing import split
-from service.runtime.catalog import ServedModel
 from service.web import binary, exchange
 from service.web.followups import Followup
 

@@ -2,7 +2,7 @@
 
 The request schemas say what every request must look like; what the pixels must look like depends on the
 served models' input specs, so the document is built for a catalog: model names and versions are enums,
-v1 pixel lists have exactly the shapes ``inference.parse_tensor`` accepts (``inference.example_shapes``,
+v1 pixel lists have exactly the shapes ``tensors.parse_tensor`` accepts (``tensors.example_shapes``,
 the rule the service checks), and every pixel value its datatype's range. What OpenAPI 3.0 cannot say
 (OIP data's element count against its declared shape, shape dimensions by position, the binary header's
 length against the body) the descriptions say, and the service answers 400.
@@ -22,11 +22,11 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from service.contract.manifest import InputSpec, Manifest
-from service.runtime.versions import ModelVersions
+from service.handoff.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
 from service.web.confidence import OUTLIER_OUTPUTS
 from service.web.exchange import DATATYPE
-from service.web.inference import DATATYPES, FLOAT32_MAX, example_shapes
+from service.web.tensors import DATATYPES, FLOAT32_MAX, example_shapes
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image, "
@@ -376,7 +376,7 @@ def _predict_variant(base: dict[str, Any], datatype: str, specs: list[InputSpec]
         variant["required"] = [*variant["required"], "dtype"]
     batches = [{"type": "array", "minItems": 1, "items": _nested(shape, _leaf(datatype, s))}
                for s in specs for shape in example_shapes(s)]
-    # A feature model also takes objects of named numbers (inference.parse_features).
+    # A feature model also takes objects of named numbers (tensors.parse_features).
     batches += [{"type": "array", "minItems": 1, "items": _named(s)} for s in specs if s.kind == "features"]
     props["instances"] = {"description": props["instances"]["description"], "anyOf": _unique(batches)}
     return variant

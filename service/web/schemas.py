@@ -1,7 +1,7 @@
 """Marshmallow schemas: every request body is loaded through one; responses are described by the rest.
 
 Tensor ``data`` is checked here only for being a list: its shape, dtype and values are checked in one
-vectorised pass by ``inference.parse_tensor``, not element by element in Python.
+vectorised pass by ``tensors.parse_tensor``, not element by element in Python.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.contract.manifest import FORMATS
 from service.errors import InvalidInput
-from service.web.inference import DATATYPES
 from service.web.limits import MAX_TOP_K
+from service.web.tensors import DATATYPES
 
 
 def _list_only(value: Any) -> None:

@@ -18,10 +18,10 @@ from prometheus_client.metrics_core import Metric
 
 from service.config import ServiceConfig
 from service.contract.manifest import artifact_dirs
+from service.handoff.catalog import Catalog, ServedModel
 from service.policy import Rule
-from service.runtime.catalog import Catalog, ServedModel
 from service.web.dataplane import PLATFORMS
-from service.web.inference import outputs_for
+from service.web.tensors import outputs_for
 
 _NS = 1e9
 _PER_EXAMPLE = ("label", "outlier", "outlier_score")  # one value per example, not one per output

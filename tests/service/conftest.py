@@ -26,7 +26,7 @@ from torch import nn
 from werkzeug.test import EnvironBuilder
 
 from service.config import ServiceConfig
-from service.runtime.client import RuntimeClient
+from service.handoff.client import RuntimeClient
 from service.web.app import create_app
 from service.web.asgi import HotPath
 from training.config import TrainConfig

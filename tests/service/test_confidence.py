@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.contract.manifest import Calibration, OutlierSpec, read_manifest
 from service.web.confidence import annotate, calibrated, describe, judge, withheld_labels
-from service.web.inference import oip_outputs, predictions, softmax
+from service.web.tensors import oip_outputs, predictions, softmax
 from training.datasets import IDX_DATASETS, find_idx_folder, read_idx
 
 REPO = Path(__file__).resolve().parents[2]

@@ -247,8 +247,8 @@ def test_grpc_requests_are_counted_with_their_protocol(service, client):
 
 
 def _typed_request(document: dict) -> service_pb2.ModelInferRequest:
-    """An OIP JSON body as a ModelInferRequest with typed contents (service/grpc/tensors.py's fields)."""
-    from service.grpc.tensors import CONTENTS
+    """An OIP JSON body as a ModelInferRequest with typed contents (service/grpc/messages.py's fields)."""
+    from service.grpc.messages import CONTENTS
 
     request = service_pb2.ModelInferRequest(model_name="mnist-tiny", id=document.get("id", ""))
     for given in document["inputs"]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from service.config import ConfigError, ServiceConfig
-from service.server.launch import (
+from service.launcher.launch import (
     GUNICORN_CONF,
     front_end_command,
     prepare_metrics_dir,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, ServiceConfig
-from service.contract.loading import RegistryError
+from service.contract.loading import LoadingError
 from service.contract.manifest import ManifestError
+from service.handoff import protocol
 from service.policy import Rule, VersionPolicy
-from service.runtime import protocol
 from service.runtime.control import ModelControl, scan
 
 
@@ -99,9 +99,9 @@ def test_start_up_loads_what_the_policy_selects_and_falls_back_past_a_refused_ve
 
 def test_start_up_with_nothing_loadable_is_an_error_that_says_why(tmp_path: Path) -> None:
     artifact(tmp_path, "m", "1", good=False)
-    with pytest.raises(RegistryError, match="sha256"):
+    with pytest.raises(LoadingError, match="sha256"):
         control(tmp_path)[0].start_up()
-    with pytest.raises(RegistryError, match="not a folder"):
+    with pytest.raises(LoadingError, match="not a folder"):
         control(tmp_path / "missing")[0].start_up()
 
 

@@ -58,7 +58,7 @@ def test_every_log_line_of_a_request_carries_its_id(make_app, lines, mnist):
     assert "POST /v2/models/mnist-tiny/infer 200" in ours["req-200"].getMessage()
     assert "POST /v2/models/nope/infer 404" in ours["req-404"].getMessage()
     # The error handler's line of the 404 carries the same id.
-    assert any(r.request_id == "req-404" and r.name == "service.web.errors" for r in lines)
+    assert any(r.request_id == "req-404" and r.name == "service.web.error_handlers" for r in lines)
     assert all(r.request_id in ("req-404", "req-200") for r in lines)
 
 

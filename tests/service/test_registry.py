@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.contract.loading import RegistryError, resolve_device
+from service.contract.loading import LoadingError, resolve_device
 from service.errors import ModelNotFound
+from service.handoff.versions import ModelVersions
 from service.policy import VersionPolicy
 from service.runtime.control import ModelControl, loader
-from service.runtime.versions import ModelVersions
 
 CPU = torch.device("cpu")
 
@@ -74,9 +74,9 @@ def test_served_module_is_frozen_and_matches_the_exported_file(artifact_root, mn
 
 def test_no_loadable_model_is_a_start_up_error(tmp_path, artifact_root):
     shutil.copytree(artifact_root / "tampered", tmp_path / "tampered")
-    with pytest.raises(RegistryError, match="no loadable model"):
+    with pytest.raises(LoadingError, match="no loadable model"):
         load_registry(tmp_path, CPU, half=False, warmup_batch=1)
-    with pytest.raises(RegistryError, match="not a folder"):
+    with pytest.raises(LoadingError, match="not a folder"):
         load_registry(tmp_path / "missing", CPU, half=False, warmup_batch=1)
 
 
@@ -86,7 +86,7 @@ def test_a_manifest_whose_file_leaves_its_folder_is_refused(tmp_path, artifact_r
     shutil.copytree(artifact_root / "mnist-tiny" / "1", folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps(manifest | {"file": file}))
-    with pytest.raises(RegistryError, match="plain file name inside the artifact folder"):
+    with pytest.raises(LoadingError, match="plain file name inside the artifact folder"):
         load_registry(tmp_path, CPU, half=False, warmup_batch=1)
 
 
@@ -95,17 +95,17 @@ def test_a_model_file_that_is_a_symbolic_link_is_refused(tmp_path, artifact_root
     shutil.copytree(artifact_root / "mnist-tiny" / "1", folder)
     (folder / "model.pt").rename(tmp_path / "elsewhere.pt")
     (folder / "model.pt").symlink_to(tmp_path / "elsewhere.pt")  # same bytes, same checksum
-    with pytest.raises(RegistryError, match="symbolic link"):
+    with pytest.raises(LoadingError, match="symbolic link"):
         load_registry(tmp_path, CPU, half=False, warmup_batch=1)
 
 
 def test_device_resolution():
     assert resolve_device("cpu", half=False) == CPU
-    with pytest.raises(RegistryError, match="needs a CUDA device"):
+    with pytest.raises(LoadingError, match="needs a CUDA device"):
         resolve_device("cpu", half=True)
     if not torch.cuda.is_available():
         assert resolve_device("auto", half=False) == CPU
-        with pytest.raises(RegistryError, match="no CUDA device"):
+        with pytest.raises(LoadingError, match="no CUDA device"):
             resolve_device("cuda", half=False)
 
 

@@ -16,9 +16,9 @@ from prometheus_client.metrics_core import Metric
 from service.contract import routing_state, routing_store
 from service.contract.manifest import read_manifest
 from service.contract.routing_state import Budget, RoutingConflict, RoutingError, RoutingState
+from service.handoff.catalog import Catalog, ServedModel
 from service.routing import split
 from service.routing.watch import Counts, RollbackWatcher, canary_counts
-from service.runtime.catalog import Catalog, ServedModel
 from service.web import rollout
 
 NAME = "mnist-tiny"

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.errors import ModelNotFound
-from service.runtime import protocol
-from service.runtime.client import RuntimeClient
+from service.handoff import protocol
+from service.handoff.client import RuntimeClient
 
 
 def _connect(path: Path) -> tuple[socket.socket, protocol.Arena, dict]:

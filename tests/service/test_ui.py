@@ -18,7 +18,7 @@ from service.contract import images, routing_state, routing_store
 from service.contract.manifest import REPORT_FILES, read_manifest
 from service.web import imaging
 from service.web.card import duration, sections
-from service.web.stats import quantile
+from service.web.figures import quantile
 from training import reports
 
 HOOKS = ("pad", "upload", "model", "prediction", "probabilities", "preview")

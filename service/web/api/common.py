@@ -9,8 +9,8 @@ import numpy as np
 from flask import Response, current_app, g, request
 
 from service.errors import InvalidInput
+from service.handoff.catalog import ServedModel
 from service.routing import split
-from service.runtime.catalog import ServedModel
 from service.web import binary, exchange, limits
 from service.web.dataplane import DataPlane
 from service.web.followups import Followup
@@ -34,7 +34,7 @@ def model(name: str, version: str | None = None) -> ServedModel:
 def routed(name: str, version: str | None = None) -> ServedModel:
     """The version that answers this inference request (``service/routing/split.py``: the URL's, else the
     default or a canary), named in its metrics; what follows the answer is decided with it."""
-    decision = split.resolve(plane().registry, name, version, request.headers.get(split.CLIENT_HEADER))
+    decision = split.resolve(plane().catalog, name, version, request.headers.get(split.CLIENT_HEADER))
     g.model, g.version, g.routed = name, decision.model.manifest.version, decision
     return decision.model
 

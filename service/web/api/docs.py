@@ -49,7 +49,7 @@ table{border-collapse:collapse} td{padding:2px 8px;vertical-align:top;border-top
 
 def _spec() -> dict[str, Any]:
     # Built once per catalog generation: a restarted runtime, or a hot reload, may serve other models.
-    catalog = plane().registry
+    catalog = plane().catalog
     cache = current_app.extensions.setdefault("trainserve.openapi", {})
     if cache.get("generation") != catalog.generation:
         cache.update(spec=build_spec(catalog), generation=catalog.generation)

@@ -22,7 +22,7 @@ def readyz() -> Response:
     """Readiness: models loaded and warmed up, batchers running, not draining (503 otherwise)."""
     if not plane().ready:
         raise NotReady("not ready: starting or draining")
-    return respond({"status": "ready", "models": [m.key for m in plane().registry]})
+    return respond({"status": "ready", "models": [m.key for m in plane().catalog]})
 
 
 @bp.get("/metrics")

@@ -13,7 +13,7 @@ import orjson
 from flask import Blueprint, Response, request
 
 from service.errors import InvalidInput
-from service.runtime import protocol
+from service.handoff import protocol
 from service.web import management
 from service.web.api.common import parse_json, plane
 from service.web.triton import repository_index
@@ -43,7 +43,7 @@ def index() -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidInput("the body must be a JSON object whose optional 'ready' is true or false")
-    index = repository_index(plane().config, plane().registry, ready)
+    index = repository_index(plane().config, plane().catalog, ready)
     return Response(orjson.dumps(index), mimetype="application/json")
 
 

@@ -19,12 +19,12 @@ from flask import Blueprint, Response, request
 from service.contract import routing_state, routing_store
 from service.contract.routing_state import Budget, RoutingConflict, RoutingError, RoutingState
 from service.errors import Conflict, InvalidInput, ModelNotFound
+from service.handoff import protocol
+from service.handoff.catalog import Catalog
 from service.routing import split
-from service.runtime import protocol
-from service.runtime.catalog import Catalog
 from service.web.api.common import parse_json, plane, respond
 from service.web.api.repository import authorize, model_folder
-from service.web.stats import by_version
+from service.web.figures import by_version
 
 bp = Blueprint("routing", __name__)
 _MANAGE = "/v2/repository/models/<name>/routing"
@@ -36,7 +36,7 @@ _APPLY_SECONDS = 120.0
 @bp.get("/v1/models/<name>/routing")
 def show(name: str) -> Response:
     """The routing state of ``name``, what requests get now, the history and every version's figures."""
-    catalog = plane().registry
+    catalog = plane().catalog
     catalog.get(name)  # 404 for a model that is not served
     return respond(document(name, catalog))
 
@@ -113,7 +113,7 @@ def _check_versions(name: str, versions: list[str]) -> None:
         if version not in on_disk:
             raise ModelNotFound(f"model {name!r} has no version {version[:20]!r} in the repository (it has "
                                 f"{', '.join(on_disk) or 'none'})")
-        if config.model_control == "none" and not plane().registry.serves(f"{name}/{version}"):
+        if config.model_control == "none" and not plane().catalog.serves(f"{name}/{version}"):
             raise Conflict(f"model control is 'none': only versions served now can be routed to, and "
                            f"{name}/{version} is not (TRAINSERVE_MODEL_CONTROL)")
 
@@ -132,7 +132,7 @@ def _change(name: str, action: str, step: Callable[[RoutingState], RoutingState]
                        "here (or change it with python -m service.routing where it is)") from None
     runtimes = plane().client.control(protocol.ROUTE, name,
                                       time.monotonic() + max(_APPLY_SECONDS, config.request_timeout_s))
-    return respond(document(name, plane().registry) | {"runtimes": runtimes})
+    return respond(document(name, plane().catalog) | {"runtimes": runtimes})
 
 
 def _fields(wanted: dict[str, type | tuple[type, ...]], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def _current(name: str, candidate: str) -> str:
     """The version a bare name gets now, pinned as the default when none is; when that is the candidate
     itself (just published, so the newest), the newest other version in the repository (served, under
     model control "none"): the routing loads it."""
-    catalog, config = plane().registry, plane().config
+    catalog, config = plane().catalog, plane().config
     served = catalog.models.get(name, {})
     if served and (default := catalog.default_version(name)) != candidate:
         return default

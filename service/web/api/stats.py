@@ -15,7 +15,7 @@ bp = Blueprint("stats", __name__, url_prefix="/v2/models")
 @bp.get("/stats")
 def all_stats() -> Response:
     """Statistics of every served model version."""
-    return respond(statistics(plane().metrics.families(), plane().registry))
+    return respond(statistics(plane().metrics.families(), plane().catalog))
 
 
 @bp.get("/<name>/stats")
@@ -24,7 +24,7 @@ def model_stats(name: str, version: str | None = None) -> Response:
     """Statistics of one model: every version of it, or the one named."""
     found = model(name, version)
     served = ([found] if version is not None
-              else [m for m in plane().registry if m.manifest.name == found.manifest.name])
+              else [m for m in plane().catalog if m.manifest.name == found.manifest.name])
     return respond(statistics(plane().metrics.families(), served))
 
 
@@ -33,4 +33,4 @@ def model_stats(name: str, version: str | None = None) -> Response:
 def config(name: str, version: str | None = None) -> Response:
     """Batch size, inputs, outputs, batching and queue settings, in Triton's model configuration form."""
     found = model(name, version)
-    return respond(model_config(found, plane().registry, plane().config))
+    return respond(model_config(found, plane().catalog, plane().config))

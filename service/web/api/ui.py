@@ -39,7 +39,7 @@ def model_page(name: str, version: str | None = None) -> str:
     """A model's page: its manifest in human form, live figures, the rollout, the plots training wrote."""
     found = model(name, version)
     try:
-        document = routing.document(name, plane().registry)
+        document = routing.document(name, plane().catalog)
     except Conflict:  # an unreadable routing file: the runtimes log it; the rest of the page stands
         view = None
     else:

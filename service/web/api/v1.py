@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request, send_file
 
-from service.runtime.catalog import ServedModel
+from service.handoff.catalog import ServedModel
 from service.web import confidence, exchange
 from service.web.api.common import image_batch, json_limit, logits, model, plane, respond, response, routed
+from service.web.figures import summarize
 from service.web.schemas import CLASSIFY_ARGS, load
-from service.web.stats import summarize
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -32,7 +32,7 @@ def describe(found: ServedModel, ready: bool) -> dict[str, Any]:
 @bp.get("/models")
 def list_models() -> Response:
     """Every served model version; ``default`` marks the version a bare name addresses."""
-    served = plane().registry
+    served = plane().catalog
     ready = plane().ready  # one ping of every runtime for the whole listing, not one per model
     return respond({"models": [describe(m, ready) | {"default": m is served.get(m.manifest.name)}
                                for m in served]})

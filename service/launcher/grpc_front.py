@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 
-from service.server.runtimes import stop_process
+from service.launcher.runtimes import stop_process
 
-log = logging.getLogger("service.launch")
+log = logging.getLogger(__name__)
 
 COMMAND = [sys.executable, "-m", "service.grpc"]
 # A process that ran this long had been serving: its death is not a crash loop.

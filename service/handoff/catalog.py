@@ -7,7 +7,7 @@ from typing import Any
 
 from service.contract.manifest import Manifest
 from service.contract.routing_state import RoutingState
-from service.runtime.versions import ModelVersions
+from service.handoff.versions import ModelVersions
 
 
 @dataclass(frozen=True)

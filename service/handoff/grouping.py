@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import DeadlineExceeded, NotReady, QueueFull, RuntimeUnavailable, ServiceError
-from service.runtime import protocol
-from service.runtime.catalog import Catalog, ServedModel
-from service.runtime.client import error_for
+from service.handoff import protocol
+from service.handoff.catalog import Catalog, ServedModel
+from service.handoff.client import error_for
 
 log = logging.getLogger(__name__)
 

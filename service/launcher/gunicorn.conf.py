@@ -1,6 +1,6 @@
 # Gunicorn configuration for trainserve's HTTP workers, when TRAINSERVE_SERVER=gunicorn:
 #   TRAINSERVE_SERVER=gunicorn python -m service
-# The launcher (service/server/launch.py) starts the model runtimes first and passes their sockets in
+# The launcher (service/launcher/launch.py) starts the model runtimes first and passes their sockets in
 # TRAINSERVE_RUNTIME_SOCKETS; every value here comes from the TRAINSERVE_* settings (service/config.py).
 # Workers hold no model and import no torch, so there is nothing to share before the fork.
 

@@ -41,8 +41,8 @@ import numpy as np
 
 from service.contract.loading import LoadedModel
 from service.errors import QueueFull
+from service.handoff import protocol
 from service.metrics import BatchStats, ExplainStats
-from service.runtime import protocol
 from service.runtime.batching import Queued
 from service.runtime.explain import ExplainError, ExplainQueue, Job, attribute
 from service.runtime.table import Change, ModelTable, Observer
@@ -101,9 +101,9 @@ class RuntimeServer:
         self.table.apply(Change(added=list(models), refused=dict(refused), routing=dict(routing or {})))
 
     @property
-    def catalog(self) -> dict[str, Any]:
+    def catalog_message(self) -> dict[str, Any]:
         """What a new connection is told now."""
-        return self.table.catalog
+        return self.table.catalog_message
 
     # --- what is served ----------------------------------------------------------------------------------
     def submit(self, change: Change) -> None:
@@ -184,7 +184,7 @@ class RuntimeServer:
             assert layout is not None, "the table publishes a layout when it is built"
             fd = protocol.new_shared_memory(layout.size)
             try:
-                protocol.send_catalog(sock, self.table.catalog, fd, self.table.state_fd)
+                protocol.send_catalog(sock, self.table.catalog_message, fd, self.table.state_fd)
                 conn = _Connection(sock, protocol.Arena(fd, layout))
             except OSError as exc:
                 log.debug("a new connection failed: %s", exc)

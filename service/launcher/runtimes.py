@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from service.runtime.client import RuntimeClient
+from service.handoff.client import RuntimeClient
 
-log = logging.getLogger("service.launch")
+log = logging.getLogger(__name__)
 
 SPARE_COMMAND = [sys.executable, "-m", "service.runtime", "--spare"]
 

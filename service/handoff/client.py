@@ -5,7 +5,7 @@ No torch here: HTTP workers hold no model. A request thread takes a free connect
 copies its rows into the first slot of the connection's arena, sends a group of one segment and blocks in
 ``recv`` with the GIL released until the runtime answers; the logits are read from the slot. Requests
 larger than the runtime's batch size go through the slot in chunks. (The event-loop side, which groups
-every request of a loop turn, is ``service/runtime/grouping.py``; both speak ``protocol.py``.)
+every request of a loop turn, is ``service/handoff/grouping.py``; both speak ``protocol.py``.)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from service.errors import (
     RuntimeUnavailable,
     ServiceError,
 )
-from service.runtime import protocol
-from service.runtime.catalog import Catalog, ServedModel
+from service.handoff import protocol
+from service.handoff.catalog import Catalog, ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.config import ConfigError, ServiceConfig
+from service.handoff import protocol
+from service.handoff.client import RuntimeClient
+from service.launcher.grpc_front import GrpcFrontEnd, probe_address
+from service.launcher.preflight import preflight
+from service.launcher.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
 from service.logs import logging_config
 from service.routing.watch import RollbackWatcher
-from service.runtime import protocol
-from service.runtime.client import RuntimeClient
-from service.server.grpc_front import GrpcFrontEnd, probe_address
-from service.server.preflight import preflight
-from service.server.runtimes import SPARE_COMMAND, Runtime, crash_signal, stop_process
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
 
-log = logging.getLogger("service.launch")
+log = logging.getLogger(__name__)
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.web.app:create_app"  # the Flask app alone: gunicorn's threads

@@ -1,5 +1,5 @@
 """Models by name and version, the newest version each name's default (the catalog's routing may name
-another): the runtime's registry and the HTTP side's catalog share this lookup."""
+another): the runtime's loaded versions and the workers' catalog share this lookup."""
 
 from __future__ import annotations
 
