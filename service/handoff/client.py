@@ -201,15 +201,16 @@ class RuntimeClient:
         failure: ServiceError = NotReady(f"model {model.key} is no longer loaded by any model runtime")
         for runtime in serving:
             try:
-                return self._work_on(runtime, model, work)
+                return self._work_on(runtime, model, work, deadline)
             except (RuntimeUnavailable, NotReady) as exc:
                 failure = exc
                 if time.monotonic() >= deadline:
                     break
         raise failure
 
-    def _work_on(self, runtime: int, model: ServedModel, work: Callable[[_Connection], T]) -> T:
-        conn = self._acquire(runtime)
+    def _work_on(self, runtime: int, model: ServedModel, work: Callable[[_Connection], T],
+                 deadline: float) -> T:
+        conn = self._acquire(runtime, deadline)
         try:
             try:
                 return work(conn)
@@ -218,7 +219,7 @@ class RuntimeClient:
                 # stale too. Nothing reached the model, so the request goes to the new runtime once.
                 conn.close()
                 self._flush(runtime)
-                conn = self._acquire(runtime)
+                conn = self._acquire(runtime, deadline)
                 return work(conn)
         except TimeoutError:
             conn.close()  # an answer may still come: this slot cannot be reused
@@ -329,7 +330,7 @@ class RuntimeClient:
             self._turn = (self._turn + 1) % len(self.paths)
             return self._turn
 
-    def _acquire(self, runtime: int) -> _Connection:
+    def _acquire(self, runtime: int, deadline: float | None = None) -> _Connection:
         view = self._views[runtime]
         stale: list[_Connection] = []
         with self._lock:
@@ -346,8 +347,14 @@ class RuntimeClient:
             old.close()
         if conn is not None:
             return conn
+        # A runtime that is up answers a new connection between two passes; one pass (a slow model's, an
+        # explanation's) may take longer than the connect timeout, so a request waits for the handshake
+        # as long as its deadline allows, as it would wait in the queue. A runtime that is down refuses
+        # the connection at once.
+        timeout_s = self.connect_timeout_s if deadline is None else \
+            max(self.connect_timeout_s, deadline - time.monotonic())
         try:
-            conn = _Connection(self.paths[runtime], self.connect_timeout_s)
+            conn = _Connection(self.paths[runtime], timeout_s)
         except (OSError, ValueError) as exc:
             raise RuntimeUnavailable(f"the model runtime is not available ({type(exc).__name__}); "
                                      "retry shortly") from None

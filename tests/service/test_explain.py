@@ -105,7 +105,8 @@ def test_the_bounds_are_400_with_the_setting_named(client, mnist):
 
 
 def test_a_full_explanation_queue_is_429_while_predictions_go_on(make_app, special_root, mnist):
-    app = make_app(model_dir=special_root, explain_max_queue=1, request_timeout_s=60.0)
+    app = make_app(model_dir=special_root, explain_max_queue=1, request_timeout_s=300.0,
+                   explain_timeout_s=300.0)  # deadlines never decide this test: the queue does
     client = app.test_client()
     body = {"instances": mnist["test_x"][:1].tolist(), "dtype": "uint8", "steps": 4}
 
