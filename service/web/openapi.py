@@ -6,6 +6,9 @@ v1 pixel lists have exactly the shapes ``tensors.parse_tensor`` accepts (``tenso
 the rule the service checks), and every pixel value its datatype's range. What OpenAPI 3.0 cannot say
 (OIP data's element count against its declared shape, shape dimensions by position, the binary header's
 length against the body) the descriptions say, and the service answers 400.
+
+Its paths are the app's routes: one row of ``ROUTES`` each, held against the app's URL rules whenever the
+document is built, so that a route cannot be served undocumented nor documented unserved.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import copy
 import dataclasses
 import json
 import math
+import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from werkzeug.routing import Map
 
 from service.contract.manifest import InputSpec, Manifest
 from service.handoff.versions import ModelVersions
@@ -133,8 +139,9 @@ _INFER_EXAMPLE = ('{"id": "1", "inputs": [{"name": "input", "shape": [1, 784], "
                   '"data": [0, ...]}]}; a feature model takes FP32 [N, F]; "parameters": {"threshold": 0.3} '
                   'for binary and multilabel models')
 
-# (path, method, summary, request body {content type: schema}, 200 body {content type: schema},
-#  error statuses, example)
+# One row per route the app serves, in the order the document lists them; check_routes holds the rows and
+# the app's URL rules one for one. (path, method, summary, request body {content type: schema},
+# 200 body {content type: schema}, error statuses, example)
 _Route = tuple[str, str, str, dict[str, Any] | None, dict[str, Any] | None, tuple[str, ...], str]
 ROUTES: list[_Route] = [
     ("/healthz", "get", "Liveness probe", None, {"application/json": "Status"}, (), ""),
@@ -248,8 +255,30 @@ _COMPONENTS = ("PredictRequest", "PredictResponse", "ExplainRequest", "ExplainRe
                "Readiness", "ServerMetadata", "Live", "Ready", "ModelMetadata", "ModelReady", "Error")
 
 
-def build_spec(catalog: ModelVersions[Any], version: str = "0.1.0") -> dict[str, Any]:
-    """The OpenAPI document as a dict, for the models in ``catalog``."""
+# Files (Flask's static folder, the web page's script and style), not operations of the API.
+_STATIC_ENDPOINTS = frozenset({"static", "ui.static"})
+_RULE_ARGUMENT = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")  # <name> or <converter:name>
+
+
+def _served(url_map: Map) -> Counter[tuple[str, str]]:
+    # Flask answers HEAD and OPTIONS on every rule by itself: they are not operations of their own.
+    return Counter((_RULE_ARGUMENT.sub(r"{\1}", rule.rule), method.lower())
+                   for rule in url_map.iter_rules() if rule.endpoint not in _STATIC_ENDPOINTS
+                   for method in (rule.methods or set()) - {"HEAD", "OPTIONS"})
+
+
+def check_routes(url_map: Map) -> None:
+    """Refuse a ROUTES table that differs from the app's URL rules (a route undocumented, or invented)."""
+    served = _served(url_map)
+    documented = Counter((path, method) for path, method, *_ in ROUTES)
+    if served != documented:
+        raise ValueError(f"ROUTES (service/web/openapi.py) and the app's routes differ: undocumented "
+                         f"{sorted(served - documented)}, not served {sorted(documented - served)}")
+
+
+def build_spec(catalog: ModelVersions[Any], url_map: Map, version: str = "0.1.0") -> dict[str, Any]:
+    """The OpenAPI document as a dict, for the models in ``catalog`` and the routes in ``url_map``."""
+    check_routes(url_map)  # so the rows below are exactly the app's routes
     spec = APISpec(title="trainserve", version=version, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Classification (multi-class, binary, multi-label; images or "

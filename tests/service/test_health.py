@@ -87,15 +87,6 @@ def test_metrics_pass_promtool_check(client):
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
-def test_openapi_document_covers_every_route(app, client):
-    spec = client.get("/openapi.json").json
-    assert spec["openapi"].startswith("3.") and spec["info"]["title"] == "trainserve"
-    documented = {path.replace("{", "<").replace("}", ">") for path in spec["paths"]}
-    routed = {rule.rule for rule in app.url_map.iter_rules() if not rule.endpoint.endswith("static")}
-    assert routed <= documented, routed - documented
-    assert "PredictRequest" in spec["components"]["schemas"]
-
-
 def test_docs_page_is_self_contained(client):
     page = client.get("/docs")
     assert page.status_code == 200 and page.content_type.startswith("text/html")

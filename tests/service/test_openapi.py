@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
+from werkzeug.routing import Map, Rule
 
 from service.contract.manifest import read_manifest
+from service.web.openapi import ROUTES, check_routes
 
 DIGIT = np.zeros((28, 28), int)
 DIGIT[8:20, 12:16] = 255
@@ -223,6 +226,48 @@ def test_the_repository_routes_are_documented_behind_the_bearer_token(make_app, 
     load = client.post("/v2/repository/models/mnist-tiny/load", headers={"Authorization": f"Bearer {TOKEN}"})
     assert load.status_code == 409 and "409" in document["paths"]["/v2/repository/models/{name}/load"][
         "post"]["responses"]
+
+
+def _served(app) -> set[tuple[str, str]]:
+    """Every (path, method) the app's URL rules answer, spelt as OpenAPI does; static files aside."""
+    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint not in ("static", "ui.static")]
+    # Every blueprint is seen: a route added to any of them is held to the document below.
+    assert set(app.blueprints) <= {rule.endpoint.partition(".")[0] for rule in rules}
+    return {(re.sub(r"<(?:[^<>]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+            for rule in rules for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no token", "token"])
+def test_the_document_names_every_route_the_app_serves_and_no_other(make_app, token):
+    app = make_app(management_token=token)
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json
+    assert document["openapi"].startswith("3.") and document["info"]["title"] == "trainserve"
+    served = _served(app)
+    assert {("/v2/repository/index", "post"), ("/ui/models/{name}/{version}", "get"), ("/metrics", "get"),
+            ("/healthz", "get"), ("/openapi.json", "get")} <= served
+    documented = {(path, method) for path, operations in document["paths"].items() for method in operations}
+    assert not served - documented, f"served but not documented: {sorted(served - documented)}"
+    assert not documented - served, f"documented but not served: {sorted(documented - served)}"
+    rows = [(path, method) for path, method, *_ in ROUTES]
+    assert len(rows) == len(set(rows)) and set(rows) == served
+
+
+def _copied(app, *added: Rule, leave_out: str = "") -> Map:
+    """The app's URL rules but ``leave_out``, and ``added`` (copies: a rule belongs to one map)."""
+    rules = [Rule(r.rule, endpoint=r.endpoint, methods=r.methods) for r in app.url_map.iter_rules()
+             if r.rule != leave_out]
+    return Map([*rules, *added])
+
+
+def test_a_route_without_a_row_or_a_row_without_a_route_is_refused(app):
+    check_routes(_copied(app))
+    retrain = Rule("/v1/models/<name>:retrain", endpoint="v1.retrain", methods=["POST"])
+    with pytest.raises(ValueError, match=re.escape("undocumented [('/v1/models/{name}:retrain', 'post')]")):
+        check_routes(_copied(app, retrain))
+    with pytest.raises(ValueError, match=re.escape("not served [('/metrics', 'get')]")):
+        check_routes(_copied(app, leave_out="/metrics"))
 
 
 @pytest.fixture

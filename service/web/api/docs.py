@@ -52,7 +52,7 @@ def _spec() -> dict[str, Any]:
     catalog = plane().catalog
     cache = current_app.extensions.setdefault("trainserve.openapi", {})
     if cache.get("generation") != catalog.generation:
-        cache.update(spec=build_spec(catalog), generation=catalog.generation)
+        cache.update(spec=build_spec(catalog, current_app.url_map), generation=catalog.generation)
     return cache["spec"]
 
 
