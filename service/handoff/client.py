@@ -6,6 +6,13 @@ copies its rows into the first slot of the connection's arena, sends a group of 
 ``recv`` with the GIL released until the runtime answers; the logits are read from the slot. Requests
 larger than the runtime's batch size go through the slot in chunks. (The event-loop side, which groups
 every request of a loop turn, is ``service/handoff/grouping.py``; both speak ``protocol.py``.)
+
+Pooled connections and hot reload: each connection carries the catalog of its greeting. The runtime's
+state page (one per runtime, adopted from the first connection to each runtime process) shows the epoch
+now; a pooled connection whose catalog is older is closed when it is next taken, and a new one brings the
+new catalog. A connection that cannot be sent on (its runtime was restarted) makes the whole pool of that
+runtime stale. A request never waits for a newer catalog: the one it resolved against still addresses its
+version, retiring or not (``catalog.py``).
 """
 
 from __future__ import annotations
@@ -173,7 +180,7 @@ class RuntimeClient:
         if len(catalogs) == 1:
             return catalogs[0]
         merged = self._merged
-        if merged is None or merged.generation != tuple(c.generation for c in catalogs):
+        if merged is None or merged.generations != tuple(g for c in catalogs for g in c.generations):
             merged = self._merged = Catalog.merge(catalogs)
         return merged
 
@@ -365,7 +372,7 @@ class RuntimeClient:
         """Take a new connection's catalog when it is newer, and its state page from a new runtime."""
         with self._lock:
             known = view.catalog
-            if known is None or known.generation[:2] != conn.catalog.generation[:2]:  # a new runtime
+            if known is None or not known.generation.same_runtime(conn.catalog.generation):
                 assert conn.state_fd is not None
                 # The old page is not closed: a thread may be reading it; it goes with its last reference.
                 view.state, conn.state_fd = protocol.State(conn.state_fd), None

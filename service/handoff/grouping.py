@@ -44,7 +44,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, NotReady, QueueFull, RuntimeUnavailable, ServiceError
 from service.handoff import protocol
-from service.handoff.catalog import Catalog, ServedModel
+from service.handoff.catalog import Catalog, Generation, ServedModel
 from service.handoff.client import error_for
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class GroupingClient:
         self._links: list[_Link | None] = [None] * len(paths)
         self._old: list[_Link] = []  # retired links still waiting for answers
         self._states: list[protocol.State | None] = [None] * len(paths)
-        self._generations: list[tuple | None] = [None] * len(paths)
+        self._generations: list[Generation | None] = [None] * len(paths)  # each runtime's, last connected
         self._connecting: list[asyncio.Task[None] | None] = [None] * len(paths)
         self._merged: Catalog | None = None
         self._waiting: list[_Request] = []  # submitted this turn, or waiting for a slot
@@ -143,7 +143,7 @@ class GroupingClient:
         if len(catalogs) == 1:
             return catalogs[0]
         merged = self._merged
-        if merged is None or merged.generation != tuple(c.generation for c in catalogs):
+        if merged is None or merged.generations != tuple(g for c in catalogs for g in c.generations):
             merged = self._merged = Catalog.merge(catalogs)
         return merged
 
@@ -194,8 +194,8 @@ class GroupingClient:
             raise RuntimeUnavailable(f"the model runtime is not available ({type(exc).__name__}); "
                                      "retry shortly") from None
         link = _Link(sock, message, fd)
-        generation = link.catalog.generation[:2]
-        if self._generations[runtime] != generation:  # a new runtime process: its own state page
+        generation, known = link.catalog.generation, self._generations[runtime]
+        if known is None or not known.same_runtime(generation):  # a new runtime process: its own state page
             old_state = self._states[runtime]
             self._states[runtime] = protocol.State(state_fd)
             self._generations[runtime] = generation

@@ -1,9 +1,20 @@
 """The runtime's model table: what it serves, what it is retiring, and the catalog workers read.
 
-Append-only: a request names its model by index, so an index is never reused; a dropped model leaves
-None. A new version is listed in the catalog at once; a retired one leaves the catalog but still runs the
-requests addressed to it for a grace period (a request's deadline, so that every worker has seen the new
-epoch), and is dropped once that has passed and its queue is empty. Only the loop thread changes it.
+Invariants (``service/handoff/catalog.py`` states the workers' side; tests/service/runtime/test_table.py):
+
+- Append-only: a request names its model by index, so an index is never reused; a dropped model leaves
+  None.
+- A new version is listed in the catalog at once; a retired one leaves the catalog but keeps its index in
+  the message's ``retiring`` and still runs the requests addressed to it for a grace period (a request's
+  deadline, so that every worker has seen the new epoch), and is dropped once that has passed and its
+  queue is empty.
+- Every change of the catalog bumps the epoch, and the state page shows it only after the new catalog
+  message is ready: a worker that reads a new epoch and connects gets that catalog or a newer one.
+- The arena layout only grows: a slot of an older connection still fits every model its catalog names.
+- A version retired and added again (a rollback within the grace period) has two copies: dropping the old
+  copy leaves the serving copy's metrics alone.
+
+Only the loop thread changes it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import gzip
 import os
 import shutil
@@ -26,6 +27,7 @@ from torch import nn
 from werkzeug.test import EnvironBuilder
 
 from service.config import ServiceConfig
+from service.contract.manifest import Manifest, read_manifest
 from service.handoff.client import RuntimeClient
 from service.web.app import create_app
 from service.web.asgi import HotPath
@@ -35,6 +37,28 @@ from training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.1307,), (0.3081,)
+SHIPPED = read_manifest(Path(__file__).resolve().parents[2] / "models" / "mnist-cnn" / "1")
+
+
+@dataclasses.dataclass(eq=False)
+class _ModelCopy:
+    """What the model table reads of a loaded model: a LoadedModel without its module."""
+
+    key: str
+    device: str = "cpu"
+    load_seconds: float = 0.0
+    format: str = "torchscript"
+
+    @property
+    def manifest(self) -> Manifest:
+        name, version = self.key.split("/")
+        return dataclasses.replace(SHIPPED, name=name, version=version)
+
+
+@pytest.fixture
+def model_copy() -> type[_ModelCopy]:
+    """Stand-ins for loaded models, for the model table without a runtime: ``model_copy("name/1")``."""
+    return _ModelCopy
 LABELS = tuple(str(d) for d in range(10))
 
 

@@ -51,8 +51,8 @@ def _spec() -> dict[str, Any]:
     # Built once per catalog generation: a restarted runtime, or a hot reload, may serve other models.
     catalog = plane().catalog
     cache = current_app.extensions.setdefault("trainserve.openapi", {})
-    if cache.get("generation") != catalog.generation:
-        cache.update(spec=build_spec(catalog, current_app.url_map), generation=catalog.generation)
+    if cache.get("generations") != catalog.generations:
+        cache.update(spec=build_spec(catalog, current_app.url_map), generations=catalog.generations)
     return cache["spec"]
 
 
