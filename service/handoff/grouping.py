@@ -184,8 +184,12 @@ class GroupingClient:
             sock.connect(str(self.paths[runtime]))
             ready: asyncio.Future[None] = loop.create_future()
             loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            # A runtime that is up greets between two passes; one pass (a slow model's, an explanation's)
+            # may outlast the connect timeout, so the greeting is awaited as long as a waiting request may
+            # still be answered (each fails at its own deadline meanwhile).
+            wait_s = max([self.connect_timeout_s, *(r.deadline - time.monotonic() for r in self._waiting)])
             try:
-                await asyncio.wait_for(ready, self.connect_timeout_s)
+                await asyncio.wait_for(ready, wait_s)
             finally:
                 loop.remove_reader(sock.fileno())
             message, fd, state_fd = protocol.receive_catalog(sock)
