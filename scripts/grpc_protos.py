@@ -7,7 +7,7 @@
 model_config.proto) and ``kserve`` (grpc_predict_v2.proto) wheels were generated from, and prints them back
 as .proto source; neither project publishes its proto files on a package registry, and their generated
 modules hold the whole descriptor (every message, field number, type, option; comments are not kept). The
-test ``tests/service/test_grpc_protos.py`` checks that protoc, run on the vendored files, gives back the
+test ``tests/service/grpc/test_proto.py`` checks that protoc, run on the vendored files, gives back the
 wheels' descriptors byte for byte.
 
 Regenerating runs grpcio-tools' protoc on the vendored files, then makes two changes to its output: imports

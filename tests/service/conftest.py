@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
-import gzip
 import os
 import shutil
 import socket
@@ -32,6 +31,7 @@ from service.handoff.client import RuntimeClient
 from service.web.app import create_app
 from service.web.asgi import HotPath
 from training.config import TrainConfig
+from training.datasets import read_idx
 from training.export import ArtifactInfo, PixelClassifier, export
 from training.run import run
 
@@ -62,31 +62,16 @@ def model_copy() -> type[_ModelCopy]:
 LABELS = tuple(str(d) for d in range(10))
 
 
-def _data_dir() -> Path:
-    for candidate in (os.environ.get("TRAINSERVE_DATA_DIR"), REPO.parent / "shared" / "datasets",
-                      REPO / "data"):
-        if candidate and (Path(candidate) / "mnist" / "t10k-images-idx3-ubyte.gz").exists():
-            return Path(candidate) / "mnist"
-    pytest.skip("MNIST files not found (set TRAINSERVE_DATA_DIR)")
-
-
-def _idx(path: Path, count: int) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-    return data[:count].copy()
-
-
 @pytest.fixture(scope="session")
-def mnist() -> dict[str, np.ndarray]:
-    """A real MNIST slice: 8,000 training and 1,000 test digits, uint8 [N, 28, 28]."""
-    root = _data_dir()
-    return {"train_x": _idx(root / "train-images-idx3-ubyte.gz", 8000),
-            "train_y": _idx(root / "train-labels-idx1-ubyte.gz", 8000),
-            "test_x": _idx(root / "t10k-images-idx3-ubyte.gz", 1000),
-            "test_y": _idx(root / "t10k-labels-idx1-ubyte.gz", 1000)}
+def mnist(datasets_dir: Path) -> dict[str, np.ndarray]:
+    """A real MNIST slice: 8,000 training and 1,000 test digits, uint8 [N, 28, 28] (training's reader)."""
+    def first(name: str, count: int) -> np.ndarray:
+        return read_idx(datasets_dir / "mnist" / name)[:count].numpy().copy()
+
+    return {"train_x": first("train-images-idx3-ubyte.gz", 8000),
+            "train_y": first("train-labels-idx1-ubyte.gz", 8000),
+            "test_x": first("t10k-images-idx3-ubyte.gz", 1000),
+            "test_y": first("t10k-labels-idx1-ubyte.gz", 1000)}
 
 
 class TinyNet(nn.Module):

@@ -119,7 +119,7 @@ def test_tritonclient_aio_json_only_request(service, mnist):
 
 
 # KServe's clients run in a process of their own: kserve registers its inference.* protobuf names in the
-# default pool, and tritonclient.grpc (imported by tests/service/test_grpc*.py at collection) already holds
+# default pool, and tritonclient.grpc (imported by tests/service/grpc/ at collection) already holds
 # them there, so importing both in one process fails with "duplicate symbol".
 _KSERVE_V2 = """
 import asyncio, json, sys

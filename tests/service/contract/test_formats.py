@@ -122,7 +122,7 @@ def test_the_cpu_instruction_sets_are_read_as_inductor_reads_them_without_import
     probe = ("import sys, torch; from service.contract import formats; formats.cpu_isa_flags(); "
              "print('torch._inductor' in sys.modules)")
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[2], timeout=120)
+                              cwd=Path(__file__).resolve().parents[3], timeout=120)
     assert imported.stdout.strip() == "False"
 
 

@@ -18,7 +18,7 @@ from service.web.confidence import annotate, calibrated, describe, judge, withhe
 from service.web.tensors import oip_outputs, predictions, softmax
 from training.datasets import IDX_DATASETS, find_idx_folder, read_idx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "models" / "mnist-cnn"
 NEWEST = max((p for p in SHIPPED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 LABELS = tuple("0123456789")

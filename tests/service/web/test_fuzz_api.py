@@ -35,7 +35,7 @@ def not_a_server_error_but_a_documented_501(ctx, response, case):
 CHECKS = [not_a_server_error_but_a_documented_501, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 # schemathesis sends requests' default Accept-Encoding (gzip) and its WSGI transport, unlike an HTTP client,
-# does not decode the answer: the bodies are checked uncoded (test_protocol.py checks the coding).
+# does not decode the answer: the bodies are checked uncoded (web/test_api_extensions.py checks the coding).
 # The management token is sent too, so that the repository routes answer past it.
 TOKEN = "fuzz-management-token"
 HEADERS = {"Accept-Encoding": "identity", "Authorization": f"Bearer {TOKEN}"}

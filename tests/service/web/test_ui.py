@@ -22,7 +22,7 @@ from service.web.figures import quantile
 from training import reports
 
 HOOKS = ("pad", "upload", "model", "prediction", "probabilities", "preview")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
