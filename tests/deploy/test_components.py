@@ -13,8 +13,8 @@ from typing import Any
 import flask
 import pytest
 
-kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (in the dev extra)")
-jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (in the dev extra)")
+kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (in the e2e extra)")
+jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (in the test extra)")
 
 OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.29", kv.utils.latest_version())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (in the dev extra)")
+kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (in the e2e extra)")
 
 # Oldest Kubernetes minor still in common use that the manifests promise to fit, and the newest schemas.
 K8S_VERSIONS = ("1.29", kv.utils.latest_version())

@@ -29,7 +29,7 @@ DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
 ONE = [(0.5, 0.15), (0.5, 0.85)]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the e2e extra)")
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_controls_are_labelled_and_reachable_from_the_keyboard(tab):
 
 def test_axe_finds_no_accessibility_violations_on_any_page(tab):
     axe = pytest.importorskip("axe_playwright_python.sync_playwright",
-                              reason="pip install axe-playwright-python (the dev extra)")
+                              reason="pip install axe-playwright-python (the e2e extra)")
     tab.open("/")
     before = tab.answered()
     tab.draw(SEVEN)
