@@ -104,6 +104,7 @@ hot-reload: $(VENV)/.installed-bench
 lint: $(VENV)/.installed-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .mypy_cache build *.egg-info

@@ -10,7 +10,8 @@ modules hold the whole descriptor (every message, field number, type, option; co
 test ``tests/service/grpc/test_proto.py`` checks that protoc, run on the vendored files, gives back the
 wheels' descriptors byte for byte.
 
-Regenerating runs grpcio-tools' protoc on the vendored files, then makes two changes to its output: imports
+Regenerating runs grpcio-tools' protoc on the vendored files (the messages' modules, their type stubs
+``*_pb2.pyi`` that mypy reads, and the service's module), then makes two changes to its output: imports
 name the package (``from service.grpc.proto import ...``), and the descriptors go into a pool of their own
 (``service/grpc/proto/__init__.py``) instead of protobuf's default pool, because tritonclient.grpc and
 kserve each put the same ``inference.*`` names in the default pool and would collide with the service's.
@@ -145,7 +146,7 @@ def generate(out: Path) -> None:
     from grpc_tools import protoc
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}",
+        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}", *(str(PROTO_DIR / n) for n in GENERATED)]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")

@@ -56,7 +56,7 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One example, channels first (C, H, W); (F,) for feature vectors."""
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.train.images.shape[1:])
 
     def identity(self) -> dict[str, Any]:
         """The manifest's ``dataset`` entry."""
@@ -101,7 +101,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
 
 
-class _InMemory(TorchDataset):
+class _InMemory(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
     """Batches by tensor indexing: the loader asks for a whole batch of indices at once."""
 
     def __init__(self, data: ImageSet) -> None:
@@ -129,10 +129,12 @@ def make_loader(data: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0
     Call ``loader.sampler.set_epoch(epoch)`` before each epoch so every epoch is shuffled differently (and
     identically on every rank).
     """
-    sampler = DistributedSampler(_InMemory(data), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=seed, drop_last=False)
+    sampler: DistributedSampler[int] = DistributedSampler(_InMemory(data), num_replicas=world_size, rank=rank,
+                                                          shuffle=shuffle, seed=seed, drop_last=False)
+    # torch types collate_fn as taking a list of examples; with __getitems__ it takes what that returns
     return DataLoader(_InMemory(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=_whole_batch, pin_memory=pin_memory, persistent_workers=workers > 0)
+                      collate_fn=_whole_batch,  # type: ignore[arg-type]
+                      pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
 def _empty(source: Source) -> ImageSet:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,6 +45,10 @@ class ExportError(RuntimeError):
 
 class PixelClassifier(nn.Module):
     """Wraps a net so that it takes raw pixels: uint8 0..255 or float 0..1, normalised inside."""
+
+    if TYPE_CHECKING:  # the buffers, for mypy only: TorchScript cannot parse this module's string annotations
+        mean: torch.Tensor
+        inv_std: torch.Tensor
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -88,7 +92,7 @@ class ArtifactInfo:
 
 
 def export(
-    model: PixelClassifier,
+    model: nn.Module,
     info: ArtifactInfo,
     out_root: Path,
     probe: torch.Tensor,

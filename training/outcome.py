@@ -60,13 +60,14 @@ def draw(runlog: RunLog, test: Evaluation, test_set: ImageSet, data: DataSplits,
             files.append(reports.plot_mistakes(test_set.images, _class_labels(test_set), test.predictions,
                                                test.losses, test.confidence, classes,
                                                folder / reports.MISTAKES_FILE))
-    scores, truth = _arrays(test) if objective.task != "multiclass" else (None, None)
-    if objective.task == "binary":
-        files.append(taskplots.plot_roc_pr(scores[:, 0], truth[:, 0], classes[1], objective.threshold,
-                                           folder / taskplots.ROC_FILE))
-    if objective.task == "multilabel":
-        files.append(taskplots.plot_labels(scores, truth, classes, metrics["per_label"], objective.threshold,
-                                           folder / taskplots.LABELS_FILE))
+    if objective.task != "multiclass":
+        scores, truth = _arrays(test)
+        if objective.task == "binary":
+            files.append(taskplots.plot_roc_pr(scores[:, 0], truth[:, 0], classes[1], objective.threshold,
+                                               folder / taskplots.ROC_FILE))
+        if objective.task == "multilabel":
+            files.append(taskplots.plot_labels(scores, truth, classes, metrics["per_label"],
+                                               objective.threshold, folder / taskplots.LABELS_FILE))
     if len(data.features) == 2 and objective.task != "multilabel":
         files.append(taskplots.plot_regions(_decider(model, objective), test_set.images,
                                             _class_labels(test_set), classes, data.features,
@@ -105,7 +106,7 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _binary_scores(scores: np.ndarray, truth: np.ndarray, decided: torch.Tensor) -> dict[str, float]:
+def _binary_scores(scores: np.ndarray, truth: np.ndarray, decided: torch.Tensor) -> dict[str, float | None]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     predicted = decided.numpy().astype(bool)

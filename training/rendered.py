@@ -76,7 +76,7 @@ def _draw(text: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator) -> 
     glyph = glyph.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BICUBIC)
     box = glyph.getbbox()
     if box is None:
-        raise DataError(f"{font.path} draws nothing for {text!r}: remove it from training/rendered.py")
+        raise DataError(f"{font.path!s} draws nothing for {text!r}: remove it from training/rendered.py")
     glyph = glyph.crop(box)
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     left = int(rng.integers(0, max(1, _CANVAS - glyph.width)))

@@ -75,7 +75,7 @@ def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, predictions: torch
     for ax, i in zip(axes, worst, strict=False):
         picture = images[i].permute(1, 2, 0).numpy()
         ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{_short(classes[labels[i]])} -> {_short(classes[predictions[i]])}\n"
+        ax.set_title(f"{_short(classes[int(labels[i])])} -> {_short(classes[int(predictions[i])])}\n"
                      f"({confidence[i]:.2f})", fontsize=7)
     if not worst:
         axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")

@@ -72,7 +72,8 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
         odd = load_outliers(cfg.data_dir, cfg.download) if outliers.applies(cfg.dataset, cfg.task) else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         model, cfg, origin = _initial_model(cfg, data)
-        model = model.to(device, memory_format=_layout(cfg.arch))
+        # Module.to takes a device and a memory format together (torch's _parse_to); its overloads omit it
+        model = model.to(device, memory_format=_layout(cfg.arch))  # type: ignore[call-overload]
         dest = _destination(cfg) if world.is_main else None
         with RunLog(dest.run_folder) if dest else nullcontext() as runlog:
             if dest:
@@ -81,7 +82,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
                          len(data.train), len(data.val), len(data.test), cfg.loss, count_parameters(model),
                          device, dest.run_folder)
             epochs, model = fit(cfg, world, device, data, model, runlog, odd)
-            if not world.is_main:
+            if dest is None or runlog is None:  # not rank 0
                 return None
             return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started,
                            origin, odd)
@@ -125,6 +126,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
         draws = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + world.rank)
         exposure = outliers.batches(odd.train, cfg.outlier_batch // world.size or 1, draws)
     for epoch in range(1, epochs + 1):
+        # torch types a loader's sampler as any Sampler; make_loader's is a DistributedSampler
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         started = time.perf_counter()
         jitter = augment if epoch <= epochs - min(cfg.clean_epochs, epochs - 1) else None
@@ -133,7 +135,8 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
                                     augment=jitter, on_step=on_step, memory_format=_layout(cfg.arch),
                                     objective=_objective(cfg), outliers=exposure,
                                     outlier_weight=cfg.outlier_weight, average=average)
-        stats = EpochStats(*sum_across(world, stats.loss_sum, stats.correct, stats.examples))
+        loss_sum, correct, examples = sum_across(world, stats.loss_sum, stats.correct, stats.examples)
+        stats = EpochStats(loss_sum, correct, int(examples))
         if not math.isfinite(stats.loss):
             raise Diverged(f"epoch {epoch}: the training loss is {stats.loss}, the run diverged; lower --lr "
                            f"(now {cfg.lr:g}; fine-tuning a whole --init-from net needs about a tenth of "
@@ -177,7 +180,8 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
         dataset=data.identity() | _outlier_identity(odd, cfg),
         ink=data.source.ink, image_preprocessing=data.source.image_preprocessing,
         extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
-               "macs_per_example": count_macs(model.net, data.input_shape), "device": str(device),
+               "macs_per_example": count_macs(model.get_submodule("net"), data.input_shape),
+               "device": str(device),
                **({"init_from": origin} if origin else {})},
         task=cfg.task, threshold=cfg.threshold, features=data.features, scaling=_scaling(data),
         calibration=trust.calibration, outliers=trust.outliers,

@@ -11,6 +11,7 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ SPIRAL_NOISE = 0.2  # radians of jitter on each point's angle: the arms stay sep
 
 class FeatureClassifier(nn.Module):
     """Wraps a net so that it takes raw feature values and standardises them inside."""
+
+    if TYPE_CHECKING:  # the buffers, for mypy only: TorchScript cannot parse this module's string annotations
+        mean: torch.Tensor
+        inv_std: torch.Tensor
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

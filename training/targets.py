@@ -8,7 +8,7 @@ several ``--target`` columns are multi-label as read (training/tabular.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -72,8 +72,9 @@ def _indices(classes: Sequence[str], chosen: Sequence[str], flag: str) -> torch.
     return torch.tensor([classes.index(c) for c in chosen])
 
 
-def _mapped(source: Source, classes: tuple[str, ...], target: object) -> Source:
+def _mapped(source: Source, classes: tuple[str, ...],
+            target: Callable[[torch.Tensor], torch.Tensor]) -> Source:
     def convert(split: ImageSet) -> ImageSet:
-        return ImageSet(split.images, target(split.labels))  # type: ignore[operator]
+        return ImageSet(split.images, target(split.labels))
 
     return replace(source, classes=classes, train=convert(source.train), test=convert(source.test))

@@ -114,11 +114,10 @@ def _outliers(scorer: Scorer, val_logits: torch.Tensor, test_logits: torch.Tenso
     def flagged(scores: torch.Tensor) -> float:
         return round((scores >= threshold).double().mean().item(), 6) if len(scores) else 0.0
 
-    metrics = {"ood_auroc_fashion_mnist": auroc(fashion), "ood_auroc_generated": auroc(generated),
-               "test_flagged": flagged(test), "val_flagged": flagged(val),
-               "fashion_mnist_flagged": flagged(fashion),
-               "generated_flagged": {kind: flagged(generated[kinds == k])
-                                     for k, kind in enumerate(nondigits.KINDS)}}
+    metrics: dict[str, Any] = {
+        "ood_auroc_fashion_mnist": auroc(fashion), "ood_auroc_generated": auroc(generated),
+        "test_flagged": flagged(test), "val_flagged": flagged(val), "fashion_mnist_flagged": flagged(fashion),
+        "generated_flagged": {kind: flagged(generated[kinds == k]) for k, kind in enumerate(nondigits.KINDS)}}
     chosen = (f"validation split: the score that {100 * flag_rate:g} % of its {len(val)} digits reach"
               + (", lowered to flag every blank, solid and noise image of a validation set of generated "
                  "non-digits" if lowered else "; every blank, solid and noise image of a validation set of "

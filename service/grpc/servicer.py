@@ -86,6 +86,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         now = time.monotonic()
         given, client_key = "", None
         for key, value in context.invocation_metadata() or ():
+            if isinstance(value, bytes):  # a binary ("-bin") key: neither of these
+                continue
             if key == status.REQUEST_ID:
                 given = value
             elif key == CLIENT_KEY:
@@ -97,36 +99,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _answer(self, context: grpc.aio.ServicerContext, method: str, endpoint: str,
                       work: Callable[[Call], Awaitable[T]]) -> T:
         call = self._call(context, method, endpoint)
-        reply, failure = await self._run(call, work)
-        if failure is None:
+        outcome = await self._run(call, work)
+        if not isinstance(outcome, ServiceError):
             context.set_trailing_metadata(status.trailers(call.request_id))
-            return reply  # type: ignore[return-value]
-        await context.abort(status.code_for(failure.status), failure.message,
-                            status.trailers(call.request_id, failure))
+            return outcome
+        await context.abort(status.code_for(outcome.status), outcome.message,
+                            status.trailers(call.request_id, outcome))
         raise AssertionError("unreachable: abort raises")
 
-    async def _run(self, call: Call,
-                   work: Callable[[Call], Awaitable[T]]) -> tuple[T | None, ServiceError | None]:
+    async def _run(self, call: Call, work: Callable[[Call], Awaitable[T]]) -> T | ServiceError:
+        """The reply, or the failure that took its place (logged and counted here, as every answer is)."""
         token = request_id_var.set(call.request_id)
-        reply, failure = None, None
+        outcome: T | ServiceError
         try:
-            reply = await work(call)
+            outcome = await work(call)
         except ServiceError as exc:
             log_error(exc)
-            failure = exc
+            outcome = exc
         except Exception:
             log_unexpected()
-            failure = ServiceError("internal server error")
+            outcome = ServiceError("internal server error")
         finally:
             request_id_var.reset(token)
         took = time.monotonic() - call.arrived
+        failure = outcome if isinstance(outcome, ServiceError) else None
         code = 200 if failure is None else failure.status
         self.metrics.request_done(call.model, call.endpoint, code, took, "grpc")
         if call.version is not None and call.endpoint == "v2.infer":
             self.metrics.inference_done(call.model, call.version, failure is None, took)
         if self.config.access_log:
             operability.log_access("GRPC", f"/{SERVICE}/{call.method}", code, None, took * 1000)
-        return reply, failure
+        return outcome
 
     async def _model(self, call: Call, name: str, version: str) -> ServedModel:
         found = (await self.client.catalog()).get(name, version or None)
@@ -215,12 +218,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(status.trailers(first.request_id))
 
     async def _streamed(self, call: Call, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-        reply, failure = await self._run(call, lambda c: self._infer(c, request))
-        if failure is None:
-            return pb.ModelStreamInferResponse(infer_response=reply)
+        outcome = await self._run(call, lambda c: self._infer(c, request))
+        if not isinstance(outcome, ServiceError):
+            return pb.ModelStreamInferResponse(infer_response=outcome)
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                      id=request.id)
-        return pb.ModelStreamInferResponse(error_message=failure.message, infer_response=echo)
+        return pb.ModelStreamInferResponse(error_message=outcome.message, infer_response=echo)
 
     async def _infer(self, call: Call, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         # The same split as HTTP: a canary's share of default-addressed calls goes to the canary (shadow

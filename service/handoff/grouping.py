@@ -183,7 +183,7 @@ class GroupingClient:
             # A Unix socket connects at once, or refuses at once (no runtime, or its backlog is full).
             sock.connect(str(self.paths[runtime]))
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            loop.add_reader(sock.fileno(), _set_once, ready)
             # A runtime that is up greets between two passes; one pass (a slow model's, an explanation's)
             # may outlast the connect timeout, so the greeting is awaited as long as a waiting request may
             # still be answered (each fails at its own deadline meanwhile).
@@ -262,12 +262,12 @@ class GroupingClient:
         segments: dict[tuple[int, int, np.dtype], _Segment] = {}
         sent: dict[int, list[_Segment]] = {}
         self._turn += 1
-        held: dict[tuple, int] = {}
+        held: dict[str, int] = {}
         for request in waiting:  # oldest first: under overload the newest are refused
             if request.future.done():
                 continue
-            runtime = self._runtime_for(request)
-            if runtime is not None and not self._place(request, runtime, segments, sent):
+            chosen = self._runtime_for(request)
+            if chosen is not None and not self._place(request, chosen, segments, sent):
                 key = request.model.key
                 held[key] = held.get(key, 0) + 1
                 if held[key] > self.max_waiting and not request.placed:
@@ -504,3 +504,7 @@ def _reply(message: bytes) -> tuple[int, int, str]:
     return status or protocol.FAILED, 0, message[protocol.HEADER.size:].decode(errors="replace")
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    # A reader callback: it may run again before the loop removes it.
+    if not future.done():
+        future.set_result(None)

@@ -197,7 +197,10 @@ def read_group(message: bytes) -> list[tuple[int, int, int, int, int, float]] | 
 
 def answers(results: list[tuple[int, int, int, str]]) -> list[bytes]:
     """ANSWERS messages for (slot, status, rows, text) results: as few as fit MAX_ANSWER_BYTES each."""
-    messages, records, texts, size = [], [], [], HEADER.size
+    messages: list[bytes] = []
+    records: list[bytes] = []
+    texts: list[bytes] = []
+    size = HEADER.size
     for slot, status, rows, text in results:
         raw = text.encode()[:MAX_TEXT]
         if records and size + RESULT.size + len(raw) > MAX_ANSWER_BYTES:

@@ -12,7 +12,8 @@ from service.errors import ModelNotFound
 
 
 class _HasManifest(Protocol):
-    manifest: Manifest
+    @property
+    def manifest(self) -> Manifest: ...
 
 
 M = TypeVar("M", bound=_HasManifest)

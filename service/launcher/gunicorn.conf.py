@@ -5,6 +5,7 @@
 # Workers hold no model and import no torch, so there is nothing to share before the fork.
 
 import sys
+from typing import Any
 
 from service.config import ConfigError, ServiceConfig
 from service.logs import logging_config
@@ -43,7 +44,7 @@ accesslog = None
 
 # --- Prometheus multiprocess mode ------------------------------------------------------------------------
 # The launcher prepares PROMETHEUS_MULTIPROC_DIR; a worker's live gauges go when it exits.
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:  # gunicorn's Arbiter and Worker (it ships no types)
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -302,7 +302,7 @@ class ModelControl:
                 folder, print_ = Path(entry["folder"]), tuple(entry["fingerprint"])
             except (ValueError, KeyError, TypeError):
                 continue
-            self._refuse(folder.parent.name, folder.name, folder, print_,  # type: ignore[arg-type]
+            self._refuse(folder.parent.name, folder.name, folder, print_,
                          f"a model runtime died of {entry.get('signal')} while loading it")
 
     def _retire(self, name: str, keep: set[str]) -> list[str]:

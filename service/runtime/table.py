@@ -144,8 +144,8 @@ class ModelTable:
             self.observers.append(self._observe(model))
             self.listed[index] = model
         for key in change.retired:
-            if (index := self.listed_index(key)) is not None:
-                self.retire(index)
+            if (old := self.listed_index(key)) is not None:
+                self.retire(old)
         if change.refused is not None:
             self.refused = dict(change.refused)
         if change.routing is not None:

@@ -17,9 +17,10 @@ gets 408 (a watchdog checks the bodies being read a few times a second; no timer
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from a2wsgi import WSGIMiddleware
 
@@ -39,6 +40,7 @@ from service.web.hot import ROUTES, Call, route
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # How often the watchdog looks at the bodies being read: a stalled body gets its 408 at most this late.
 WATCHDOG_S = 0.25
@@ -62,7 +64,8 @@ class HotPath:
         self.metrics = self.plane.metrics
         # Flask's threads only run the routes that are not hot; each waits for the runtime with the GIL
         # released, as under gunicorn.
-        self.flask = WSGIMiddleware(flask_app, workers=config.threads)
+        # a2wsgi types the ASGI messages as TypedDicts; here they are the plain dicts granian passes.
+        self.flask = cast(App, WSGIMiddleware(flask_app, workers=config.threads))
         self.client = GroupingClient(config.runtime_paths, max_waiting=config.max_queue)
         self.followups = LoopFollowups(self.client, Recorder(self.metrics))  # after each answer
         self.decoder: asyncio.AbstractEventLoop | None = None
@@ -226,7 +229,8 @@ class HotPath:
         except asyncio.CancelledError:
             if task not in self._late:
                 raise
-            task.uncancel()
+            if sys.version_info >= (3, 11):  # 3.10 counts no cancellations: nothing to take back
+                task.uncancel()
             raise exchange.too_slow(self.config.request_timeout_s, total) from None
         finally:
             self._reading.pop(task, None)

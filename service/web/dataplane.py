@@ -113,6 +113,7 @@ def model_metadata(model: ServedModel, catalog: Catalog, config: ServiceConfig) 
 
 def listening(address: str, timeout_s: float = 0.5) -> bool:
     """Whether a server accepts connections at ``address`` (HOST:PORT or unix:PATH)."""
+    target: str | tuple[str, int]
     if address.startswith("unix:"):
         family, target = socket.AF_UNIX, address[len("unix:"):]
     else:

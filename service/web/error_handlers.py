@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.errors import ServiceError
 from service.web.exchange import error_body
@@ -44,7 +44,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Response:
         # Unknown routes (404), wrong methods (405) and werkzeug's own 413 for oversized bodies.
         headers = {}
-        if exc.code == 405:  # the methods in a fixed order (werkzeug's come from a set)
+        if isinstance(exc, MethodNotAllowed):  # the methods in a fixed order (werkzeug's come from a set)
             headers["Allow"] = ", ".join(sorted(exc.valid_methods or []))
         return error_response(exc.code or 500, _message(exc), headers)
 
@@ -60,7 +60,7 @@ def _message(exc: HTTPException) -> str:
     path = request.path[:200]
     if exc.code == 404:
         return f"no route {request.method} {path}: the API is described at /docs"
-    if exc.code == 405:
+    if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
         return f"{request.method} is not allowed on {path} (allowed: {allowed or 'none'})"
     return exc.description or exc.name

@@ -28,7 +28,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def decode(data: bytes, channels: int = 1) -> np.ndarray:
+def decode(data: bytes | bytearray, channels: int = 1) -> np.ndarray:
     """Decode PNG/JPEG/... bytes into uint8 [H, W] (grey) or [H, W, 3]; raise InvalidInput if undecodable.
 
     PNG goes through libspng (pyspng) and JPEG through libjpeg-turbo (simplejpeg), much faster than Pillow
@@ -44,7 +44,7 @@ def decode(data: bytes, channels: int = 1) -> np.ndarray:
     return _decode_pillow(data, channels) if pixels is None else pixels
 
 
-def _decode_png(data: bytes, channels: int) -> np.ndarray | None:
+def _decode_png(data: bytes | bytearray, channels: int) -> np.ndarray | None:
     # IHDR is always the first chunk: width, height, bit depth and colour type at fixed offsets.
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     depth, colour = data[24], data[25]
@@ -64,7 +64,7 @@ def _decode_png(data: bytes, channels: int) -> np.ndarray | None:
     return pixels if grey or channels == 3 else _grey(pixels)
 
 
-def _decode_jpeg(data: bytes, channels: int) -> np.ndarray | None:
+def _decode_jpeg(data: bytes | bytearray, channels: int) -> np.ndarray | None:
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         _check_pixels(width, height)
@@ -87,7 +87,7 @@ def _decode_jpeg(data: bytes, channels: int) -> np.ndarray | None:
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
+def jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
     """(width, height) from a JPEG's start-of-frame segment, walking the segments before it; None if none."""
     i = 2
     while i + 9 <= len(data) and data[i] == 0xFF:
@@ -115,7 +115,7 @@ def _check_size(width: int, height: int, bytes_per_pixel: int) -> None:
                               f"pixels ({MAX_DECODED_BYTES // 2**20} MiB decoded)")
 
 
-def _decode_pillow(data: bytes, channels: int) -> np.ndarray:
+def _decode_pillow(data: bytes | bytearray, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

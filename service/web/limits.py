@@ -62,7 +62,7 @@ def single_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return values
 
 
-def parse_json(raw: bytes | memoryview, limit: int) -> Any:
+def parse_json(raw: bytes | bytearray | memoryview, limit: int) -> Any:
     """A JSON document within ``limit`` bytes (413 beyond), well-formed and without an object that has
     the same key twice (400): a filter in front might have read the first where we would read the last."""
     if len(raw) > limit:
@@ -78,7 +78,7 @@ def parse_json(raw: bytes | memoryview, limit: int) -> Any:
     return document
 
 
-def duplicate_key(raw: bytes | memoryview) -> str | None:
+def duplicate_key(raw: bytes | bytearray | memoryview) -> str | None:
     """The first key some object of well-formed JSON ``raw`` repeats, if any.
 
     Keys belong to the innermost open object (an array holds none directly), so only strings and braces

@@ -32,7 +32,7 @@ from service.handoff.versions import ModelVersions
 from service.web import binary, schemas, triton_schemas
 from service.web.confidence import OUTLIER_OUTPUTS
 from service.web.exchange import DATATYPE
-from service.web.tensors import DATATYPES, FLOAT32_MAX, example_shapes
+from service.web.tensors import DATATYPES, FLOAT32_MAX, INTEGERS, example_shapes
 
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image, "
@@ -435,7 +435,7 @@ _FLOAT_TYPES = ("FP32", "FP16", "FP64")
 
 
 def _highest_pixel(datatype: str) -> int:
-    return min(255, int(np.iinfo(DATATYPES[datatype]).max))
+    return min(255, int(np.iinfo(INTEGERS[datatype]).max))
 
 
 def _leaf(datatype: str, spec: InputSpec) -> dict[str, Any]:

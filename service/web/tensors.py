@@ -23,6 +23,8 @@ DATATYPES: dict[str, type[np.generic]] = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+# The integer datatypes (pixels), typed as np.iinfo takes them.
+INTEGERS: dict[str, type[np.integer]] = {k: t for k, t in DATATYPES.items() if issubclass(t, np.integer)}
 # The largest magnitude a float value may have: beyond it the float32 cast would overflow.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -114,7 +116,7 @@ def _checked_pixels(arr: np.ndarray, datatype: str) -> np.ndarray:
     least, most = arr.min(), arr.max()
     if least < 0 or most > 255:
         raise InvalidInput(f"{datatype} values must be in 0..255 to be pixels, got {least:g}..{most:g}")
-    info = np.iinfo(DATATYPES[datatype])
+    info = np.iinfo(INTEGERS[datatype])
     if least < info.min or most > info.max:  # JSON numbers the declared type cannot hold
         raise InvalidInput(f"{datatype} data holds values beyond {datatype}: {least:g}..{most:g}")
     return arr.astype(np.uint8)
@@ -184,26 +186,28 @@ def oip_outputs(logits: np.ndarray, requested: Sequence[dict[str, Any]] | None, 
     names = outputs_for(task, verdict is not None)
     wanted = requested or [{"name": name} for name in names]
     extra = outlier_tensors(verdict) if verdict is not None else {}
-    tensors: dict[str, np.ndarray | None] = {"logits": logits, "probabilities": probs}
     out = []
     for item in wanted:
         name = item["name"]
         if name not in names:
             raise InvalidInput(f"unknown output {name!r}: the model gives {', '.join(names)}")
-        if name != "logits" and tensors["probabilities"] is None:
-            tensors["probabilities"] = probabilities(logits, task)
         k = int((item.get("parameters") or {}).get("classification") or 0)
         if name in extra:
             out.append(_tensor(name, *extra[name]))
-        elif name == "label":
-            strings = _label_strings(logits, tensors["probabilities"], labels, task, threshold)
+            continue
+        if name == "logits":
+            scores = logits
+        else:  # computed once, for every output that needs it
+            scores = probs = probabilities(logits, task) if probs is None else probs
+        if name == "label":
+            strings = _label_strings(logits, scores, labels, task, threshold)
             out.append(_tensor(name, "BYTES", withheld_labels(strings, verdict, plain)))
         elif name == "decisions":
-            out.append(_tensor(name, "BOOL", tensors["probabilities"] >= threshold))
+            out.append(_tensor(name, "BOOL", scores >= threshold))
         elif k > 0:
-            out.append(_tensor(name, "BYTES", classification(tensors[name], labels, k)))
+            out.append(_tensor(name, "BYTES", classification(scores, labels, k)))
         else:
-            out.append(_tensor(name, "FP32", tensors[name]))
+            out.append(_tensor(name, "FP32", scores))
     return out
 
 

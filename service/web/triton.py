@@ -104,12 +104,12 @@ def statistics(families: Iterable[Metric], models: Iterable[ServedModel]) -> dic
     sums: dict[tuple[str, str, str], float] = defaultdict(float)
     for family in families:
         for s in family.samples:
-            key = (s.labels.get("model", ""), s.labels.get("version", ""))
+            model, version = s.labels.get("model", ""), s.labels.get("version", "")
             if s.name in _WANTED:
-                sums[(*key, s.name + s.labels.get("outcome", ""))] += s.value
+                sums[model, version, s.name + s.labels.get("outcome", "")] += s.value
             elif s.name == "trainserve_last_inference_timestamp_seconds":
-                sums[(*key, s.name)] = max(sums[(*key, s.name)], s.value)
-    return {"model_stats": [_model_stats(m, lambda n, k=(m.manifest.name, m.manifest.version): sums[(*k, n)])
+                sums[model, version, s.name] = max(sums[model, version, s.name], s.value)
+    return {"model_stats": [_model_stats(m, lambda n, m=m: sums[m.manifest.name, m.manifest.version, n])
                             for m in models]}
 
 

@@ -64,7 +64,8 @@ def _body_buffer() -> bytearray:
         return bytearray(request.get_data(cache=False))
     buffer = bytearray(size)
     view, done, stream = memoryview(buffer), 0, request.stream
-    while done < size and (n := stream.readinto(view[done:])):
+    # werkzeug types the stream as IO[bytes], which declares no readinto; its streams and the servers' have it
+    while done < size and (n := stream.readinto(view[done:])):  # type: ignore[attr-defined]
         done += n
     if done != size:
         raise InvalidInput(f"the body ended after {done} of its {size} bytes")

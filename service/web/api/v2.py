@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
 
 from service.errors import NotReady
@@ -10,7 +12,8 @@ from service.web.api.common import infer_body, logits, model, plane, respond, re
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
-SERVER = {"name": "trainserve", "version": "0.1.0", "extensions": ["classification", "binary_tensor_data"]}
+SERVER: dict[str, Any] = {"name": "trainserve", "version": "0.1.0",
+                          "extensions": ["classification", "binary_tensor_data"]}
 
 
 @bp.get("")

@@ -80,3 +80,12 @@ def test_kserves_service_is_a_subset_of_tritons_on_the_wire():
     for kind in ("Load", "Unload"):  # KServe's model_name is field 1, Triton's repository_name
         assert kserves[f"RepositoryModel{kind}Request"][1][0] == "model_name"
         assert tritons[f"RepositoryModel{kind}Request"][1][0] == "repository_name"
+
+
+def test_the_committed_type_stubs_are_what_protoc_writes(tmp_path):
+    grpc_protos.generate(tmp_path)
+    stubs = sorted(tmp_path.glob("*_pb2.pyi"))
+    assert [s.name for s in stubs] == [n.replace(".proto", "_pb2.pyi") for n in sorted(grpc_protos.GENERATED)]
+    for stub in stubs:
+        assert stub.read_text() == (grpc_protos.PROTO_DIR / stub.name).read_text(), (
+            f"{stub.name} is stale: run python scripts/grpc_protos.py")
