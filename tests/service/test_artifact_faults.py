@@ -187,7 +187,7 @@ def serving(service) -> dict[int, set[str]]:
     """What each live runtime serves, from the last catalog it logged."""
     live = set(service.runtime_pids())
     latest: dict[int, set[str]] = {}
-    for found in re.finditer(r"\[(\d+)\] service\.runtime\.server \[[^]]*\]: serving (.*) \(epoch",
+    for found in re.finditer(r"\[(\d+)\] service\.runtime\.table \[[^]]*\]: serving (.*) \(epoch",
                              service.log.read_text()):
         if int(found[1]) in live:
             latest[int(found[1])] = set(found[2].split(", "))
