@@ -107,6 +107,16 @@ class Catalog(ModelVersions[ServedModel]):
                     merged.position[model.key] = catalog.position[model.key]
         return merged
 
+    @classmethod
+    def combined(cls, catalogs: list[Catalog], previous: Catalog | None) -> Catalog:
+        """What the runtimes whose catalogs these are serve: the one catalog itself, ``previous`` while it
+        was merged from these very catalogs, else a new merge."""
+        if len(catalogs) == 1:
+            return catalogs[0]
+        if previous is not None and previous.generations == tuple(g for c in catalogs for g in c.generations):
+            return previous
+        return cls.merge(catalogs)
+
     def default_version(self, name: str) -> str:
         """The routing state's default when it is served, else the newest served version."""
         state = self.routing.get(name)

@@ -177,12 +177,8 @@ class RuntimeClient:
                     if runtime == len(self._views) - 1 and not any(v.catalog for v in self._views):
                         raise
         catalogs = [v.catalog for v in self._views if v.catalog is not None]
-        if len(catalogs) == 1:
-            return catalogs[0]
-        merged = self._merged
-        if merged is None or merged.generations != tuple(g for c in catalogs for g in c.generations):
-            merged = self._merged = Catalog.merge(catalogs)
-        return merged
+        self._merged = Catalog.combined(catalogs, self._merged)
+        return self._merged
 
     def infer(self, model: ServedModel, inputs: np.ndarray, deadline: float) -> np.ndarray:
         """Logits [N, classes] for ``inputs`` [N, *shape] (uint8 or float32), by ``deadline`` (monotonic).

@@ -140,12 +140,8 @@ class GroupingClient:
         catalogs = [link.catalog for link in self._links if link is not None]
         if not catalogs:
             raise failure or RuntimeUnavailable("no model runtime answers; retry shortly")
-        if len(catalogs) == 1:
-            return catalogs[0]
-        merged = self._merged
-        if merged is None or merged.generations != tuple(g for c in catalogs for g in c.generations):
-            merged = self._merged = Catalog.merge(catalogs)
-        return merged
+        self._merged = Catalog.combined(catalogs, self._merged)
+        return self._merged
 
     def _current(self, runtime: int) -> bool:
         link, state = self._links[runtime], self._states[runtime]
