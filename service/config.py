@@ -7,14 +7,17 @@ start-up with a message that names the variable and says what it accepts; nothin
 from __future__ import annotations
 
 import functools
+import logging.config
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.logs import logging_config
 from service.policy import VersionPolicy
 
 T = TypeVar("T")
@@ -224,6 +227,18 @@ class ServiceConfig:
         if self.explain_steps > self.explain_max_steps:
             raise ConfigError(f"explain_steps={self.explain_steps} is not valid: expected at most "
                               f"explain_max_steps ({self.explain_max_steps})")
+
+
+def start_process() -> ServiceConfig | None:
+    """A service process's settings from the environment, with logging configured by them; None, after
+    saying why on stderr, when a setting is invalid (the entry points then exit 2)."""
+    try:
+        config = ServiceConfig.from_env()
+    except ConfigError as exc:
+        print(f"trainserve: {exc}", file=sys.stderr)
+        return None
+    logging.config.dictConfig(logging_config(config.log_format, config.log_level))
+    return config
 
 
 def _policy(text: str) -> str:

@@ -20,13 +20,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service.config import ConfigError, ServiceConfig
+from service.config import ServiceConfig, start_process
 from service.grpc.proto import _pool
 from service.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.servicer import SERVICE, InferenceServicer
 from service.handoff.client import RuntimeClient
 from service.handoff.grouping import GroupingClient
-from service.logs import logging_config
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,9 @@ async def _follow_readiness(servicer: InferenceServicer, checks: health.aio.Heal
 
 def main() -> int:
     """Entry point of ``python -m service.grpc`` (the launcher sets TRAINSERVE_RUNTIME_SOCKETS)."""
-    try:
-        config = ServiceConfig.from_env()
-    except ConfigError as exc:
-        print(f"trainserve: {exc}", file=sys.stderr)
+    config = start_process()
+    if config is None:
         return 2
-    logging.config.dictConfig(logging_config(config.log_format, config.log_level))
     if not config.runtime_paths or config.grpc_bind == "off":
         print("trainserve: the gRPC front end needs TRAINSERVE_RUNTIME_SOCKETS and TRAINSERVE_GRPC_BIND: "
               "start the service with `python -m service`", file=sys.stderr)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.config import ConfigError, ServiceConfig
+from service.config import ConfigError, ServiceConfig, start_process
 from service.handoff import protocol
 from service.handoff.client import RuntimeClient
 from service.launcher.grpc_front import GrpcFrontEnd, probe_address
@@ -300,12 +300,9 @@ class Launcher:
 
 def main() -> int:
     """Entry point of ``python -m service`` and the ``trainserve-serve`` command."""
-    try:
-        config = ServiceConfig.from_env()
-    except ConfigError as exc:
-        print(f"trainserve: {exc}", file=sys.stderr)
+    config = start_process()
+    if config is None:
         return 2
-    logging.config.dictConfig(logging_config(config.log_format, config.log_level))
     # Sockets and the default metrics folder: in XDG_RUNTIME_DIR where set (the image's /run/trainserve).
     with tempfile.TemporaryDirectory(prefix="trainserve-", dir=os.environ.get("XDG_RUNTIME_DIR")) as run_dir:
         try:

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from service.config import ConfigError, ServiceConfig
+from service.config import ServiceConfig, start_process
 from service.contract.allocator import keep_freed_memory
 from service.contract.loading import LoadedModel, LoadingError, resolve_device
-from service.logs import logging_config
 from service.metrics import Metrics
 from service.runtime.control import ModelControl, loader
 from service.runtime.loop import RuntimeServer, listen
@@ -50,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.socket is None:
         parser.error("--socket is required")
-    try:
-        config = ServiceConfig.from_env()
-    except ConfigError as exc:
-        print(f"trainserve: {exc}", file=sys.stderr)
+    config = start_process()
+    if config is None:
         return EXIT_CONFIG
-    logging.config.dictConfig(logging_config(config.log_format, config.log_level))
     torch.set_num_threads(config.torch_thread_count)
     keep_freed_memory()  # batches reuse the memory the last one freed (service/contract/allocator.py)
     metrics = Metrics(config.prometheus_multiproc_dir)
