@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="never download a missing dataset (default: download when the network allows)")
     data.add_argument("--val-fraction", type=float, default=_D.val_fraction, metavar="F",
                       help=f"share of the train split held out to validate on (default: {_D.val_fraction})")
+    data.add_argument("--extra-data", type=Path, default=None, metavar="DIR",
+                      help="also train on the corrections the service stored under DIR "
+                           "(TRAINSERVE_FEEDBACK_DIR; DIR/NAME when there), holding some out to judge the "
+                           "run (default: none)")
+    data.add_argument("--extra-weight", type=int, default=_D.extra_weight, metavar="N",
+                      help=f"with --extra-data: each correction trained on N times per epoch "
+                           f"(default: {_D.extra_weight})")
+    data.add_argument("--extra-holdout", type=float, default=_D.extra_holdout, metavar="F",
+                      help=f"with --extra-data: the share of corrections held out, chosen by content hash "
+                           f"(default: {_D.extra_holdout:g})")
     data.add_argument("--image-size", type=int, default=_D.image_size, metavar="N",
                       help=f"folder:PATH only: resize images to NxN (default: {_D.image_size})")
     model = p.add_argument_group("model")
@@ -167,6 +177,9 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                         "served by default, else kept under the run folder; always: into --out; canary:P: "
                         "into --out as a canary that answers P %% of the requests the default gets, the "
                         f"default pinned (docs/operations.md) (default: {_D.publish})")
+    g.add_argument("--tolerance", type=float, default=_D.tolerance, metavar="PTS",
+                   help="with --publish better: the test accuracy may be this many points below the "
+                        f"default's (default: {_D.tolerance:g})")
     g.add_argument("--run-dir", type=Path, default=_D.run_dir, metavar="DIR",
                    help=f"metrics, plots and TensorBoard events per run (default: {_D.run_dir})")
     g.add_argument("--formats", nargs="*", choices=EXTRA_FORMATS, default=_D.formats, metavar="FORMAT",

@@ -44,6 +44,11 @@ class TrainConfig:
     val_fraction: float = 0.05
     image_size: int = 28  # folder:PATH only: images are resized to image_size x image_size
     target: tuple[str, ...] = ()  # csv:PATH only: the label column(s); several make a multilabel task
+    # Corrections the service stored (TRAINSERVE_FEEDBACK_DIR): trained on, each extra_weight times per
+    # epoch, except the extra_holdout share (by content hash) that judges the run (training/corrections.py).
+    extra_data: Path | None = None
+    extra_weight: int = 32
+    extra_holdout: float = 0.25
     # task
     task: str = "multiclass"  # multiclass | binary | multilabel (training/tasks.py)
     loss: str = ""  # cross-entropy | nll | mse | bce; "" is the task's usual one (cross-entropy, bce)
@@ -99,6 +104,7 @@ class TrainConfig:
     # better: into `out` only when the test accuracy is at least the served default's (training/publish.py);
     # always; canary:P: into `out` as a canary answering P % of the default's requests (service/routing)
     publish: str = "better"
+    tolerance: float = 0.0  # better: the test accuracy may fall this many points below the default's
     run_dir: Path = Path("runs")  # metrics, plots and TensorBoard events of each run
     # Formats exported beside TorchScript's model.pt; aoti compiles C++ (docs/benchmarks.md#model-formats).
     formats: tuple[str, ...] = EXTRA_FORMATS
@@ -127,6 +133,10 @@ class TrainConfig:
         _check(all(w > 0 for w in self.widths), "widths must be positive")
         _check(0.0 <= self.ema < 1.0, "ema must be in [0, 1): a decay per step, 0 for none")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        _check(self.extra_weight >= 1 and 0.0 <= self.extra_holdout < 1.0 and 0.0 <= self.tolerance <= 100,
+               "extra_weight must be >= 1, extra_holdout in [0, 1) and tolerance in [0, 100] points")
+        _check(self.extra_data is None or (self.task == "multiclass" and not self.feature_data),
+               "--extra-data (corrections the service stored) is for multi-class image models")
         _check(self.elastic >= 0 and 0.0 <= self.stroke <= 1.0, "elastic must be >= 0 and stroke in [0, 1]")
         _check(self.outlier_weight >= 0 and self.outlier_batch > 0,
                "outlier_weight must be >= 0 and outlier_batch > 0")

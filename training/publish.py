@@ -1,6 +1,7 @@
 """The publishing rule: a run goes into the served repository only when it is at least as good as the
 version the service serves by default (the routing state's default, else the newest), by the test
-accuracy their manifests record.
+accuracy their manifests record (``--tolerance`` points below it allowed) and, for a run that trained on
+corrections (``--extra-data``), by the accuracy of both on the corrections the run held out.
 
 A worse run is kept under its own run folder, where it can be looked at, and published by hand (copy the
 folder) or by running again with ``--publish always``. ``--publish canary:P`` publishes it whatever its
@@ -12,6 +13,7 @@ published; the service judges the canary against its budget and rolls it back by
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.contract import routing_state, routing_store
@@ -46,15 +48,36 @@ def served_default_accuracy(repository: Path, name: str) -> tuple[str, float] | 
     return (version, float(accuracy)) if isinstance(accuracy, (int, float)) else None
 
 
-def publish_root(repository: Path, kept: Path, name: str, accuracy: float, policy: str) -> Path:
+@dataclass(frozen=True)
+class HeldOut:
+    """The accuracy of a run and of the version served by default on the corrections the run held out."""
+
+    examples: int
+    accuracy: float
+    default_accuracy: float
+    default_version: str
+
+
+def publish_root(repository: Path, kept: Path, name: str, accuracy: float, policy: str,
+                 tolerance: float = 0.0, held_out: HeldOut | None = None) -> Path:
     """Where the artifact goes: ``repository`` when ``policy`` allows, else ``kept`` (the run's folder)."""
     current = served_default_accuracy(repository, name)
-    if policy != "better" or current is None or accuracy >= current[1]:
+    if policy != "better" or current is None:
         return repository
     version, best = current
-    log.warning("not published: test accuracy %.2f %% is below the %.2f %% of %s, the version served by "
-                "default; the artifact is kept under %s (publish it with --publish always or canary:P, or "
-                "copy it into %s)", 100 * accuracy, 100 * best, repository / name / version, kept, repository)
+    worse = []
+    if round(accuracy, 6) < round(best - tolerance / 100, 6):
+        worse.append(f"test accuracy {100 * accuracy:.2f} % is below the {100 * best:.2f} % of "
+                     f"{repository / name / version}, the version served by default"
+                     + (f", by more than {tolerance:g} points (--tolerance)" if tolerance else ""))
+    if held_out is not None and held_out.accuracy < held_out.default_accuracy:
+        worse.append(f"on the {held_out.examples} held-out corrections its accuracy "
+                     f"{100 * held_out.accuracy:.1f} % is below the {100 * held_out.default_accuracy:.1f} % "
+                     f"of version {held_out.default_version}")
+    if not worse:
+        return repository
+    log.warning("not published: %s; the artifact is kept under %s (publish it with --publish always or "
+                "canary:P, or copy it into %s)", "; ".join(worse), kept, repository)
     return kept
 
 

@@ -28,14 +28,15 @@ from training import outcome, outliers
 from training.augment import AffineJitter, DigitJitter
 from training.averaging import WeightAverage
 from training.config import ConfigError, TrainConfig
+from training.corrections import Corrections, load_corrections, with_corrections
 from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
 from training.engine import Diverged, EpochStats, StepCallback, evaluate, train_one_epoch
-from training.export import ArtifactInfo, PixelClassifier, export
+from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
 from training.nets import build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
 from training.outliers import OutlierSets, load_outliers
-from training.publish import pin_default, publish_root, start_canary
+from training.publish import HeldOut, pin_default, publish_root, served_default, start_canary
 from training.runlog import RunLog
 from training.tabular import FeatureClassifier
 from training.targets import TargetSpec
@@ -69,6 +70,11 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     with process_group(world, device):
         data = _load_data(cfg, world)
+        fixes = None
+        if cfg.extra_data is not None:
+            fixes = load_corrections(cfg.extra_data, cfg.name, data.classes, data.input_shape,
+                                     cfg.extra_holdout, cfg.extra_weight)
+            data = dataclasses.replace(data, train=with_corrections(data.train, fixes))
         odd = load_outliers(cfg.data_dir, cfg.download) if outliers.applies(cfg.dataset, cfg.task) else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         model, cfg, origin = _initial_model(cfg, data)
@@ -85,7 +91,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
             if dest is None or runlog is None:  # not rank 0
                 return None
             return _finish(cfg, device, data, model, runlog, dest, epochs, time.perf_counter() - started,
-                           origin, odd)
+                           origin, odd, fixes)
 
 
 def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
@@ -93,7 +99,8 @@ def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, Train
     architecture becomes the artifact's."""
     outputs = 1 if cfg.task == "binary" else len(data.classes)
     if cfg.init_from is not None:
-        start = start_from(cfg.init_from, data.input_shape, outputs, freeze=cfg.freeze == "features")
+        start = start_from(cfg.init_from, data.input_shape, outputs, freeze=cfg.freeze == "features",
+                           labels=data.classes, task=cfg.task)
         cfg = dataclasses.replace(cfg, arch=start.architecture, widths=start.widths)
         return start.model, cfg, start.origin
     net = build_net(cfg.arch, data.input_shape, outputs, hidden=cfg.hidden, activation=cfg.activation,
@@ -155,7 +162,7 @@ def fit(cfg: TrainConfig, world: World, device: torch.device, data: DataSplits, 
 
 def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module, runlog: RunLog,
             dest: Destination, epochs: int, seconds: float, origin: dict[str, Any],
-            odd: OutlierSets | None) -> Path:
+            odd: OutlierSets | None, fixes: Corrections | None = None) -> Path:
     """Rank 0 after training: test once, draw the reports, export the artifact."""
     objective = _objective(cfg)
     test_set = _limit(data.test, cfg.eval_batch_size, cfg.dry_run)
@@ -173,11 +180,15 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
     trust = assess(Scorer(model, device, _layout(cfg.arch), cfg.eval_batch_size), data, objective,
                    runlog.path.parent, odd=odd, flag_rate=cfg.flag_rate, limit=limit)
     metrics |= trust.metrics
+    held_out = _judge_corrections(cfg, device, data, model, fixes, dest.out) if fixes else None
+    if held_out is not None:
+        metrics["corrections_accuracy"] = round(held_out.accuracy, 6)
     files = outcome.draw(runlog, test, test_set, data, objective, model, metrics) + trust.figures
     info = ArtifactInfo(
         name=cfg.name, version=dest.version, architecture=cfg.arch, labels=data.classes,
         input_shape=data.input_shape, metrics=metrics, training=cfg.to_dict(),
-        dataset=data.identity() | _outlier_identity(odd, cfg),
+        dataset=data.identity() | _outlier_identity(odd, cfg)
+        | ({"corrections": fixes.identity() | _held_out_identity(held_out)} if fixes else {}),
         ink=data.source.ink, image_preprocessing=data.source.image_preprocessing,
         extra={"epochs_run": epochs, "train_seconds": round(seconds, 1), "dry_run": cfg.dry_run,
                "macs_per_example": count_macs(model.get_submodule("net"), data.input_shape),
@@ -188,13 +199,45 @@ def _finish(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.
     )
     runlog.close()  # flushed before export copies metrics.jsonl into the artifact
     out = dest.out if cfg.dry_run else publish_root(dest.out, dest.run_folder / "models", cfg.name,
-                                                    test.accuracy, cfg.publish)
+                                                    test.accuracy, cfg.publish, cfg.tolerance, held_out)
     # A canary: the default is pinned before the new version appears, the canary started once it is there.
     canary = not cfg.dry_run and pin_default(out, cfg.name, cfg.publish) is not None
     folder = export(model, info, out, probe=data.test.images[:64], reports=files, formats=cfg.formats)
     if canary:
         start_canary(out, cfg.name, folder.name, cfg.publish)
     return folder
+
+
+def _judge_corrections(cfg: TrainConfig, device: torch.device, data: DataSplits, model: nn.Module,
+                       fixes: Corrections, repository: Path) -> HeldOut | None:
+    """The run's and the served default's accuracy on the corrections the run held out (None: none held
+    out); the run's accuracy on those it trained on is logged too."""
+    def accuracy(net: nn.Module, examples: ImageSet, on: torch.device) -> float:
+        layout = _layout(cfg.arch) if on == device else torch.contiguous_format
+        return evaluate(net, make_loader(examples, cfg.eval_batch_size, shuffle=False), on, len(data.classes),
+                        layout, _objective(cfg)).accuracy
+
+    trained = accuracy(model, fixes.trained, device)
+    if not len(fixes.held_out):
+        log.warning("no correction held out: the publishing rule judges this run by its test accuracy alone")
+        log.info("corrections trained on: accuracy %.1f %% (%d)", 100 * trained, len(fixes.trained))
+        return None
+    version = served_default(repository, cfg.name)
+    default = (accuracy(load_scripted(repository / cfg.name / version / "model.pt"), fixes.held_out,
+                        torch.device("cpu")) if version is not None else 0.0)
+    held_out = HeldOut(len(fixes.held_out), accuracy(model, fixes.held_out, device), default, version or "")
+    log.info("corrections: accuracy %.1f %% on the %d trained on, %.1f %% on the %d held out (version %s "
+             "served by default: %.1f %%)", 100 * trained, len(fixes.trained), 100 * held_out.accuracy,
+             held_out.examples, version or "-", 100 * default)
+    return held_out
+
+
+def _held_out_identity(held_out: HeldOut | None) -> dict[str, Any]:
+    if held_out is None:
+        return {}
+    return {"held_out_accuracy": round(held_out.accuracy, 6),
+            "default_version": held_out.default_version,
+            "default_held_out_accuracy": round(held_out.default_accuracy, 6)}
 
 
 def _outlier_identity(odd: OutlierSets | None, cfg: TrainConfig) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 An artifact holds the serving form of its net (batch norm folded into the convolutions), so the eager net
 is rebuilt from the manifest in that same folded form and loaded with the artifact's weights, input
 normalisation included: the features keep seeing inputs scaled as they were trained on. The last linear
-layer (the head) is replaced by a fresh one with the new task's outputs; ``--freeze features`` trains only
-that head.
+layer (the head) is replaced by a fresh one with the new task's outputs, unless the new run has the same
+task and labels (a fine-tune, e.g. on corrections: training/corrections.py), which keeps it; ``--freeze
+features`` trains only the head.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class Start:
     widths: tuple[int, ...] = ()  # the convolution widths the artifact's net was built with
 
 
-def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze: bool) -> Start:
-    """The artifact in ``folder`` as a trainable model with a fresh ``outputs``-wide head."""
+def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze: bool,
+               labels: tuple[str, ...] = (), task: str = "multiclass") -> Start:
+    """The artifact in ``folder`` as a trainable model with a fresh ``outputs``-wide head, or its own head
+    when it was trained for the same ``task`` and ``labels``."""
     try:
         manifest = read_manifest(folder)
         path = verify_checksum(manifest, folder)
@@ -54,15 +57,18 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
     wrapper_type = PixelClassifier if manifest.input.kind == "image" else FeatureClassifier
     model = wrapper_type(net, [0.0] * width, [1.0] * width)
     model.load_state_dict(load_scripted(path).state_dict())  # the buffers bring the source's normalisation
-    replace_head(net, outputs)
+    same = (manifest.task, tuple(manifest.labels), manifest.num_outputs) == (task, tuple(labels), outputs)
+    if not same:
+        replace_head(net, outputs)
     if freeze:
         for layer in list(net.children())[:-1]:
             layer.requires_grad_(False)
     origin = {"artifact": str(folder), "name": manifest.name, "version": manifest.version,
               "sha256": manifest.sha256, "labels": list(manifest.labels), "frozen": "features" if freeze
-              else "none"}
-    log.info("starting from %s/%s (%s), new %d-output head%s", manifest.name, manifest.version,
-             manifest.architecture, outputs, ", features frozen" if freeze else "")
+              else "none", "head": "kept" if same else "new"}
+    log.info("starting from %s/%s (%s), %s %d-output head%s", manifest.name, manifest.version,
+             manifest.architecture, "its own" if same else "a new", outputs,
+             ", features frozen" if freeze else "")
     return Start(model=model, architecture=manifest.architecture, origin=origin, widths=widths)
 
 

@@ -1,0 +1,129 @@
+"""``--extra-data DIR``: train on the corrections the service stored, and judge the run on some of them.
+
+The service writes each correction as ``<feedback dir>/<model>/<true label>/<hash>.png``, the input exactly
+as the model received it, and records it in ``<model>/corrections.jsonl`` (service/web/corrections.py). A
+run reads that folder (``DIR`` itself, or ``DIR/<name>`` when it is there) and splits it by content hash: a
+correction whose hash falls in the first ``holdout`` share of the hash space is held out, the same one every
+time, however many corrections come later. The rest join the training split, each ``weight`` times per
+epoch (each copy is augmented differently), so that a few dozen corrections are seen against tens of
+thousands of training images. The held-out ones judge the run beside the untouched test split: the
+publishing rule (training/publish.py) compares the run with the version served by default on both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.datasets import DataError, ImageSet
+
+log = logging.getLogger(__name__)
+
+_HASH_SPACE = 16 ** 8  # a correction's place in the hash space: the first 8 hex digits of its name
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """The corrections of one model, split into those trained on and those held out to judge the run."""
+
+    folder: Path
+    trained: ImageSet
+    held_out: ImageSet
+    trained_hashes: tuple[str, ...]
+    held_out_hashes: tuple[str, ...]
+    weight: int
+    versions: dict[str, int] = field(default_factory=dict)  # model version corrected -> corrections
+
+    def identity(self) -> dict[str, Any]:
+        """The manifest's ``dataset.corrections``: which corrections the run saw, and how."""
+        return {"folder": str(self.folder), "weight": self.weight, "trained": list(self.trained_hashes),
+                "held_out": list(self.held_out_hashes), "corrected_versions": self.versions}
+
+
+def feedback_folder(root: Path, name: str) -> Path:
+    """The folder of ``name``'s corrections: ``root/name`` in the service's layout, else ``root``."""
+    return root / name if (root / name).is_dir() else root
+
+
+def load_corrections(root: Path, name: str, classes: tuple[str, ...], input_shape: tuple[int, ...],
+                     holdout: float, weight: int) -> Corrections:
+    """Read the corrections under ``root`` for model ``name`` (see the module docstring)."""
+    folder = feedback_folder(root, name)
+    if not folder.is_dir():
+        raise DataError(f"--extra-data {root}: no such folder (the service's TRAINSERVE_FEEDBACK_DIR, "
+                        f"holding {name}/<label>/<hash>.png)")
+    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise DataError(f"--extra-data {folder}: folders {', '.join(unknown)} are not labels of this dataset "
+                        f"({', '.join(classes)})")
+    files = sorted((p for label in classes for p in (folder / label).glob("*.png")), key=lambda p: p.stem)
+    if not files:
+        raise DataError(f"--extra-data {folder}: no corrections (<label>/<hash>.png) for {name}")
+    images, labels, held = [], [], []
+    for path in files:
+        images.append(_read(path, input_shape))
+        labels.append(classes.index(path.parent.name))
+        held.append(_place(path.stem) < holdout)
+    if holdout > 0 and not any(held) and len(files) > 1:
+        held[0] = True  # the lowest hash: the run is judged on at least one correction it did not see
+    mask = torch.tensor(held)
+    data = ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+    stems = np.array([p.stem for p in files])
+    held_mask = mask.numpy()
+    corrections = Corrections(folder=folder, trained=data.subset(torch.nonzero(~mask).flatten()),
+                              held_out=data.subset(torch.nonzero(mask).flatten()),
+                              trained_hashes=tuple(stems[~held_mask]),
+                              held_out_hashes=tuple(stems[held_mask]),
+                              weight=weight, versions=_versions(folder))
+    if not len(corrections.trained):
+        raise DataError(f"--extra-data {folder}: all {len(files)} correction(s) are held out; lower "
+                        f"--extra-holdout (now {holdout:g}) or store more")
+    log.info("corrections from %s: %d trained on (each %d times per epoch), %d held out", folder,
+             len(corrections.trained), weight, len(corrections.held_out))
+    return corrections
+
+
+def with_corrections(train: ImageSet, corrections: Corrections) -> ImageSet:
+    """The training split with each trained-on correction appended ``weight`` times."""
+    extra = corrections.trained
+    return ImageSet(torch.cat([train.images, extra.images.repeat(corrections.weight, 1, 1, 1)]),
+                    torch.cat([train.labels, extra.labels.repeat(corrections.weight)]))
+
+
+def _place(stem: str) -> float:
+    try:
+        return int(stem[:8], 16) / _HASH_SPACE
+    except ValueError:  # a file not named by its hash: placed by a hash of its name
+        return int(hashlib.sha256(stem.encode()).hexdigest()[:8], 16) / _HASH_SPACE
+
+
+def _read(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    channels = input_shape[0]
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+    if pixels.shape != tuple(input_shape):
+        raise DataError(f"{path}: a {list(pixels.shape)} image, this model takes {list(input_shape)} (a "
+                        "correction is stored as the model received it: was it stored for another model?)")
+    return pixels
+
+
+def _versions(folder: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    log_file = folder / "corrections.jsonl"
+    if log_file.is_file():
+        for line in log_file.read_text().splitlines():
+            try:
+                version = str(json.loads(line)["version"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            counts[version] = counts.get(version, 0) + 1
+    return counts
