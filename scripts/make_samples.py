@@ -1,4 +1,5 @@
-"""Write samples/: real MNIST test digits as PNG and JPEG, and a digit drawn dark on white.
+"""Write samples/: real MNIST test digits as PNG and JPEG, a digit drawn dark on white, and the same digit
+drawn reversed (the shipped model gets it wrong: the README's correction example).
 
     python scripts/make_samples.py --data-dir ../shared/datasets     # rewrites samples/*.png, *.jpg
 
@@ -12,7 +13,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 # MNIST test-set positions of the digits written out, and the format of each.
 PICKS = {0: "png", 1: "png", 2: "jpg", 3: "jpg", 4: "png"}
@@ -53,6 +54,9 @@ def main() -> None:
     drawn = args.out / "drawn-3.png"
     drawn_three().save(drawn)
     print(drawn)
+    reversed_three = args.out / "reversed-3.png"  # a 3 as children often write it, mirrored
+    ImageOps.mirror(drawn_three()).save(reversed_three)
+    print(reversed_three)
 
 
 if __name__ == "__main__":

@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also train on the corrections the service stored under DIR "
                            "(TRAINSERVE_FEEDBACK_DIR; DIR/NAME when there), holding some out to judge the "
                            "run (default: none)")
-    data.add_argument("--extra-weight", type=int, default=_D.extra_weight, metavar="N",
-                      help=f"with --extra-data: each correction trained on N times per epoch "
-                           f"(default: {_D.extra_weight})")
+    data.add_argument("--extra-share", type=float, default=_D.extra_share, metavar="F",
+                      help="with --extra-data: the corrections are repeated to make up at least this share "
+                           f"of each epoch, each at least once (default: {_D.extra_share:g})")
     data.add_argument("--extra-holdout", type=float, default=_D.extra_holdout, metavar="F",
                       help=f"with --extra-data: the share of corrections held out, chosen by content hash "
                            f"(default: {_D.extra_holdout:g})")

@@ -44,10 +44,11 @@ class TrainConfig:
     val_fraction: float = 0.05
     image_size: int = 28  # folder:PATH only: images are resized to image_size x image_size
     target: tuple[str, ...] = ()  # csv:PATH only: the label column(s); several make a multilabel task
-    # Corrections the service stored (TRAINSERVE_FEEDBACK_DIR): trained on, each extra_weight times per
-    # epoch, except the extra_holdout share (by content hash) that judges the run (training/corrections.py).
+    # Corrections the service stored (TRAINSERVE_FEEDBACK_DIR): trained on, repeated to make up at least
+    # extra_share of each epoch, except the extra_holdout share (by content hash) that judges the run
+    # (training/corrections.py).
     extra_data: Path | None = None
-    extra_weight: int = 32
+    extra_share: float = 0.01
     extra_holdout: float = 0.25
     # task
     task: str = "multiclass"  # multiclass | binary | multilabel (training/tasks.py)
@@ -133,8 +134,9 @@ class TrainConfig:
         _check(all(w > 0 for w in self.widths), "widths must be positive")
         _check(0.0 <= self.ema < 1.0, "ema must be in [0, 1): a decay per step, 0 for none")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
-        _check(self.extra_weight >= 1 and 0.0 <= self.extra_holdout < 1.0 and 0.0 <= self.tolerance <= 100,
-               "extra_weight must be >= 1, extra_holdout in [0, 1) and tolerance in [0, 100] points")
+        _check(0.0 <= self.extra_share < 0.5 and 0.0 <= self.extra_holdout < 1.0
+               and 0.0 <= self.tolerance <= 100,
+               "extra_share must be in [0, 0.5), extra_holdout in [0, 1) and tolerance in [0, 100] points")
         _check(self.extra_data is None or (self.task == "multiclass" and not self.feature_data),
                "--extra-data (corrections the service stored) is for multi-class image models")
         _check(self.elastic >= 0 and 0.0 <= self.stroke <= 1.0, "elastic must be >= 0 and stroke in [0, 1]")

@@ -4,17 +4,21 @@ The service writes each correction as ``<feedback dir>/<model>/<true label>/<has
 as the model received it, and records it in ``<model>/corrections.jsonl`` (service/web/corrections.py). A
 run reads that folder (``DIR`` itself, or ``DIR/<name>`` when it is there) and splits it by content hash: a
 correction whose hash falls in the first ``holdout`` share of the hash space is held out, the same one every
-time, however many corrections come later. The rest join the training split, each ``weight`` times per
-epoch (each copy is augmented differently), so that a few dozen corrections are seen against tens of
-thousands of training images. The held-out ones judge the run beside the untouched test split: the
+time, however many corrections come later. The rest join the training split, repeated so that together
+they are at least ``share`` of each epoch (1 % by default: one correction is seen about 570 times among
+MNIST's 57,000 training images, fifteen about 38 times each, a thousand once; each copy is augmented
+differently), so that a handful of corrections weighs against tens of thousands of training images without
+drowning them. The held-out ones judge the run beside the untouched test split: the
 publishing rule (training/publish.py) compares the run with the version served by default on both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ class Corrections:
     held_out: ImageSet
     trained_hashes: tuple[str, ...]
     held_out_hashes: tuple[str, ...]
-    weight: int
+    weight: int  # copies of each trained-on correction per epoch
     versions: dict[str, int] = field(default_factory=dict)  # model version corrected -> corrections
 
     def identity(self) -> dict[str, Any]:
@@ -54,8 +58,9 @@ def feedback_folder(root: Path, name: str) -> Path:
 
 
 def load_corrections(root: Path, name: str, classes: tuple[str, ...], input_shape: tuple[int, ...],
-                     holdout: float, weight: int) -> Corrections:
-    """Read the corrections under ``root`` for model ``name`` (see the module docstring)."""
+                     holdout: float, share: float, train_size: int) -> Corrections:
+    """Read the corrections under ``root`` for model ``name``, weighted against a training split of
+    ``train_size`` examples (see the module docstring)."""
     folder = feedback_folder(root, name)
     if not folder.is_dir():
         raise DataError(f"--extra-data {root}: no such folder (the service's TRAINSERVE_FEEDBACK_DIR, "
@@ -82,17 +87,18 @@ def load_corrections(root: Path, name: str, classes: tuple[str, ...], input_shap
                               held_out=data.subset(torch.nonzero(mask).flatten()),
                               trained_hashes=tuple(stems[~held_mask]),
                               held_out_hashes=tuple(stems[held_mask]),
-                              weight=weight, versions=_versions(folder))
+                              weight=0, versions=_versions(folder))
     if not len(corrections.trained):
         raise DataError(f"--extra-data {folder}: all {len(files)} correction(s) are held out; lower "
                         f"--extra-holdout (now {holdout:g}) or store more")
+    weight = max(1, math.ceil(share * train_size / len(corrections.trained)))
     log.info("corrections from %s: %d trained on (each %d times per epoch), %d held out", folder,
              len(corrections.trained), weight, len(corrections.held_out))
-    return corrections
+    return dataclasses.replace(corrections, weight=weight)
 
 
 def with_corrections(train: ImageSet, corrections: Corrections) -> ImageSet:
-    """The training split with each trained-on correction appended ``weight`` times."""
+    """The training split with each trained-on correction appended ``corrections.weight`` times."""
     extra = corrections.trained
     return ImageSet(torch.cat([train.images, extra.images.repeat(corrections.weight, 1, 1, 1)]),
                     torch.cat([train.labels, extra.labels.repeat(corrections.weight)]))

@@ -21,6 +21,7 @@ from service.handoff.catalog import ServedModel
 from service.web import binary, imaging
 from service.web.binary import wants_binary
 from service.web.confidence import annotate, calibrated, judge
+from service.web.corrections import content_hash
 from service.web.limits import parse_json
 from service.web.schemas import INFER_REQUEST, PREDICT_REQUEST, load
 from service.web.tensors import (
@@ -209,6 +210,7 @@ def predictions_payload(found: ServedModel, logits: np.ndarray, top_k: int | Non
     if shown is not None:  # what preprocessing made of each image, as the model got it
         for prediction, example in zip(answer["predictions"], shown, strict=True):
             prediction["input"] = example
+            prediction["input_hash"] = content_hash(example)
     return answer
 
 

@@ -236,9 +236,12 @@ ROUTES: list[_Route] = [
      _INFER_ERRORS, _EXPLAIN_EXAMPLE),
     ("/v1/models/{name}/versions/{version}:explain", "post", "KServe v1 explain with one version",
      _EXPLAIN_BODY, {"application/json": "ExplainResponse"}, _INFER_ERRORS, ""),
-    ("/v1/models/{name}/versions/{version}/feedback", "post", "A correction: the input as the model received "
-     "it (:classify?include_input=true) and its true label, stored under TRAINSERVE_FEEDBACK_DIR for "
-     "training (409 while that is unset)", _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "409"), ""),
+    ("/v1/models/{name}/feedback", "post", "A correction of the default version's answer: the input as the "
+     "model received it (:classify?include_input=true) and its true label, stored under "
+     "TRAINSERVE_FEEDBACK_DIR for training (409 while that is unset)", _FEEDBACK_BODY, _OBJECT,
+     (*_INFER_ERRORS, "409"), ""),
+    ("/v1/models/{name}/versions/{version}/feedback", "post", "A correction of one version's answer",
+     _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "409"), ""),
     ("/openapi.json", "get", "This document (for the models served now)", None, _OBJECT, ("503",), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, _HTML, ("503",), ""),
     ("/", "get", "The web page: draw or upload a digit, see every served model's answer (to a client whose "

@@ -273,6 +273,9 @@ class Prediction(Schema):
     input = fields.List(fields.Raw(), metadata={
         "description": "with include_input=true: the example exactly as the model received it after "
                        "decoding and preprocessing, uint8 pixels nested [C][H][W] (e.g. [1][28][28])"})
+    input_hash = fields.String(metadata={
+        "description": "with include_input=true: the hash a correction of this input is stored under "
+                       "(the feedback route's answer names the same)"})
 
 
 class PredictResponse(Schema):

@@ -1,4 +1,4 @@
-"""Corrections: ``POST /v1/models/{name}/versions/{v}/feedback`` stores an input with its true label where
+"""Corrections: ``POST /v1/models/{name}[/versions/{v}]/feedback`` stores an input with its true label where
 training reads it (service/web/corrections.py; docs/serving.md#corrections)."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from service.web.schemas import FEEDBACK_ARGS, FEEDBACK_REQUEST, load
 bp = Blueprint("feedback", __name__, url_prefix="/v1")
 
 
+@bp.post("/models/<name>/feedback")
 @bp.post("/models/<name>/versions/<version>/feedback")
-def feedback(name: str, version: str) -> Response:
+def feedback(name: str, version: str | None = None) -> Response:
     """Store each input with its true label; the answer says what the model predicted and whether the
-    input was already stored."""
+    input was already stored. Without a version: the model's default version."""
     found = model(name, version)
     config = current_app.config["TRAINSERVE"]
     if config.feedback_dir is None or found.manifest.input.kind != "image":
