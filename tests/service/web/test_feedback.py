@@ -23,8 +23,11 @@ def test_a_correction_is_stored_once_where_training_reads_it(make_app, tmp_path,
     assert first.status_code == 200, first.json
     item = first.json["stored"][0]
     assert item["label"] == "3" and item["predicted"] == shown["label"] and item["duplicate"] is False
+    assert item["hash"] == shown["input_hash"]  # the page can tell it is correcting what it was shown
     again = client.post(URL, json=body).json["stored"][0]
     assert again["duplicate"] is True and again["hash"] == item["hash"]
+    bare = client.post("/v1/models/mnist-tiny/feedback", json=body)  # the default version: 2 here
+    assert bare.json["version"] == "2" and bare.json["stored"][0]["duplicate"] is True
     stored = tmp_path / "mnist-tiny" / "3" / f"{item['hash']}.png"
     assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(shown["input"][0], np.uint8))
     records = [json.loads(line) for line in (tmp_path / "mnist-tiny" / "corrections.jsonl").read_text()
