@@ -125,12 +125,16 @@ class ServiceConfig:
     explain_max_steps: int = 128
     explain_max_examples: int = 8
     explain_max_queue: int = 16
-    explain_share: float = 0.1
+    explain_share: float = 0.05
     explain_timeout_s: float = 30.0
     # Corrections (POST .../feedback) are stored here as an image-folder dataset; unset: feedback is off.
-    # At most feedback_max_items per model (429 beyond: train on them, then move them away).
+    # At most feedback_max_items per model (429 beyond: train on them, then move them away), and at most
+    # feedback_per_minute new ones per model in any minute, over every worker (0: no rate bound). With a
+    # feedback_token, only callers that present it may store corrections (the web page asks for it).
     feedback_dir: Path | None = None
     feedback_max_items: int = 10000
+    feedback_per_minute: int = 60
+    feedback_token: str = field(default="", repr=False)
     max_request_bytes: int = 16 * 1024 * 1024
     # JSON (a body, or the JSON header of a binary OIP request): parsed, its numbers become Python objects
     # several times the size of their text, so it has a lower limit than binary tensors and images.
@@ -280,7 +284,7 @@ def _matching(pattern: re.Pattern[str]) -> Callable[[str], str]:
 
 
 # Settings whose value never appears in a message.
-_SECRETS = frozenset({"management_token"})
+_SECRETS = frozenset({"management_token", "feedback_token"})
 
 _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model_dir": (Path, "a folder path"),
@@ -312,6 +316,8 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "explain_timeout_s": (float, "seconds > 0"),
     "feedback_dir": (Path, "a folder path"),
     "feedback_max_items": (int, "an integer >= 1"),
+    "feedback_per_minute": (int, "an integer >= 0 (0: no rate bound)"),
+    "feedback_token": (str, "a token of 16 to 256 visible ASCII characters"),
     "max_request_bytes": (int, "a byte count >= 1024"),
     "max_json_bytes": (int, "a byte count >= 1024"),
     "log_format": (_choice("text", "json"), "text or json"),
@@ -351,6 +357,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "explain_share": lambda v: 0 < v <= 1,
     "explain_timeout_s": lambda v: v > 0,
     "feedback_max_items": lambda v: v >= 1,
+    "feedback_per_minute": lambda v: v >= 0,
+    "feedback_token": lambda v: v == "" or bool(_TOKEN_RE.match(v)),
     "max_request_bytes": lambda v: v >= 1024,
     "max_json_bytes": lambda v: v >= 1024,
     "model_control": lambda v: v in ("poll", "explicit", "none"),

@@ -79,7 +79,7 @@ class RuntimeServer:
                  observe: Callable[[LoadedModel], Observer] | None = None,
                  forget: Callable[[LoadedModel], None] | None = None, grace_s: float = 10.0,
                  max_wait_s: float = float("inf"), routing: dict[str, Any] | None = None,
-                 explain_max_queue: int = 16, explain_share: float = 0.1) -> None:
+                 explain_max_queue: int = 16, explain_share: float = 0.05) -> None:
         self.max_batch_size = max_batch_size
         self.explanations = ExplainQueue(explain_max_queue, explain_share)
         self._batches_ran = False  # since the last explanation: the runtime is busy with predictions

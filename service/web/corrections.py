@@ -6,7 +6,9 @@ preprocessing: what ``:classify?include_input=true`` returns), written once as
 training/folders.py). ``<dir>/<model>/corrections.jsonl`` records each one, append-only: its hash, the
 true and the predicted label, the model version and the request id. The same input corrected again is
 not stored twice (the hash names the file, created exclusively, so concurrent workers agree). At most
-``TRAINSERVE_FEEDBACK_MAX_ITEMS`` corrections per model are kept; beyond it the service answers 429.
+``TRAINSERVE_FEEDBACK_MAX_ITEMS`` corrections per model are kept, and at most
+``TRAINSERVE_FEEDBACK_PER_MINUTE`` new ones are stored per model in any minute, counted from the log's last
+lines (so every worker counts the same); beyond either the service answers 429.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 from service.errors import QueueFull
+
+_MAX_RECORD = 1024  # bytes: a log line is about 250 (the request id is bounded by the schema)
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,10 @@ def content_hash(pixels: np.ndarray) -> str:
 class FeedbackStore:
     """Corrections of every model under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path, max_items: int) -> None:
+    def __init__(self, root: Path, max_items: int, per_minute: int = 0) -> None:
         self.root = root
         self.max_items = max_items
+        self.per_minute = per_minute
 
     def add(self, model: str, version: str, label: str, predicted: str, pixels: np.ndarray,
             request_id: str) -> Stored:
@@ -59,6 +65,7 @@ class FeedbackStore:
         if self.count(model) >= self.max_items:
             raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
                             "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
+        self._check_rate(model)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -77,12 +84,42 @@ class FeedbackStore:
             os.close(fd)
         return Stored(digest, label, predicted, False)
 
+    def _check_rate(self, model: str) -> None:
+        """429 when ``per_minute`` corrections of ``model`` were stored in the last minute."""
+        if not self.per_minute:
+            return
+        times = _last_times(self.root / model / "corrections.jsonl", self.per_minute)
+        if len(times) < self.per_minute:
+            return
+        wait = 60.0 - (time.time() - min(times))
+        if wait > 0:
+            raise QueueFull(f"model {model} took {self.per_minute} corrections in the last minute, the limit "
+                            "(TRAINSERVE_FEEDBACK_PER_MINUTE)", max(1, math.ceil(wait)))
+
     def count(self, model: str) -> int:
         """Corrections stored for ``model``."""
         folder = self.root / model
         if not folder.is_dir():
             return 0
         return sum(1 for label in folder.iterdir() if label.is_dir() for _ in label.glob("*.png"))
+
+
+def _last_times(path: Path, count: int) -> list[float]:
+    """The times of the last ``count`` records of a corrections log (fewer when it holds fewer)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - count * _MAX_RECORD))
+            lines = fh.read().splitlines()[-count:]
+    except FileNotFoundError:
+        return []
+    times = []
+    for line in lines:
+        try:
+            times.append(float(json.loads(line)["time"]))
+        except (ValueError, KeyError, TypeError):  # a partial first line of the window
+            continue
+    return times
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -22,7 +22,8 @@ QUANTILES = (0.5, 0.9, 0.99)
 
 
 def summarize(families: Iterable[Metric], model: str, version: str) -> dict[str, Any]:
-    """Requests, latency percentiles, batch sizes and queue waits of ``model`` (``version`` for batches)."""
+    """Requests, latency percentiles, batch sizes and queue waits of ``model`` (``version`` for batches), and
+    the corrections of ``version``'s answers stored since the service started (true label -> answer)."""
     samples = [s for family in families for s in family.samples if s.labels.get("model") == model]
     is_version = partial(_of_version, version)
     by_status: dict[str, float] = defaultdict(float)
@@ -30,6 +31,11 @@ def summarize(families: Iterable[Metric], model: str, version: str) -> dict[str,
         if s.name == "trainserve_requests_total" and _inference(s):
             by_status[s.labels["status"]] += s.value
     batches = _histogram(samples, "trainserve_batch_size_images", is_version)
+    corrected: dict[str, dict[str, int]] = defaultdict(dict)  # true label -> the model's answer -> count
+    for s in samples:
+        if s.name == "trainserve_corrections_total" and is_version(s) and s.value:
+            row = corrected[s.labels["label"]]
+            row[s.labels["predicted"]] = row.get(s.labels["predicted"], 0) + int(s.value)
     return {
         "model": model, "version": version,
         "requests": {"total": int(sum(by_status.values())),
@@ -41,6 +47,9 @@ def summarize(families: Iterable[Metric], model: str, version: str) -> dict[str,
         "batches": {"count": int(batches["count"]), "images": int(batches["sum"]),
                     "mean_size": batches["sum"] / batches["count"] if batches["count"] else None,
                     "sizes": _bucket_counts(batches["buckets"])},
+        "corrections": {"total": sum(sum(row.values()) for row in corrected.values()),
+                        "by_label": {label: dict(sorted(row.items()))
+                                     for label, row in sorted(corrected.items())}},
     }
 
 

@@ -25,9 +25,14 @@ def authorize(token: str, authorization: str) -> None:
     if not token:
         raise Forbidden("the model repository API is off: the operator turns it on by setting "
                         "TRAINSERVE_MANAGEMENT_TOKEN")
+    check_bearer(token, authorization, "the model repository API")
+
+
+def check_bearer(token: str, authorization: str, what: str) -> None:
+    """``authorization`` must be ``Bearer <token>``: 401 when missing, 403 when wrong."""
     scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        raise Unauthorized("the model repository API needs an Authorization: Bearer <token> header")
+        raise Unauthorized(f"{what} needs an Authorization: Bearer <token> header")
     # Digests of equal length, compared in constant time: neither the token nor its length leaks.
     if not hmac.compare_digest(_digest(given.strip()), _digest(token)):
         raise Forbidden("the bearer token is not the one this service accepts")

@@ -37,7 +37,7 @@ from service.web.tensors import DATATYPES, FLOAT32_MAX, INTEGERS, example_shapes
 _ERRORS = {
     "400": "malformed JSON, wrong shape or dtype, NaN or out-of-range values, undecodable image, "
            "a corrupt gzip/deflate body",
-    "401": "no Authorization: Bearer <token> header (the management token)",
+    "401": "no Authorization: Bearer <token> header (the management token; the feedback token for feedback)",
     "403": "a wrong token, or the repository API is off (TRAINSERVE_MANAGEMENT_TOKEN unset)",
     "404": "unknown model or version",
     "408": "the body did not arrive within the request's deadline (TRAINSERVE_REQUEST_TIMEOUT_S)",
@@ -238,10 +238,11 @@ ROUTES: list[_Route] = [
      _EXPLAIN_BODY, {"application/json": "ExplainResponse"}, _INFER_ERRORS, ""),
     ("/v1/models/{name}/feedback", "post", "A correction of the default version's answer: the input as the "
      "model received it (:classify?include_input=true) and its true label, stored under "
-     "TRAINSERVE_FEEDBACK_DIR for training (409 while that is unset)", _FEEDBACK_BODY, _OBJECT,
-     (*_INFER_ERRORS, "409"), ""),
+     "TRAINSERVE_FEEDBACK_DIR for training (409 while that is unset; 429 beyond "
+     "TRAINSERVE_FEEDBACK_PER_MINUTE or _MAX_ITEMS; 401/403 without TRAINSERVE_FEEDBACK_TOKEN when set)",
+     _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "401", "403", "409"), ""),
     ("/v1/models/{name}/versions/{version}/feedback", "post", "A correction of one version's answer",
-     _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "409"), ""),
+     _FEEDBACK_BODY, _OBJECT, (*_INFER_ERRORS, "401", "403", "409"), ""),
     ("/openapi.json", "get", "This document (for the models served now)", None, _OBJECT, ("503",), ""),
     ("/docs", "get", "Human-readable API documentation (works offline)", None, _HTML, ("503",), ""),
     ("/", "get", "The web page: draw or upload a digit, see every served model's answer (to a client whose "

@@ -219,6 +219,14 @@ def test_a_wrong_answer_is_corrected_into_the_feedback_folder_and_metrics(tab, s
     metrics = requests.get(f"{site.url}/metrics", timeout=10).text
     assert any(line.startswith("trainserve_corrections_total{") and f'label="{truth}"' in line
                for line in metrics.splitlines())
+    # The version's page shows it in its corrections matrix: the true label's row, the answer's column.
+    answer = sent.value.json()
+    page = tab.open(f"/ui/models/mnist-cnn/{answer['version']}")
+    page.wait_for_selector('#corrections-status[data-total="1"]', timeout=WAIT_MS)
+    rows = page.locator("#corrections-matrix tbody tr")
+    assert rows.count() == 1 and rows.locator("th").inner_text() == truth
+    assert rows.locator("td").nth(int(answer["stored"][0]["predicted"])).inner_text() == "1"
+    assert rows.locator("td[data-count]").count() == 1
 
 
 @pytest.mark.parametrize("kind", ["PNG", "JPEG"])

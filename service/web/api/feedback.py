@@ -7,7 +7,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 
 from service.errors import Conflict, InvalidInput
-from service.web import exchange
+from service.web import exchange, management
 from service.web.api.common import image_batch, json_limit, logits, model, plane, respond
 from service.web.corrections import FeedbackStore
 from service.web.explaining import scored_labels
@@ -26,6 +26,9 @@ def feedback(name: str, version: str | None = None) -> Response:
     if config.feedback_dir is None or found.manifest.input.kind != "image":
         raise Conflict("feedback is off: set TRAINSERVE_FEEDBACK_DIR to a folder to store corrections "
                        "(image models only)")
+    if config.feedback_token:
+        management.check_bearer(config.feedback_token, request.headers.get("Authorization", ""),
+                                "storing a correction (TRAINSERVE_FEEDBACK_TOKEN is set)")
     if request.mimetype == "multipart/form-data" or request.mimetype.startswith(exchange.IMAGE_TYPES):
         args, inputs = load(FEEDBACK_ARGS, request.args.to_dict()), image_batch(found)
     else:
@@ -37,7 +40,7 @@ def feedback(name: str, version: str | None = None) -> Response:
         raise InvalidInput(f"label {args['label']!r} is not a label of model {found.key} "
                            f"({', '.join(labels)}; multi-class models only)")
     predicted = [labels[i] for i in np.argmax(logits(found, inputs), axis=1)]
-    store = FeedbackStore(config.feedback_dir, config.feedback_max_items)
+    store = FeedbackStore(config.feedback_dir, config.feedback_max_items, config.feedback_per_minute)
     stored = [store.add(found.manifest.name, found.manifest.version, args["label"], guess, pixels,
                         args["request_id"] or g.get("request_id", "")) for guess, pixels in zip(
                             predicted, inputs, strict=True)]

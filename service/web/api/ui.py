@@ -46,7 +46,8 @@ def model_page(name: str, version: str | None = None) -> str:
         view = {"summary": rollout.summary(document), "rows": rollout.rows(document),
                 "changes": rollout.changes(document)}
     return render_template("model.html", m=found.manifest, device=found.device, rollout=view,
-                           sections=sections(found.manifest), reports=plane().report_files(found))
+                           sections=sections(found.manifest), reports=plane().report_files(found),
+                           feedback=plane().config.feedback_dir is not None)
 
 
 @bp.after_request

@@ -58,6 +58,26 @@ def test_off_without_a_folder_bad_labels_and_the_limit(make_app, tmp_path, mnist
     assert full.status_code == 429 and "TRAINSERVE_FEEDBACK_MAX_ITEMS" in full.json["error"]
 
 
+def test_a_rate_over_every_worker_and_an_optional_token(make_app, tmp_path, mnist):
+    rows = [mnist["test_x"][i: i + 1].reshape(1, 1, 28, 28).tolist() for i in range(4)]
+    # Two apps stand for two workers: the log they share is what the rate is counted from.
+    first, second = (make_app(feedback_dir=tmp_path, feedback_per_minute=2).test_client() for _ in range(2))
+    assert first.post(URL, json={"instances": rows[0], "label": "3"}).status_code == 200
+    assert second.post(URL, json={"instances": rows[1], "label": "3"}).status_code == 200
+    limited = first.post(URL, json={"instances": rows[2], "label": "3"})
+    assert limited.status_code == 429 and "TRAINSERVE_FEEDBACK_PER_MINUTE" in limited.json["error"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert second.post(URL, json={"instances": rows[0], "label": "3"}).json["stored"][0]["duplicate"] is True
+    token = "feedback-token-0123456789"
+    guarded = make_app(feedback_dir=tmp_path / "guarded", feedback_token=token).test_client()
+    body = {"instances": rows[3], "label": "3"}
+    assert guarded.post(URL, json=body).status_code == 401
+    wrong = {"Authorization": "Bearer wrong-token-0000000"}
+    assert guarded.post(URL, json=body, headers=wrong).status_code == 403
+    assert guarded.post(URL, json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert (tmp_path / "guarded" / "mnist-tiny" / "corrections.jsonl").read_text().count("\n") == 1
+
+
 def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

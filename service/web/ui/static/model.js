@@ -28,6 +28,33 @@
     set("images", String(stats.batches.images));
     set("mean-batch", stats.batches.mean_size === null ? "—" : stats.batches.mean_size.toFixed(2));
     drawSizes(stats.batches.sizes, stats.batches.count);
+    drawCorrections(stats.corrections);
+  }
+
+  // The corrections matrix: a row per true label that has any, a column per label of the model.
+  function drawCorrections(corrections) {
+    const table = document.getElementById("corrections-matrix");
+    if (!table || !corrections) return;
+    const labels = JSON.parse(document.getElementById("corrections").dataset.labels);
+    const rows = Object.entries(corrections.by_label).map(([truth, answers]) => {
+      const row = document.createElement("tr");
+      const head = document.createElement("th");
+      head.scope = "row";
+      head.textContent = truth;
+      row.append(head);
+      for (const label of labels) {
+        const cell = document.createElement("td");
+        const count = answers[label] || 0;
+        cell.textContent = count ? String(count) : "";
+        if (count) cell.dataset.count = String(count);
+        row.append(cell);
+      }
+      return row;
+    });
+    table.tBodies[0].replaceChildren(...rows);
+    const status = document.getElementById("corrections-status");
+    status.dataset.total = String(corrections.total);
+    status.textContent = corrections.total ? `${corrections.total} correction(s).` : "No correction yet.";
   }
 
   function drawSizes(counts, total) {

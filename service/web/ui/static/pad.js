@@ -97,9 +97,24 @@
     const {model, input} = shown;
     const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}` +
                 "/feedback";
+    const send = () => {
+      const headers = {"Content-Type": "application/json"};
+      const token = sessionStorage.getItem("feedbackToken");
+      if (token) headers.Authorization = `Bearer ${token}`;
+      return fetch(url, {method: "POST", headers,
+                         body: JSON.stringify({instances: [input], label: correctLabel.value})});
+    };
     try {
-      const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
-                                         body: JSON.stringify({instances: [input], label: correctLabel.value})});
+      let response = await send();
+      // With TRAINSERVE_FEEDBACK_TOKEN set, ask for the token once and keep it for this tab.
+      if (response.status === 401 || response.status === 403) {
+        sessionStorage.removeItem("feedbackToken");
+        const token = window.prompt("Storing corrections here needs a token. Token:");
+        if (token) {
+          sessionStorage.setItem("feedbackToken", token.trim());
+          response = await send();
+        }
+      }
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
       const item = body.stored[0];
