@@ -187,6 +187,39 @@ def test_a_two_stroke_digit_is_classified_once_the_drawing_pauses(tab):
     assert sum(":classify" in url for url in tab.requests) == 1, tab.requests
 
 
+def test_a_digit_drawn_from_the_keyboard_is_classified(tab):
+    page = tab.open("/")
+    page.focus("#pad")
+    assert page.is_visible("#pen")
+    before = tab.answered()
+    for _ in range(3):
+        page.keyboard.press("ArrowUp")  # from the middle, up, lower the pen, draw down: a 1
+    page.keyboard.press("Space")
+    for _ in range(6):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Space")
+    with page.expect_response(lambda r: ":classify" in r.url, timeout=WAIT_MS):
+        page.keyboard.press("Enter")
+    assert tab.wait_answer(before) == "1"
+    page.keyboard.press("Escape")
+    assert tab.page.get_by_test_id("prediction").inner_text() == "—" and tab.preview().max() == 0
+
+
+def test_recent_answers_stay_in_view_newest_first_after_clear(tab):
+    tab.open("/")
+    said = []
+    for stroke in (SEVEN, ONE):
+        before = tab.answered()
+        tab.draw(stroke)
+        said.append(tab.wait_answer(before))
+        tab.page.get_by_role("button", name="Clear").click()
+    items = tab.page.get_by_test_id("history").locator("li")
+    assert items.count() == 2
+    assert [items.nth(i).locator(".history-answer").inner_text() for i in range(2)] == said[::-1]
+    assert all(items.nth(i).locator("img").evaluate("i => i.complete && i.naturalWidth === 28")
+               for i in range(2))
+
+
 def test_clear_resets_the_answer_the_overlay_and_the_pad(tab):
     tab.open("/")
     before = tab.answered()

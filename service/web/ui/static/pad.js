@@ -17,6 +17,8 @@
   const overlay = byId("attribution"), overlayFigure = byId("attribution-figure");
   const overlayNote = byId("attribution-note");
   const correctForm = byId("correct"), correctLabel = byId("correct-label"), correctNote = byId("correct-note");
+  const history = byId("history"), pen = byId("pen");
+  const HISTORY = 6;  // answers kept in view, newest first
   let shown = null;    // the answer on the page: {model, input}, what a correction is about
   let models = [];     // the /v1/models listing
   let last = null;     // the last image sent, sent again when another model is chosen
@@ -63,6 +65,48 @@
   };
   pad.addEventListener("pointerup", endStroke);
   pad.addEventListener("pointercancel", endStroke);
+
+  // The keyboard's pen: arrows move it (Shift: further), Space lowers or lifts it, a lowered pen draws as it
+  // moves; Enter sends at once, Escape clears. A marker over the pad shows where it is.
+  const keyPen = {x: pad.width / 2, y: pad.height / 2, down: false};
+  function showPen() {
+    pen.hidden = false;
+    pen.classList.toggle("down", keyPen.down);
+    pen.style.left = `${(keyPen.x / pad.width) * pad.clientWidth + pad.offsetLeft}px`;
+    pen.style.top = `${(keyPen.y / pad.height) * pad.clientHeight + pad.offsetTop}px`;
+  }
+  pad.addEventListener("focus", showPen);
+  pad.addEventListener("blur", () => { pen.hidden = true; });
+  pad.addEventListener("keydown", (event) => {
+    const step = event.shiftKey ? 42 : 14;
+    const moves = {ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step]};
+    if (event.key in moves) {
+      const [dx, dy] = moves[event.key];
+      const from = [keyPen.x, keyPen.y];
+      keyPen.x = Math.max(0, Math.min(pad.width, keyPen.x + dx));
+      keyPen.y = Math.max(0, Math.min(pad.height, keyPen.y + dy));
+      if (keyPen.down) {
+        Object.assign(ink, {lineWidth: pad.width / 13, lineCap: "round", lineJoin: "round", strokeStyle: "#000"});
+        ink.beginPath();
+        ink.moveTo(...from);
+        ink.lineTo(keyPen.x, keyPen.y);
+        ink.stroke();
+        clearTimeout(pause);  // sent once the keys rest, as a drawing is once the pen rests
+        pause = setTimeout(() => pad.toBlob((blob) => send(blob), "image/png"), PAUSE_MS * 2);
+      }
+    } else if (event.key === " ") {
+      keyPen.down = !keyPen.down;
+    } else if (event.key === "Enter") {
+      clearTimeout(pause);
+      pad.toBlob((blob) => send(blob), "image/png");
+    } else if (event.key === "Escape") {
+      byId("clear").click();
+    } else {
+      return;
+    }
+    event.preventDefault();
+    showPen();
+  });
 
   byId("clear").addEventListener("click", () => {
     clearPad();
@@ -171,6 +215,7 @@
       if (id !== sequence) return;  // a newer request is on its way: show that one
       if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
       render(model, body.predictions[0], elapsed);
+      remember(model);
       result.dataset.state = "done";
       offerCorrection(model, body.predictions[0]);
       explain(model, blob, body.predictions[0].input, id);
@@ -182,6 +227,19 @@
     } finally {
       if (id === sequence) result.dataset.answered = String(++answered);
     }
+  }
+
+  // The answer just shown joins the recent ones: the input the model got, its answer, which model.
+  function remember(model) {
+    const item = element("li", "history-item");
+    const picture = document.createElement("img");
+    picture.src = preview.toDataURL("image/png");
+    picture.width = picture.height = 42;
+    picture.alt = `Input ${answered + 1}`;
+    item.append(picture, element("span", "history-answer", predictionBox.textContent),
+                element("span", "note", `${confidenceBox.textContent} · ${model.name} v${model.version}`));
+    history.prepend(item);
+    while (history.children.length > HISTORY) history.lastElementChild.remove();
   }
 
   function offerCorrection(model, prediction) {
