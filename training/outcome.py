@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import reports, taskplots
+from training import attributions, reports, taskplots
 from training.data import DataSplits, ImageSet
 from training.engine import pixels
 from training.runlog import RunLog
@@ -68,6 +68,11 @@ def draw(runlog: RunLog, test: Evaluation, test_set: ImageSet, data: DataSplits,
         if objective.task == "multilabel":
             files.append(taskplots.plot_labels(scores, truth, classes, metrics["per_label"],
                                                objective.threshold, folder / taskplots.LABELS_FILE))
+    if objective.task == "multiclass":  # what each class looks like to the model (the model page shows it)
+        device = next(model.parameters()).device
+        maps = attributions.class_average(model, test_set, test.predictions, classes, device)
+        path = folder / attributions.ATTRIBUTIONS_FILE
+        files.append(attributions.plot_class_attributions(maps, classes, path, data.features))
     if len(data.features) == 2 and objective.task != "multilabel":
         files.append(taskplots.plot_regions(_decider(model, objective), test_set.images,
                                             _class_labels(test_set), classes, data.features,

@@ -62,7 +62,8 @@ def test_dry_run_end_to_end_on_an_mnist_slice(repo_root: Path, mnist_slice: Path
     (artifact,) = (tmp_path / "runs").glob("mnist-cnn-*/models/mnist-cnn/1")
     names = {p.name for p in artifact.iterdir()}
     assert names == {"model.pt", "model.pt2", "model.aoti-cpu.pt2", "manifest.json", "metrics.jsonl",
-                     "curves.png", "confusion.png", "mistakes.png", "reliability.png", "outliers.png"}
+                     "curves.png", "confusion.png", "mistakes.png", "attributions.png", "reliability.png",
+                     "outliers.png"}
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["extra"]["dry_run"] is True and manifest["dataset"]["test_examples"] == 300
     # The recipe of issue 26, end to end: its net, outlier exposure, a temperature and a threshold.

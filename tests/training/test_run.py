@@ -34,7 +34,7 @@ def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
     assert manifest.training == json.loads(json.dumps(cfg.to_dict()))
     assert manifest.dataset["name"] == "digits" and manifest.dataset["val_examples"] > 0
     assert manifest.extra["epochs_run"] == 3 and manifest.extra["macs_per_example"] > 0
-    reports = {"curves.png", "confusion.png", "mistakes.png", "metrics.jsonl"}
+    reports = {"curves.png", "confusion.png", "mistakes.png", "attributions.png", "metrics.jsonl"}
     assert reports <= {p.name for p in folder.iterdir()}
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [row.get("epoch") for row in lines] == [1, 2, 3, None] and "val_accuracy" in lines[0]

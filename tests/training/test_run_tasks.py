@@ -43,7 +43,7 @@ def test_spiral_run_draws_decision_regions_and_standardises_inside(tmp_path: Pat
     folder = run(_cfg(tmp_path, dataset="spiral", arch="mlp", hidden=(32, 32), epochs=3, batch_size=32,
                       name="spiral"))
     manifest = read_manifest(folder)
-    assert {"regions.png", "confusion.png", "curves.png"} <= _files(folder)
+    assert {"regions.png", "confusion.png", "curves.png", "attributions.png"} <= _files(folder)
     assert "mistakes.png" not in _files(folder)  # no images to show
     assert manifest.input.kind == "features" and manifest.input.features == ("x", "y")
     assert manifest.input.range is None and not manifest.input.accepts_uint8
@@ -68,6 +68,7 @@ def test_csv_binary_run_reports_roc_and_stores_the_threshold(tmp_path: Path) -> 
     assert manifest.task == "binary" and manifest.threshold == 0.3 and manifest.output.shape == (1,)
     assert manifest.labels == ("not malignant", "malignant") and len(manifest.input.features) == 30
     assert {"roc_pr.png", "confusion.png", "curves.png"} <= _files(folder)
+    assert "attributions.png" not in _files(folder)  # multi-class models only
     metrics = manifest.metrics
     assert 0.5 < metrics["roc_auc"] <= 1 and 0 <= metrics["f1"] <= 1 and len(metrics["confusion"]) == 2
     assert manifest.training["target"] == ["malignant"] and manifest.training["loss"] == "bce"

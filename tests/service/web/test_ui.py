@@ -131,9 +131,10 @@ def test_any_other_plot_training_adds_is_listed_and_served_after_the_usual_ones(
     client = make_app(model_dir=root).test_client()
     first = client.get("/v1/models/mnist-cnn/versions/1/manifest").json
     assert first["reports"] == [*REPORT_FILES, "roc.png"]
-    # Version 2 (issue 26) also has its reliability diagram and its "not a digit" scores.
+    # Version 2 (issue 26) also has its reliability diagram, its "not a digit" scores and (issue 28) its
+    # class-average attributions.
     assert client.get("/v1/models/mnist-cnn/versions/2/manifest").json["reports"] == [
-        *REPORT_FILES, "outliers.png", "reliability.png"]
+        *REPORT_FILES, "attributions.png", "outliers.png", "reliability.png"]
     with client.get("/v1/models/mnist-cnn/versions/1/files/roc.png") as response:
         assert response.status_code == 200
     assert 'files/roc.png"' in client.get("/ui/models/mnist-cnn/1").get_data(as_text=True)
