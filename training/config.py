@@ -137,8 +137,8 @@ class TrainConfig:
         _check(0.0 <= self.extra_share < 0.5 and 0.0 <= self.extra_holdout < 1.0
                and 0.0 <= self.tolerance <= 100,
                "extra_share must be in [0, 0.5), extra_holdout in [0, 1) and tolerance in [0, 100] points")
-        _check(self.extra_data is None or (self.task == "multiclass" and not self.feature_data),
-               "--extra-data (corrections the service stored) is for multi-class image models")
+        _check(self.extra_data is None or self.task == "multiclass",
+               "--extra-data (corrections the service stored) is for multi-class models")
         _check(self.elastic >= 0 and 0.0 <= self.stroke <= 1.0, "elastic must be >= 0 and stroke in [0, 1]")
         _check(self.outlier_weight >= 0 and self.outlier_batch > 0,
                "outlier_weight must be >= 0 and outlier_batch > 0")

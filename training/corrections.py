@@ -1,7 +1,8 @@
 """``--extra-data DIR``: train on the corrections the service stored, and judge the run on some of them.
 
 The service writes each correction as ``<feedback dir>/<model>/<true label>/<hash>.png``, the input exactly
-as the model received it, and records it in ``<model>/corrections.jsonl`` (service/web/corrections.py). A
+as the model received it (a table model's as a row of ``<model>/corrections.csv``: its feature columns,
+``label`` and ``hash``), and records it in ``<model>/corrections.jsonl`` (service/web/corrections.py). A
 run reads that folder (``DIR`` itself, or ``DIR/<name>`` when it is there) and splits it by content hash: a
 correction whose hash falls in the first ``holdout`` share of the hash space is held out, the same one every
 time, however many corrections come later. The rest join the training split, repeated so that together
@@ -14,7 +15,7 @@ publishing rule (training/publish.py) compares the run with the version served b
 
 from __future__ import annotations
 
-import dataclasses
+import csv
 import hashlib
 import json
 import logging
@@ -32,6 +33,9 @@ from training.datasets import DataError, ImageSet
 log = logging.getLogger(__name__)
 
 _HASH_SPACE = 16 ** 8  # a correction's place in the hash space: the first 8 hex digits of its name
+TABLE_FILE = "corrections.csv"  # a table model's corrections (the service's service/web/corrections.py)
+ROWS_FOLDER = "rows"  # the service's duplicate markers for those rows: not a label
+_Item = tuple[str, np.ndarray, int]  # a correction: its hash, its input, its label's index
 
 
 @dataclass(frozen=True)
@@ -58,49 +62,75 @@ def feedback_folder(root: Path, name: str) -> Path:
 
 
 def load_corrections(root: Path, name: str, classes: tuple[str, ...], input_shape: tuple[int, ...],
-                     holdout: float, share: float, train_size: int) -> Corrections:
-    """Read the corrections under ``root`` for model ``name``, weighted against a training split of
-    ``train_size`` examples (see the module docstring)."""
+                     holdout: float, share: float, train_size: int,
+                     features: tuple[str, ...] = ()) -> Corrections:
+    """Read the corrections under ``root`` for model ``name`` (images, or a table model's rows when
+    ``features`` names its columns), weighted against a training split of ``train_size`` examples (see the
+    module docstring)."""
     folder = feedback_folder(root, name)
+    layout = f"{name}/{TABLE_FILE}" if features else f"{name}/<label>/<hash>.png"
     if not folder.is_dir():
         raise DataError(f"--extra-data {root}: no such folder (the service's TRAINSERVE_FEEDBACK_DIR, "
-                        f"holding {name}/<label>/<hash>.png)")
-    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+                        f"holding {layout})")
+    found = (_rows(folder / TABLE_FILE, classes, features) if features
+             else _images(folder, classes, input_shape))
+    if not found:
+        raise DataError(f"--extra-data {folder}: no corrections ({layout}) for {name}")
+    found.sort(key=lambda item: item[0])
+    hashes = np.array([digest for digest, _, _ in found])
+    held = np.array([_place(digest) < holdout for digest in hashes])
+    if holdout > 0 and not held.any() and len(found) > 1:
+        held[0] = True  # the lowest hash: the run is judged on at least one correction it did not see
+    data = ImageSet(torch.from_numpy(np.stack([values for _, values, _ in found])),
+                    torch.tensor([label for _, _, label in found], dtype=torch.int64))
+    mask = torch.from_numpy(held)
+    if held.all():
+        raise DataError(f"--extra-data {folder}: all {len(found)} correction(s) are held out; lower "
+                        f"--extra-holdout (now {holdout:g}) or store more")
+    trained = data.subset(torch.nonzero(~mask).flatten())
+    weight = max(1, math.ceil(share * train_size / len(trained)))
+    log.info("corrections from %s: %d trained on (each %d times per epoch), %d held out", folder,
+             len(trained), weight, int(held.sum()))
+    return Corrections(folder=folder, trained=trained, held_out=data.subset(torch.nonzero(mask).flatten()),
+                       trained_hashes=tuple(hashes[~held]), held_out_hashes=tuple(hashes[held]),
+                       weight=weight, versions=_versions(folder))
+
+
+def _images(folder: Path, classes: tuple[str, ...], input_shape: tuple[int, ...]) -> list[_Item]:
+    unknown = sorted(p.name for p in folder.iterdir()
+                     if p.is_dir() and p.name not in classes and p.name != ROWS_FOLDER)
     if unknown:
         raise DataError(f"--extra-data {folder}: folders {', '.join(unknown)} are not labels of this dataset "
                         f"({', '.join(classes)})")
-    files = sorted((p for label in classes for p in (folder / label).glob("*.png")), key=lambda p: p.stem)
-    if not files:
-        raise DataError(f"--extra-data {folder}: no corrections (<label>/<hash>.png) for {name}")
-    images, labels, held = [], [], []
-    for path in files:
-        images.append(_read(path, input_shape))
-        labels.append(classes.index(path.parent.name))
-        held.append(_place(path.stem) < holdout)
-    if holdout > 0 and not any(held) and len(files) > 1:
-        held[0] = True  # the lowest hash: the run is judged on at least one correction it did not see
-    mask = torch.tensor(held)
-    data = ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
-    stems = np.array([p.stem for p in files])
-    held_mask = mask.numpy()
-    corrections = Corrections(folder=folder, trained=data.subset(torch.nonzero(~mask).flatten()),
-                              held_out=data.subset(torch.nonzero(mask).flatten()),
-                              trained_hashes=tuple(stems[~held_mask]),
-                              held_out_hashes=tuple(stems[held_mask]),
-                              weight=0, versions=_versions(folder))
-    if not len(corrections.trained):
-        raise DataError(f"--extra-data {folder}: all {len(files)} correction(s) are held out; lower "
-                        f"--extra-holdout (now {holdout:g}) or store more")
-    weight = max(1, math.ceil(share * train_size / len(corrections.trained)))
-    log.info("corrections from %s: %d trained on (each %d times per epoch), %d held out", folder,
-             len(corrections.trained), weight, len(corrections.held_out))
-    return dataclasses.replace(corrections, weight=weight)
+    return [(path.stem, _read(path, input_shape), classes.index(label))
+            for label in classes for path in (folder / label).glob("*.png")]
+
+
+def _rows(path: Path, classes: tuple[str, ...], features: tuple[str, ...]) -> list[_Item]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in (*features, "label", "hash") if c not in (reader.fieldnames or ())]
+        if missing:
+            raise DataError(f"{path}: columns {missing} missing (the model's features are {list(features)})")
+        items = []
+        for line, row in enumerate(reader, start=2):
+            if row["label"] not in classes:
+                raise DataError(f"{path}, line {line}: label {row['label']!r} is not one of {list(classes)}")
+            try:
+                values = np.array([float(row[f]) for f in features], np.float32)
+            except ValueError:
+                raise DataError(f"{path}, line {line}: a feature value is not a number") from None
+            items.append((row["hash"], values, classes.index(row["label"])))
+    return items
 
 
 def with_corrections(train: ImageSet, corrections: Corrections) -> ImageSet:
     """The training split with each trained-on correction appended ``corrections.weight`` times."""
     extra = corrections.trained
-    return ImageSet(torch.cat([train.images, extra.images.repeat(corrections.weight, 1, 1, 1)]),
+    copies = (corrections.weight, *([1] * (extra.images.dim() - 1)))
+    return ImageSet(torch.cat([train.images, extra.images.repeat(*copies)]),
                     torch.cat([train.labels, extra.labels.repeat(corrections.weight)]))
 
 

@@ -73,7 +73,7 @@ def run(cfg: TrainConfig, world: World = SINGLE) -> Path | None:
         fixes = None
         if cfg.extra_data is not None:
             fixes = load_corrections(cfg.extra_data, cfg.name, data.classes, data.input_shape,
-                                     cfg.extra_holdout, cfg.extra_share, len(data.train))
+                                     cfg.extra_holdout, cfg.extra_share, len(data.train), data.features)
             data = dataclasses.replace(data, train=with_corrections(data.train, fixes))
         odd = load_outliers(cfg.data_dir, cfg.download) if outliers.applies(cfg.dataset, cfg.task) else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)

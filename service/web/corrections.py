@@ -3,7 +3,8 @@
 Under ``TRAINSERVE_FEEDBACK_DIR`` each correction is the input exactly as the model received it (after
 preprocessing: what ``:classify?include_input=true`` returns), written once as
 ``<dir>/<model>/<true label>/<content hash>.png``: an image-folder dataset (``--dataset folder:PATH``,
-training/folders.py). ``<dir>/<model>/corrections.jsonl`` records each one, append-only: its hash, the
+training/folders.py); a table model's as a line of ``<dir>/<model>/corrections.csv`` (its feature columns,
+``label``, ``hash``). ``<dir>/<model>/corrections.jsonl`` records each one, append-only: its hash, the
 true and the predicted label, the model version and the request id. The same input corrected again is
 not stored twice (the hash names the file, created exclusively, so concurrent workers agree). At most
 ``TRAINSERVE_FEEDBACK_MAX_ITEMS`` corrections per model are kept, and at most
@@ -13,12 +14,14 @@ lines (so every worker counts the same); beyond either the service answers 429.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from PIL import Image
 
 from service.errors import QueueFull
 
+CSV_FILE = "corrections.csv"  # a table model's corrections: its feature columns, then label and hash
+ROWS_FOLDER = "rows"  # one empty file per stored row, named by its hash: the duplicate check
 _MAX_RECORD = 1024  # bytes: a log line is about 250 (the request id is bounded by the schema)
 
 
@@ -73,16 +78,14 @@ class FeedbackStore:
             return Stored(digest, label, predicted, True)
         with os.fdopen(fd, "wb") as fh:
             fh.write(_png(pixels))
-        record = {"hash": digest, "label": label, "predicted": predicted, "model": model, "version": version,
-                  "request_id": request_id, "time": round(time.time(), 3), "file": f"{label}/{digest}.png"}
-        # One write of one line with O_APPEND: lines from several workers never interleave.
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.root / model / "corrections.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self._record(model, version, label, predicted, digest, request_id, f"{label}/{digest}.png")
         return Stored(digest, label, predicted, False)
+
+    def _record(self, model: str, version: str, label: str, predicted: str, digest: str, request_id: str,
+                where: str) -> None:
+        record = {"hash": digest, "label": label, "predicted": predicted, "model": model, "version": version,
+                  "request_id": request_id, "time": round(time.time(), 3), "file": where}
+        _append(self.root / model / "corrections.jsonl", json.dumps(record, separators=(",", ":")) + "\n")
 
     def _check_rate(self, model: str) -> None:
         """429 when ``per_minute`` corrections of ``model`` were stored in the last minute."""
@@ -96,12 +99,60 @@ class FeedbackStore:
             raise QueueFull(f"model {model} took {self.per_minute} corrections in the last minute, the limit "
                             "(TRAINSERVE_FEEDBACK_PER_MINUTE)", max(1, math.ceil(wait)))
 
+    def add_row(self, model: str, version: str, label: str, predicted: str, values: np.ndarray,
+                features: Sequence[str], request_id: str) -> Stored:
+        """Store one correction of a table model's feature row as a line of ``<model>/corrections.csv``
+        (the feature columns, ``label`` and ``hash``: a CSV training reads); a duplicate is not stored."""
+        row = np.asarray(values, np.float32).reshape(-1)
+        digest = content_hash(row.view(np.uint8))
+        marker = self.root / model / ROWS_FOLDER / digest
+        if marker.exists():
+            return Stored(digest, label, predicted, True)
+        if self.count(model) >= self.max_items:
+            raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
+                            "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
+        self._check_rate(model)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return Stored(digest, label, predicted, True)
+        table = self.root / model / CSV_FILE
+        if not table.exists():  # the header, written whole before any row: linked into place, or not at all
+            staging = table.with_name(f".{CSV_FILE}.{os.getpid()}.{digest}")
+            staging.write_text(_csv_line([*features, "label", "hash"]))
+            try:
+                os.link(staging, table)
+            except FileExistsError:  # another worker's header got there first
+                pass
+            finally:
+                staging.unlink()
+        _append(table, _csv_line([*(repr(float(v)) for v in row), label, digest]))
+        self._record(model, version, label, predicted, digest, request_id, f"{CSV_FILE}#{digest}")
+        return Stored(digest, label, predicted, False)
+
     def count(self, model: str) -> int:
         """Corrections stored for ``model``."""
         folder = self.root / model
         if not folder.is_dir():
             return 0
-        return sum(1 for label in folder.iterdir() if label.is_dir() for _ in label.glob("*.png"))
+        return sum(1 for label in folder.iterdir() if label.is_dir() for _ in label.glob("*.png")) + sum(
+            1 for _ in (folder / ROWS_FOLDER).glob("*"))
+
+
+def _append(path: Path, text: str) -> None:
+    """One write with O_APPEND: lines from several workers never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
 
 
 def _last_times(path: Path, count: int) -> list[float]:

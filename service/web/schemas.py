@@ -230,8 +230,10 @@ class FeedbackRequest(_Strict):
 
     instances = fields.Raw(required=True, validate=_list_only, metadata={
         "type": "array", "items": {}, "description": "the input as the model received it: what "
-        ":classify?include_input=true returns, uint8 [C][H][W]"})
-    dtype = fields.String(load_default="uint8", validate=validate.OneOf(["uint8"]))
+        ":classify?include_input=true returns, uint8 [C][H][W]; for a table model, objects of named features "
+        "(or lists in the model's feature order)"})
+    dtype = fields.String(load_default="", validate=validate.OneOf(["", "uint8", "float32"]), metadata={
+        "description": "uint8 for images (the default), float32 for features (the default for table models)"})
     label = fields.String(required=True, metadata={"description": "the true label, one of the model's"})
     request_id = fields.String(load_default="", validate=validate.Length(max=128), metadata={
         "description": "the X-Request-ID of the answer being corrected, if known"})

@@ -4,6 +4,7 @@ by the publishing rule and recorded in the manifest."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,9 +86,9 @@ def test_a_folder_training_cannot_use_is_refused_with_what_to_do(tmp_path, probl
     assert expected in str(error.value)
 
 
-def test_extra_data_is_for_multiclass_image_models():
-    with pytest.raises(ConfigError, match="multi-class image models"):
-        TrainConfig(dataset="spiral", arch="mlp", extra_data=Path("feedback"))
+def test_extra_data_is_for_multiclass_models():
+    with pytest.raises(ConfigError, match="multi-class models"):
+        TrainConfig(task="binary", positive=("7",), extra_data=Path("feedback"))
     with pytest.raises(ConfigError, match="extra_share"):
         TrainConfig(extra_share=0.5)
 
@@ -128,3 +129,26 @@ def test_the_publishing_rule_weighs_held_out_corrections_and_the_tolerance(tmp_p
     same = HeldOut(examples=4, accuracy=0.75, default_accuracy=0.75, default_version="1")
     assert publish_root(repository, kept, "digits-mlp", accuracy, "better", held_out=same) == repository
     assert publish_root(repository, kept, "digits-mlp", accuracy, "always", held_out=worse) == repository
+
+
+def test_a_table_models_corrections_are_read_from_the_services_csv_and_trained_on(tmp_path):
+    spiral = TrainConfig(dataset="spiral", arch="mlp", hidden=(16,), epochs=1, optimizer="adam", lr=3e-3,
+                         name="spiral-mlp", out=tmp_path / "models", run_dir=tmp_path / "runs", formats=())
+    first = run(spiral)
+    classes = read_manifest(first).labels
+    store, rng = FeedbackStore(tmp_path / "feedback", 100), np.random.default_rng(0)
+    stored = [store.add_row("spiral-mlp", "1", classes[i % 3], classes[0], rng.normal(size=2), ("x", "y"), "")
+              for i in range(12)]
+    again = store.add_row("spiral-mlp", "1", classes[0], classes[0], np.array([0.5, 0.5]), ("x", "y"), "")
+    assert not again.duplicate
+    assert store.add_row("spiral-mlp", "1", classes[1], classes[0], np.array([0.5, 0.5]), ("x", "y"),
+                         "").duplicate
+    fixes = load_corrections(tmp_path / "feedback", "spiral-mlp", tuple(classes), (2,), holdout=0.25,
+                             share=0.01, train_size=1000, features=("x", "y"))
+    hashes = sorted([item.hash for item in stored] + [again.hash])
+    assert sorted(fixes.trained_hashes + fixes.held_out_hashes) == hashes
+    assert fixes.trained.images.dtype == torch.float32 and fixes.trained.images.shape[1] == 2
+    tuned = run(dataclasses.replace(spiral, init_from=first, extra_data=tmp_path / "feedback",
+                                    publish="always"))
+    seen = read_manifest(tuned).dataset["corrections"]
+    assert len(seen["trained"]) + len(seen["held_out"]) == 13

@@ -23,17 +23,19 @@ def feedback(name: str, version: str | None = None) -> Response:
     input was already stored. Without a version: the model's default version."""
     found = model(name, version)
     config = current_app.config["TRAINSERVE"]
-    if config.feedback_dir is None or found.manifest.input.kind != "image":
-        raise Conflict("feedback is off: set TRAINSERVE_FEEDBACK_DIR to a folder to store corrections "
-                       "(image models only)")
+    if config.feedback_dir is None:
+        raise Conflict("feedback is off: set TRAINSERVE_FEEDBACK_DIR to a folder to store corrections")
+    table = found.manifest.input.kind == "features"
     if config.feedback_token:
         management.check_bearer(config.feedback_token, request.headers.get("Authorization", ""),
                                 "storing a correction (TRAINSERVE_FEEDBACK_TOKEN is set)")
-    if request.mimetype == "multipart/form-data" or request.mimetype.startswith(exchange.IMAGE_TYPES):
+    if not table and (request.mimetype == "multipart/form-data"
+                      or request.mimetype.startswith(exchange.IMAGE_TYPES)):
         args, inputs = load(FEEDBACK_ARGS, request.args.to_dict()), image_batch(found)
     else:
         args = exchange.json_request(FEEDBACK_REQUEST, request.mimetype, request.get_data(cache=False),
                                      json_limit())
+        args["dtype"] = args["dtype"] or ("float32" if table else "uint8")
         inputs = exchange.predict_inputs(found, args)
     labels = scored_labels(found)
     if args["label"] not in labels or found.manifest.task != "multiclass":
@@ -41,9 +43,11 @@ def feedback(name: str, version: str | None = None) -> Response:
                            f"({', '.join(labels)}; multi-class models only)")
     predicted = [labels[i] for i in np.argmax(logits(found, inputs), axis=1)]
     store = FeedbackStore(config.feedback_dir, config.feedback_max_items, config.feedback_per_minute)
-    stored = [store.add(found.manifest.name, found.manifest.version, args["label"], guess, pixels,
-                        args["request_id"] or g.get("request_id", "")) for guess, pixels in zip(
-                            predicted, inputs, strict=True)]
+    request_id = args["request_id"] or g.get("request_id", "")
+    m = found.manifest
+    stored = [store.add_row(m.name, m.version, args["label"], guess, row, m.input.features, request_id)
+              if table else store.add(m.name, m.version, args["label"], guess, row, request_id)
+              for guess, row in zip(predicted, inputs, strict=True)]
     counter = plane().metrics.corrections
     for item in stored:
         if not item.duplicate:

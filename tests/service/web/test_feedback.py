@@ -82,3 +82,25 @@ def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_table_models_correction_is_a_csv_row_training_reads(make_app, task_root, tmp_path):
+    client = make_app(model_dir=task_root["root"], feedback_dir=tmp_path).test_client()
+    url = "/v1/models/spiral/feedback"
+    arms = client.get("/v1/models/spiral/versions/1/manifest").json["labels"]
+    first = client.post(url, json={"instances": [{"x": 0.25, "y": -1.5}], "label": arms[2]})
+    assert first.status_code == 200, first.json
+    item = first.json["stored"][0]
+    assert item["label"] == arms[2] and item["predicted"] in arms and not item["duplicate"]
+    again = client.post(url, json={"instances": [[0.25, -1.5]], "label": arms[2]}).json["stored"][0]
+    assert again["duplicate"] is True and again["hash"] == item["hash"]
+    lines = (tmp_path / "spiral" / "corrections.csv").read_text().splitlines()
+    assert lines == ["x,y,label,hash", f"0.25,-1.5,{arms[2]},{item['hash']}"]
+    bad = client.post(url, json={"instances": [{"x": 0.25}], "label": arms[0]})
+    assert bad.status_code == 400 and "missing features ['y']" in bad.json["error"]
+    assert client.post(url, json={"instances": [[1, 2]], "label": "arm 9"}).status_code == 400
+    from training.corrections import load_corrections  # what --extra-data reads
+    fixes = load_corrections(tmp_path, "spiral", tuple(arms), (2,), holdout=0.0, share=0.0, train_size=1,
+                             features=("x", "y"))
+    assert fixes.trained_hashes == (item["hash"],)
+    assert fixes.trained.images.tolist() == [[0.25, -1.5]] and fixes.trained.labels.tolist() == [2]
