@@ -127,7 +127,8 @@ class FeedbackStore:
                 pass
             finally:
                 staging.unlink()
-        _append(table, _csv_line([*(repr(float(v)) for v in row), label, digest]))
+        # str of a float32: the shortest text that reads back as the same float32 (0.8, not 0.800000011920929)
+        _append(table, _csv_line([*(str(v) for v in row), label, digest]))
         self._record(model, version, label, predicted, digest, request_id, f"{CSV_FILE}#{digest}")
         return Stored(digest, label, predicted, False)
 

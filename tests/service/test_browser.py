@@ -406,3 +406,47 @@ def _shot(tab: Tab, path: Path) -> Path:
     assert tab.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), path.name
     tab.page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def table_site(service_class: type, task_root: dict,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The whole service over the task models (a table model among them), storing corrections."""
+    feedback = tmp_path_factory.mktemp("table-feedback")
+    service = service_class({"TRAINSERVE_MODEL_DIR": str(task_root["root"]), "TRAINSERVE_WORKERS": "1",
+                             "TRAINSERVE_FEEDBACK_DIR": str(feedback), "TRAINSERVE_GRPC_BIND": "off"},
+                            tmp_path_factory.mktemp("table-site"), "granian")
+    service.feedback_dir, service.model_dir = feedback, task_root["root"]
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def test_a_table_model_page_explains_a_row_per_feature_and_takes_a_correction(browser, table_site):
+    tab = Tab(browser, table_site, DESKTOP)
+    try:
+        page = tab.open("/ui/models/spiral/1")
+        page.fill("[data-feature=x]", "0.8")
+        page.fill("[data-feature=y]", "-0.3")
+        with page.expect_response(lambda r: r.url.endswith(":explain"), timeout=WAIT_MS) as sent:
+            page.get_by_role("button", name="Explain").click()
+        answer = sent.value.json()
+        page.wait_for_selector('#try[data-state="done"]')
+        assert page.inner_text("[data-testid=try-prediction]") == answer["predictions"][0]["label"]
+        bars = page.locator("[data-testid=try-bars] li")
+        assert [bars.nth(i).get_attribute("data-feature") for i in range(bars.count())] == ["x", "y"]
+        shown = {bar.get_attribute("data-feature"): float(bar.get_attribute("data-attribution"))
+                 for bar in bars.all()}
+        said = answer["predictions"][0]["label"]
+        assert shown == pytest.approx(answer["explanations"][0]["attributions"][said])
+        labels = read_manifest(Path(table_site.model_dir) / "spiral" / "1").labels
+        truth = next(label for label in labels if label != answer["predictions"][0]["label"])
+        page.select_option("#try-correct-label", truth)
+        page.get_by_role("button", name="Send correction").click()
+        page.wait_for_selector('#try-correct[data-state="done"]')
+        rows = (table_site.feedback_dir / "spiral" / "corrections.csv").read_text().splitlines()
+        assert rows[0] == "x,y,label,hash" and rows[1].startswith(f"0.8,-0.3,{truth},")
+    finally:
+        tab.close()

@@ -144,3 +144,89 @@
   }
   setTimeout(refresh, EVERY_MS);
 })();
+
+// A table model's "Try it": the features typed in, sent to :explain; the answer and a signed bar per
+// feature (red: pushed towards the answer, blue: against, each as long as its share of the largest); a
+// wrong answer corrected through the feedback route with the same row.
+(() => {
+  const section = document.getElementById("try");
+  if (!section) return;
+  const form = document.getElementById("try-form"), bars = document.getElementById("try-bars");
+  const prediction = document.getElementById("try-prediction"), confidence = document.getElementById("try-confidence");
+  const correct = document.getElementById("try-correct"), correctLabel = document.getElementById("try-correct-label");
+  const correctNote = document.getElementById("try-correct-note");
+  let row = null;
+
+  const values = () => Object.fromEntries([...form.querySelectorAll("input[data-feature]")]
+    .map((input) => [input.dataset.feature, Number(input.value)]));
+
+  function drawBars(attributions) {
+    const entries = Object.entries(attributions);
+    const largest = Math.max(...entries.map(([, v]) => Math.abs(v)), 1e-12);
+    bars.replaceChildren(...entries.map(([feature, value]) => {
+      const item = document.createElement("li");
+      item.className = value >= 0 ? "bar towards" : "bar against";
+      item.dataset.feature = feature;
+      item.dataset.attribution = String(value);
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      label.textContent = feature;
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      track.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.width = `${(Math.abs(value) / largest) * 100}%`;
+      track.append(fill);
+      const number = document.createElement("span");
+      number.className = "bar-value";
+      number.textContent = `${value >= 0 ? "+" : "−"}${Math.abs(value).toPrecision(2)}`;
+      item.append(label, track, number);
+      return item;
+    }));
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    row = values();
+    section.dataset.state = "busy";
+    try {
+      const response = await fetch(section.dataset.explain, {method: "POST",
+        headers: {"Content-Type": "application/json"}, body: JSON.stringify({instances: [row]})});
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      const answer = body.predictions[0], explanation = body.explanations[0];
+      prediction.textContent = answer.label === null ? "unlike anything it knows" : answer.label;
+      confidence.textContent = `${(answer.probabilities[explanation.label] * 100).toFixed(1)} %`;
+      drawBars(explanation.attributions[explanation.label]);
+      if (correct) {
+        correct.hidden = false;
+        correctNote.textContent = "";
+      }
+      section.dataset.state = "done";
+    } catch (error) {
+      prediction.textContent = "—";
+      confidence.textContent = `Could not explain: ${error.message}`;
+      section.dataset.state = "error";
+    }
+  });
+
+  if (correct) correct.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!row) return;
+    try {
+      const response = await fetch(section.dataset.feedback, {method: "POST",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({instances: [row], label: correctLabel.value})});
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `the service answered ${response.status}`);
+      const item = body.stored[0];
+      correctNote.textContent = item.duplicate ? `Already stored as ${item.label}.`
+        : `Thank you: stored as ${item.label} (the model said ${item.predicted}).`;
+      correct.dataset.state = "done";
+    } catch (error) {
+      correctNote.textContent = `Not stored: ${error.message}`;
+      correct.dataset.state = "error";
+    }
+  });
+})();
