@@ -205,6 +205,29 @@ def test_a_digit_drawn_from_the_keyboard_is_classified(tab):
     assert tab.page.get_by_test_id("prediction").inner_text() == "—" and tab.preview().max() == 0
 
 
+def test_a_digit_drawn_with_a_finger_is_classified(browser, site):
+    touch = Tab(browser, site, {**PHONE})
+    try:
+        page = touch.open("/")
+        box = page.get_by_test_id("pad").bounding_box()
+        cdp = touch.context.new_cdp_session(page)  # real touch events, as a phone's screen sends them
+
+        def finger(kind: str, fy: float) -> None:
+            points = [] if kind == "touchEnd" else [{"x": box["x"] + 0.5 * box["width"],
+                                                     "y": box["y"] + fy * box["height"]}]
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+        before = touch.answered()
+        with page.expect_response(lambda r: ":classify" in r.url, timeout=WAIT_MS):
+            finger("touchStart", 0.15)
+            for step in range(1, 15):
+                finger("touchMove", 0.15 + step * 0.05)
+            finger("touchEnd", 0.85)
+        assert touch.wait_answer(before) == "1"
+    finally:
+        touch.close()
+
+
 def test_recent_answers_stay_in_view_newest_first_after_clear(tab):
     tab.open("/")
     said = []
