@@ -111,6 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The reply, or the failure that took its place (logged and counted here, as every answer is)."""
         token = request_id_var.set(call.request_id)
         outcome: T | ServiceError
+        self.metrics.in_flight.inc()  # the gauge HTTP's requests count in: what the front ends hold now
         try:
             outcome = await work(call)
         except ServiceError as exc:
@@ -121,6 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outcome = ServiceError("internal server error")
         finally:
             request_id_var.reset(token)
+            self.metrics.in_flight.dec()
         took = time.monotonic() - call.arrived
         failure = outcome if isinstance(outcome, ServiceError) else None
         code = 200 if failure is None else failure.status
