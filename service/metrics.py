@@ -106,8 +106,8 @@ class Metrics:
         self.queue_depth = Gauge("trainserve_queue_depth_requests", "Requests waiting for the model",
                                  ["model", "version"], multiprocess_mode="livesum", registry=r)
         self.in_flight = Gauge("trainserve_requests_in_flight",
-                               "Requests the HTTP workers and gRPC front ends hold now (reading, waiting for a "
-                               "model, answering)",
+                               "Requests the HTTP workers and gRPC front ends hold now (reading, waiting "
+                               "for a model, answering)",
                                multiprocess_mode="livesum", registry=r)
         self.load_seconds = Gauge("trainserve_model_load_seconds",
                                   "Time to load, verify and warm up the model, per worker process",
