@@ -63,18 +63,8 @@ class FeedbackStore:
             request_id: str) -> Stored:
         """Store one correction of ``pixels`` (uint8 [C, H, W]); a duplicate is recorded nowhere again."""
         digest = content_hash(pixels)
-        folder = self.root / model / label
-        path = folder / f"{digest}.png"
-        if path.exists():
-            return Stored(digest, label, predicted, True)
-        if self.count(model) >= self.max_items:
-            raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
-                            "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
-        self._check_rate(model)
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:  # another worker stored the same input a moment ago
+        fd = self._claim(model, self.root / model / label / f"{digest}.png")
+        if fd is None:
             return Stored(digest, label, predicted, True)
         with os.fdopen(fd, "wb") as fh:
             fh.write(_png(pixels))
@@ -86,6 +76,22 @@ class FeedbackStore:
         record = {"hash": digest, "label": label, "predicted": predicted, "model": model, "version": version,
                   "request_id": request_id, "time": round(time.time(), 3), "file": where}
         _append(self.root / model / "corrections.jsonl", json.dumps(record, separators=(",", ":")) + "\n")
+
+    def _claim(self, model: str, path: Path) -> int | None:
+        """``path``, created exclusively for one new correction of ``model`` and open for writing; None when
+        that input is stored already (the hash names the file, so concurrent workers agree). 429 beyond the
+        total or the rate."""
+        if path.exists():
+            return None
+        if self.count(model) >= self.max_items:
+            raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
+                            "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
+        self._check_rate(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another worker stored the same input a moment ago
+            return None
 
     def _check_rate(self, model: str) -> None:
         """429 when ``per_minute`` corrections of ``model`` were stored in the last minute."""
@@ -105,18 +111,10 @@ class FeedbackStore:
         (the feature columns, ``label`` and ``hash``: a CSV training reads); a duplicate is not stored."""
         row = np.asarray(values, np.float32).reshape(-1)
         digest = content_hash(row.view(np.uint8))
-        marker = self.root / model / ROWS_FOLDER / digest
-        if marker.exists():
+        fd = self._claim(model, self.root / model / ROWS_FOLDER / digest)  # an empty marker: its name is all
+        if fd is None:
             return Stored(digest, label, predicted, True)
-        if self.count(model) >= self.max_items:
-            raise QueueFull(f"model {model} has {self.max_items} corrections stored, the limit "
-                            "(TRAINSERVE_FEEDBACK_MAX_ITEMS): train on them, then move them away", 60)
-        self._check_rate(model)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
-            return Stored(digest, label, predicted, True)
+        os.close(fd)
         table = self.root / model / CSV_FILE
         if not table.exists():  # the header, written whole before any row: linked into place, or not at all
             staging = table.with_name(f".{CSV_FILE}.{os.getpid()}.{digest}")
