@@ -1,4 +1,23 @@
 "use strict";
+
+// One row of a bar chart: its label, a track filled to ``share`` (0..1) of its width, and its value.
+function barItem(labelText, share, valueText, className = "bar") {
+  const part = (tag, name, text) => {
+    const node = document.createElement(tag);
+    node.className = name;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const track = part("span", "bar-track");
+  track.setAttribute("aria-hidden", "true");
+  const fill = part("span", "bar-fill");
+  fill.style.width = `${Math.max(0, Math.min(1, share)) * 100}%`;
+  track.append(fill);
+  const row = part("li", className);
+  row.append(part("span", "bar-label", labelText), track, part("span", "bar-value", valueText));
+  return row;
+}
+
 // The model page's live figures: GET /v1/models/{name}/versions/{version}/stats every few seconds, the
 // service's own metrics summarised (requests, latency percentiles, batch sizes).
 (() => {
@@ -58,25 +77,8 @@
   }
 
   function drawSizes(counts, total) {
-    const rows = Object.entries(counts).filter(([, count]) => count > 0).map(([range, count]) => {
-      const row = document.createElement("li");
-      row.className = "bar";
-      const label = document.createElement("span");
-      label.className = "bar-label";
-      label.textContent = range;
-      const track = document.createElement("span");
-      track.className = "bar-track";
-      track.setAttribute("aria-hidden", "true");
-      const fill = document.createElement("span");
-      fill.className = "bar-fill";
-      fill.style.width = `${(count / total) * 100}%`;
-      track.append(fill);
-      const value = document.createElement("span");
-      value.className = "bar-value";
-      value.textContent = String(count);
-      row.append(label, track, value);
-      return row;
-    });
+    const rows = Object.entries(counts).filter(([, count]) => count > 0)
+      .map(([range, count]) => barItem(range, count / total, String(count)));
     sizes.replaceChildren(...rows);
   }
 
@@ -164,24 +166,11 @@
     const entries = Object.entries(attributions);
     const largest = Math.max(...entries.map(([, v]) => Math.abs(v)), 1e-12);
     bars.replaceChildren(...entries.map(([feature, value]) => {
-      const item = document.createElement("li");
-      item.className = value >= 0 ? "bar towards" : "bar against";
+      const item = barItem(feature, Math.abs(value) / largest,
+                           `${value >= 0 ? "+" : "−"}${Math.abs(value).toPrecision(2)}`,
+                           value >= 0 ? "bar towards" : "bar against");
       item.dataset.feature = feature;
       item.dataset.attribution = String(value);
-      const label = document.createElement("span");
-      label.className = "bar-label";
-      label.textContent = feature;
-      const track = document.createElement("span");
-      track.className = "bar-track";
-      track.setAttribute("aria-hidden", "true");
-      const fill = document.createElement("span");
-      fill.className = "bar-fill";
-      fill.style.width = `${(Math.abs(value) / largest) * 100}%`;
-      track.append(fill);
-      const number = document.createElement("span");
-      number.className = "bar-value";
-      number.textContent = `${value >= 0 ? "+" : "−"}${Math.abs(value).toPrecision(2)}`;
-      item.append(label, track, number);
       return item;
     }));
   }
