@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from service.contract.manifest import next_version
+from service.contract.manifest import next_version, read_manifest, verify_checksum
 from training import outcome, outliers
 from training.augment import AffineJitter, DigitJitter
 from training.averaging import WeightAverage
@@ -223,8 +223,11 @@ def _judge_corrections(cfg: TrainConfig, device: torch.device, data: DataSplits,
         log.info("corrections trained on: accuracy %.1f %% (%d)", 100 * trained, len(fixes.trained))
         return None
     version = served_default(repository, cfg.name)
-    default = (accuracy(load_scripted(repository / cfg.name / version / "model.pt"), fixes.held_out,
-                        torch.device("cpu")) if version is not None else 0.0)
+    default = 0.0
+    if version is not None:  # its TorchScript file, as the contract names and verifies it
+        folder = repository / cfg.name / version
+        served = load_scripted(verify_checksum(read_manifest(folder), folder))
+        default = accuracy(served, fixes.held_out, torch.device("cpu"))
     held_out = HeldOut(len(fixes.held_out), accuracy(model, fixes.held_out, device), default, version or "")
     log.info("corrections: accuracy %.1f %% on the %d trained on, %.1f %% on the %d held out (version %s "
              "served by default: %.1f %%)", 100 * trained, len(fixes.trained), 100 * held_out.accuracy,
