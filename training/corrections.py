@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.contract.feedback import LOG_FILE, ROWS_FOLDER, TABLE_FILE
 from training.datasets import DataError, ImageSet
 
 log = logging.getLogger(__name__)
 
 _HASH_SPACE = 16 ** 8  # a correction's place in the hash space: the first 8 hex digits of its name
-TABLE_FILE = "corrections.csv"  # a table model's corrections (the service's service/web/corrections.py)
-ROWS_FOLDER = "rows"  # the service's duplicate markers for those rows: not a label
 _Item = tuple[str, np.ndarray, int]  # a correction: its hash, its input, its label's index
 
 
@@ -154,7 +153,7 @@ def _read(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
 
 def _versions(folder: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    log_file = folder / "corrections.jsonl"
+    log_file = folder / LOG_FILE
     if log_file.is_file():
         for line in log_file.read_text().splitlines():
             try:

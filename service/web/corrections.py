@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.contract.feedback import LOG_FILE, ROWS_FOLDER, TABLE_FILE
 from service.errors import QueueFull
 
-CSV_FILE = "corrections.csv"  # a table model's corrections: its feature columns, then label and hash
-ROWS_FOLDER = "rows"  # one empty file per stored row, named by its hash: the duplicate check
 _MAX_RECORD = 1024  # bytes: a log line is about 250 (the request id is bounded by the schema)
 
 
@@ -75,7 +74,7 @@ class FeedbackStore:
                 where: str) -> None:
         record = {"hash": digest, "label": label, "predicted": predicted, "model": model, "version": version,
                   "request_id": request_id, "time": round(time.time(), 3), "file": where}
-        _append(self.root / model / "corrections.jsonl", json.dumps(record, separators=(",", ":")) + "\n")
+        _append(self.root / model / LOG_FILE, json.dumps(record, separators=(",", ":")) + "\n")
 
     def _claim(self, model: str, path: Path) -> int | None:
         """``path``, created exclusively for one new correction of ``model`` and open for writing; None when
@@ -97,7 +96,7 @@ class FeedbackStore:
         """429 when ``per_minute`` corrections of ``model`` were stored in the last minute."""
         if not self.per_minute:
             return
-        times = _last_times(self.root / model / "corrections.jsonl", self.per_minute)
+        times = _last_times(self.root / model / LOG_FILE, self.per_minute)
         if len(times) < self.per_minute:
             return
         wait = 60.0 - (time.time() - min(times))
@@ -115,9 +114,9 @@ class FeedbackStore:
         if fd is None:
             return Stored(digest, label, predicted, True)
         os.close(fd)
-        table = self.root / model / CSV_FILE
+        table = self.root / model / TABLE_FILE
         if not table.exists():  # the header, written whole before any row: linked into place, or not at all
-            staging = table.with_name(f".{CSV_FILE}.{os.getpid()}.{digest}")
+            staging = table.with_name(f".{TABLE_FILE}.{os.getpid()}.{digest}")
             staging.write_text(_csv_line([*features, "label", "hash"]))
             try:
                 os.link(staging, table)
@@ -127,7 +126,7 @@ class FeedbackStore:
                 staging.unlink()
         # str of a float32: the shortest text that reads back as the same float32 (0.8, not 0.800000011920929)
         _append(table, _csv_line([*(str(v) for v in row), label, digest]))
-        self._record(model, version, label, predicted, digest, request_id, f"{CSV_FILE}#{digest}")
+        self._record(model, version, label, predicted, digest, request_id, f"{TABLE_FILE}#{digest}")
         return Stored(digest, label, predicted, False)
 
     def count(self, model: str) -> int:
