@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from training import augment
 from training.augment import AffineJitter
 
 
@@ -75,3 +77,17 @@ def test_recentre_matches_the_services_preparation_of_an_upload(datasets_dir) ->
     assert (ours - digits).abs().mean() < 0.5 * (moved - digits).abs().mean()
     blank = torch.zeros(1, 1, 28, 28)
     assert torch.equal(recentre(blank), blank)
+
+
+def test_the_fast_grid_field_and_stroke_filters_equal_torchs_own_operators() -> None:
+    generator = torch.Generator().manual_seed(5)
+    theta = torch.randn(7, 2, 3, generator=generator)
+    expected = F.affine_grid(theta, [7, 1, 28, 20], align_corners=False)
+    torch.testing.assert_close(augment.affine_grid(theta, 28, 20), expected)
+
+    coarse = torch.rand(6, 16, generator=generator)
+    upsampled = F.interpolate(coarse.view(6, 1, 4, 4), size=(28, 28), mode="bicubic", align_corners=True)
+    torch.testing.assert_close((coarse @ augment._bicubic_basis(4, (28, 28))).view(6, 1, 28, 28), upsampled)
+
+    images = torch.rand(5, 1, 28, 28, generator=generator)
+    torch.testing.assert_close(augment._dilate(images), F.max_pool2d(images, 3, stride=1, padding=1))
