@@ -8,32 +8,46 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
+# The channels of cnn's three and cnn4's four convolutions when --widths does not set them.
+DEFAULT_WIDTHS: dict[str, tuple[int, ...]] = {"cnn": (12, 24, 48), "cnn4": (16, 32, 64, 128)}
+# What an artifact whose manifest records no widths was built with: until version 3 of mnist-cnn, cnn4's
+# last convolution had 96 channels and manifests recorded widths only when --widths set them.
+UNRECORDED_WIDTHS: dict[str, tuple[int, ...]] = {"cnn": (12, 24, 48), "cnn4": (16, 32, 64, 96)}
+
+
 def build_net(arch: str, input_shape: Sequence[int], num_classes: int, *,
               hidden: Sequence[int] = (256, 128), activation: str = "relu",
               widths: Sequence[int] = ()) -> nn.Module:
     """A fresh, randomly initialised net of kind ``arch`` (mlp | cnn | cnn4 | classic | resnet); ``widths``
-    are the channels of cnn's three or cnn4's four convolutions (empty: the net's own)."""
+    are the channels of cnn's three or cnn4's four convolutions (empty: ``DEFAULT_WIDTHS``)."""
     channels = input_shape[0]
     if arch == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), num_classes, hidden, activation)
     if arch == "cnn":
-        return CompactCNN(channels, num_classes, *([tuple(widths)] if widths else []))
+        return CompactCNN(channels, num_classes, tuple(widths) or DEFAULT_WIDTHS[arch])
     if arch == "cnn4":
-        return DigitCNN(channels, num_classes, *([tuple(widths)] if widths else []))
+        return DigitCNN(channels, num_classes, tuple(widths) or DEFAULT_WIDTHS[arch])
     if arch == "classic":
         return ClassicCNN(channels, num_classes)
     if arch == "resnet":
         return ResNet(channels, num_classes)
     raise ValueError(f"unknown architecture {arch!r}")
+
+
+def recorded_widths(arch: str, training: Mapping[str, Any]) -> tuple[int, ...]:
+    """The convolution widths an artifact's net was built with, from its manifest's ``training`` section."""
+    return tuple(training.get("widths") or UNRECORDED_WIDTHS.get(arch, ()))
 
 
 class MLP(nn.Sequential):
@@ -46,6 +60,23 @@ class MLP(nn.Sequential):
             in_features = width
         layers.append(nn.Linear(in_features, num_classes))
         super().__init__(*layers)
+
+
+class GridPool(nn.Module):
+    """Average pooling to a ``size`` x ``size`` map that passes a map of that size through untouched.
+
+    On 28x28 digits the map already is 3x3, and ``AdaptiveAvgPool2d``'s backward pass still cost 4 % of
+    a CPU training step; other image sizes are pooled exactly as ``AdaptiveAvgPool2d(size)`` would.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] == self.size and x.shape[-1] == self.size:
+            return x
+        return F.adaptive_avg_pool2d(x, self.size)
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -64,7 +95,8 @@ class CompactCNN(nn.Sequential):
     about 1.1 M multiply-adds per 28x28 image (the pytorch/examples MNIST net needs 12 M).
     """
 
-    def __init__(self, channels: int, num_classes: int, widths: Sequence[int] = (12, 24, 48)) -> None:
+    def __init__(self, channels: int, num_classes: int,
+                 widths: Sequence[int] = DEFAULT_WIDTHS["cnn"]) -> None:
         w1, w2, w3 = widths
         super().__init__(
             conv_bn(channels, w1, kernel=5, stride=2),  # 28 -> 14
@@ -72,7 +104,7 @@ class CompactCNN(nn.Sequential):
             nn.MaxPool2d(2),  # 14 -> 7
             conv_bn(w2, w3),
             nn.MaxPool2d(2),  # 7 -> 3
-            nn.AdaptiveAvgPool2d(3),  # any other image size -> 3x3 as well
+            GridPool(3),  # any other image size -> 3x3 as well
             nn.Flatten(),
             nn.Linear(w3 * 9, num_classes),
         )
@@ -81,12 +113,13 @@ class CompactCNN(nn.Sequential):
 class DigitCNN(nn.Sequential):
     """The default since issue 26: the compact net's strided stem, wider, and a fourth convolution.
 
-    Four conv-BN-ReLU layers at 14x14, 7x7 and 3x3, then one linear layer over the 3x3 map: about 2.4 M
-    multiply-adds per 28x28 image, within 2.5x the compact net's, and wide enough layers that a CPU trains
-    it at almost the same images per second (docs/training.md).
+    Four conv-BN-ReLU layers at 14x14, 7x7 and 3x3, then one linear layer over the 3x3 map: 2.56 M
+    multiply-adds per 28x28 image with the default widths, within 2.5x the compact net's, and wide enough
+    layers that a CPU trains it at almost the same images per second (docs/training.md).
     """
 
-    def __init__(self, channels: int, num_classes: int, widths: Sequence[int] = (16, 32, 64, 96)) -> None:
+    def __init__(self, channels: int, num_classes: int,
+                 widths: Sequence[int] = DEFAULT_WIDTHS["cnn4"]) -> None:
         w1, w2, w3, w4 = widths
         super().__init__(
             conv_bn(channels, w1, kernel=5, stride=2),  # 28 -> 14
@@ -95,7 +128,7 @@ class DigitCNN(nn.Sequential):
             conv_bn(w2, w3),
             nn.MaxPool2d(2),  # 7 -> 3
             conv_bn(w3, w4),
-            nn.AdaptiveAvgPool2d(3),  # any other image size -> 3x3 as well
+            GridPool(3),  # any other image size -> 3x3 as well
             nn.Flatten(),  # where a stroke is matters (a 6 is a rotated 9): no global pooling
             nn.Linear(w4 * 9, num_classes),
         )

@@ -33,7 +33,7 @@ from training.data import DataSplits, ImageSet, load_data, make_loader
 from training.distributed import SINGLE, World, barrier, process_group, resolve_device, sum_across
 from training.engine import Diverged, EpochStats, StepCallback, evaluate, train_one_epoch
 from training.export import ArtifactInfo, PixelClassifier, export, load_scripted
-from training.nets import build_net, count_macs, count_parameters
+from training.nets import DEFAULT_WIDTHS, build_net, count_macs, count_parameters
 from training.optim import build_optimizer, build_scheduler, current_lr
 from training.outliers import OutlierSets, load_outliers
 from training.publish import HeldOut, pin_default, publish_root, served_default, start_canary
@@ -103,6 +103,9 @@ def _initial_model(cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, Train
                            labels=data.classes, task=cfg.task)
         cfg = dataclasses.replace(cfg, arch=start.architecture, widths=start.widths)
         return start.model, cfg, start.origin
+    # The manifest records the widths the net is built with, so that a later change of the defaults
+    # cannot rebuild this artifact's net (--init-from, add_formats) differently.
+    cfg = dataclasses.replace(cfg, widths=cfg.widths or DEFAULT_WIDTHS.get(cfg.arch, ()))
     net = build_net(cfg.arch, data.input_shape, outputs, hidden=cfg.hidden, activation=cfg.activation,
                     widths=cfg.widths)
     wrapper = FeatureClassifier if data.features else PixelClassifier

@@ -20,7 +20,7 @@ from torch import nn
 from service.contract.manifest import ManifestError, read_manifest, verify_checksum
 from training.config import ConfigError
 from training.export import PixelClassifier, load_scripted
-from training.nets import build_net, fold_batchnorm
+from training.nets import build_net, fold_batchnorm, recorded_widths
 from training.tabular import FeatureClassifier
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
         raise ConfigError(f"--init-from {folder} takes inputs of shape {list(manifest.input.shape)}, this "
                           f"dataset's are {list(input_shape)}")
     training = manifest.training
-    widths = tuple(training.get("widths", ()))  # manifests before --widths: the net's own
+    widths = recorded_widths(manifest.architecture, training)
     net = fold_batchnorm(build_net(manifest.architecture, input_shape, manifest.num_outputs,
                                    hidden=training.get("hidden", (256, 128)),
                                    activation=training.get("activation", "relu"), widths=widths))

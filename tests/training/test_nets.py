@@ -10,7 +10,7 @@ from torch import nn
 
 from training.config import ARCHITECTURES
 from training.export import ArtifactInfo, PixelClassifier, export
-from training.nets import build_net, count_macs, count_parameters, fold_batchnorm
+from training.nets import GridPool, build_net, count_macs, count_parameters, fold_batchnorm, recorded_widths
 
 SHAPES = [(1, 28, 28), (1, 8, 8), (3, 32, 32)]
 
@@ -34,9 +34,9 @@ def test_parameter_counts_and_cost_on_mnist() -> None:
     conv_macs = 26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9
     assert count_macs(classic, (1, 28, 28)) == conv_macs + 9216 * 128 + 128 * 10
     cnn4 = build_net("cnn4", (1, 28, 28), 10)  # the default since issue 26: within 2.5x cnn's cost
-    assert count_parameters(cnn4) == 87_802
+    assert count_parameters(cnn4) == 109_178
     assert count_macs(cnn4, (1, 28, 28)) == 14 * 14 * (16 * 25 + 32 * 16 * 9) + 7 * 7 * 64 * 32 * 9 \
-        + 3 * 3 * 96 * 64 * 9 + 96 * 9 * 10 <= 2.5 * CNN_MACS
+        + 3 * 3 * 128 * 64 * 9 + 128 * 9 * 10 <= 2.5 * CNN_MACS
     resnet = build_net("resnet", (1, 28, 28), 10)
     assert count_parameters(resnet) == RESNET_PARAMETERS
     assert count_macs(resnet, (1, 28, 28)) > 10 * CNN_MACS  # the stronger, costlier one
@@ -57,6 +57,22 @@ def test_widths_set_each_convolution(arch: str, widths: tuple[int, ...]) -> None
     assert net[-1].in_features == widths[-1] * 9  # the last 3x3 map, flattened
     assert build_net(arch, (1, 28, 28), 10, widths=()).state_dict().keys() == \
         build_net(arch, (1, 28, 28), 10).state_dict().keys()
+
+
+def test_an_artifact_that_records_no_widths_is_rebuilt_with_the_widths_of_its_time() -> None:
+    # mnist-cnn/1 and /2 were trained before manifests recorded widths, /2 when cnn4's last layer had 96.
+    assert recorded_widths("cnn4", {}) == recorded_widths("cnn4", {"widths": []}) == (16, 32, 64, 96)
+    assert recorded_widths("cnn4", {"widths": [16, 32, 64, 128]}) == (16, 32, 64, 128)
+    assert recorded_widths("cnn", {}) == (12, 24, 48) and recorded_widths("mlp", {}) == ()
+
+
+def test_the_grid_pool_passes_a_3x3_map_through_and_pools_any_other_as_adaptive_pooling_does() -> None:
+    pool = GridPool(3)
+    same = torch.rand(2, 4, 3, 3)
+    assert pool(same) is same
+    for shape in ((2, 4, 7, 7), (1, 3, 5, 9)):
+        images = torch.rand(shape)
+        torch.testing.assert_close(pool(images), nn.AdaptiveAvgPool2d(3)(images))
 
 
 def test_unknown_architecture() -> None:

@@ -31,7 +31,9 @@ def test_digits_run_publishes_a_complete_artifact(tmp_path: Path) -> None:
     assert manifest.metrics["test_accuracy"] > 0.8
     assert set(manifest.metrics["per_class_accuracy"]) == set("0123456789")
     assert manifest.input.shape == (1, 8, 8) and manifest.input.image_preprocessing == "resize"
-    assert manifest.training == json.loads(json.dumps(cfg.to_dict()))
+    # The widths the net was built with are recorded even where the config left them to the net.
+    built = dataclasses.replace(cfg, widths=(12, 24, 48))
+    assert manifest.training == json.loads(json.dumps(built.to_dict()))
     assert manifest.dataset["name"] == "digits" and manifest.dataset["val_examples"] > 0
     assert manifest.extra["epochs_run"] == 3 and manifest.extra["macs_per_example"] > 0
     reports = {"curves.png", "confusion.png", "mistakes.png", "attributions.png", "metrics.jsonl"}
