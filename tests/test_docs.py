@@ -62,8 +62,7 @@ def test_every_relative_link_and_anchor_exists(page):
 def test_every_file_the_readmes_commands_name_is_in_the_repository():
     for page in (README, REPO / "docs" / "serving.md"):
         named = set(PATH_IN_CODE.findall(page.read_text()))
-        # models/mnist-cnn/2 is what the README's own training run creates.
-        missing = [p for p in named if not (REPO / p).exists() and p != "models/mnist-cnn/2"]
+        missing = [p for p in named if not (REPO / p).exists()]
         assert not missing, (page.name, missing)
 
 

@@ -343,7 +343,7 @@ def test_the_selector_lists_every_model_and_switching_asks_the_chosen_one(tab, s
     select = tab.page.get_by_label("Model", exact=True)
     values = select.locator("option").evaluate_all("options => options.map(o => o.value)")
     assert values == [f"{m['name']}/{m['version']}" for m in listed]
-    assert select.input_value() == "mnist-cnn/2"  # the first name's newest version
+    assert select.input_value() == "mnist-cnn/3"  # the first name's newest version
     before = tab.answered()
     tab.draw(SEVEN)
     tab.wait_answer(before)
@@ -364,7 +364,7 @@ def test_controls_are_labelled_and_reachable_from_the_keyboard(tab):
     assert {"model", "clear", "upload"} <= set(focused), focused
     page.get_by_label("Model", exact=True).focus()
     page.keyboard.press("ArrowDown")
-    assert page.get_by_label("Model", exact=True).input_value() != "mnist-cnn/2"
+    assert page.get_by_label("Model", exact=True).input_value() != "mnist-cnn/3"
     assert page.get_by_role("img", name="Drawing pad").count() == 1
 
 
