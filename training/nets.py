@@ -50,6 +50,14 @@ def recorded_widths(arch: str, training: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(training.get("widths") or UNRECORDED_WIDTHS.get(arch, ()))
 
 
+def recorded_net(arch: str, input_shape: Sequence[int], num_outputs: int,
+                 training: Mapping[str, Any]) -> nn.Module:
+    """A fresh net shaped as an artifact's was, from its architecture and its manifest's ``training``
+    section (manifests from before a setting existed get the value of their time)."""
+    return build_net(arch, input_shape, num_outputs, hidden=tuple(training.get("hidden", (256, 128))),
+                     activation=training.get("activation", "relu"), widths=recorded_widths(arch, training))
+
+
 class MLP(nn.Sequential):
     """Fully connected layers: the textbook baseline, with a choice of activation."""
 

@@ -23,7 +23,7 @@ from service.contract.manifest import MANIFEST_FILE, Manifest, ModelFormat, read
 from training.datasets import ImageSet
 from training.export import ExportError, PixelClassifier, load_scripted
 from training.formats import ParityError, check_parity, max_batch, parity_probes, write_formats
-from training.nets import build_net, fold_batchnorm, recorded_widths
+from training.nets import fold_batchnorm, recorded_net
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,9 @@ log = logging.getLogger(__name__)
 def eager_from_artifact(folder: Path, manifest: Manifest) -> nn.Module:
     """The eager module the scripted file was made from (batch norm folded), checked against that file."""
     scripted = load_scripted(verify_checksum(manifest, folder))
-    cfg = manifest.training
     try:
-        net = build_net(manifest.architecture, manifest.input.shape, manifest.num_classes,
-                        hidden=tuple(cfg.get("hidden", (256, 128))), activation=cfg.get("activation", "relu"),
-                        widths=recorded_widths(manifest.architecture, cfg))
+        net = recorded_net(manifest.architecture, manifest.input.shape, manifest.num_classes,
+                           manifest.training)
     except ValueError as exc:
         raise ExportError(f"{folder}: cannot rebuild the eager net ({exc})") from None
     channels = manifest.input.shape[0]

@@ -20,7 +20,7 @@ from torch import nn
 from service.contract.manifest import ManifestError, read_manifest, verify_checksum
 from training.config import ConfigError
 from training.export import PixelClassifier, load_scripted
-from training.nets import build_net, fold_batchnorm, recorded_widths
+from training.nets import fold_batchnorm, recorded_net, recorded_widths
 from training.tabular import FeatureClassifier
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,8 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
     if tuple(manifest.input.shape) != tuple(input_shape):
         raise ConfigError(f"--init-from {folder} takes inputs of shape {list(manifest.input.shape)}, this "
                           f"dataset's are {list(input_shape)}")
-    training = manifest.training
-    widths = recorded_widths(manifest.architecture, training)
-    net = fold_batchnorm(build_net(manifest.architecture, input_shape, manifest.num_outputs,
-                                   hidden=training.get("hidden", (256, 128)),
-                                   activation=training.get("activation", "relu"), widths=widths))
+    net = fold_batchnorm(recorded_net(manifest.architecture, input_shape, manifest.num_outputs,
+                                      manifest.training))
     width = input_shape[0]  # channels of an image, or features: one normalisation entry each
     wrapper_type = PixelClassifier if manifest.input.kind == "image" else FeatureClassifier
     model = wrapper_type(net, [0.0] * width, [1.0] * width)
@@ -69,7 +66,8 @@ def start_from(folder: Path, input_shape: tuple[int, ...], outputs: int, freeze:
     log.info("starting from %s/%s (%s), %s %d-output head%s", manifest.name, manifest.version,
              manifest.architecture, "its own" if same else "a new", outputs,
              ", features frozen" if freeze else "")
-    return Start(model=model, architecture=manifest.architecture, origin=origin, widths=widths)
+    return Start(model=model, architecture=manifest.architecture, origin=origin,
+                 widths=recorded_widths(manifest.architecture, manifest.training))
 
 
 def replace_head(net: nn.Module, outputs: int) -> None:
