@@ -3,8 +3,8 @@
 Per-sample PIL transforms would cost more than the net itself on a 2-core CPU; one ``grid_sample`` per
 batch costs a fraction of a millisecond and runs on whatever device the batch is on. The grid, the elastic
 field and the stroke filters are written as the cheapest exact equivalents of torch's own operators (a
-matrix product, shifted maxima): on a 2-core CPU ``affine_grid``, bicubic ``interpolate`` and a 3x3
-``max_pool2d`` over a batch of 28x28 digits took 10 of a training step's 40 ms (docs/benchmarks.md).
+matrix product, shifted maxima): on a CPU ``affine_grid``, bicubic ``interpolate`` and a 3x3
+``max_pool2d`` over a batch of 28x28 digits were a large share of a training step (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class DigitJitter:
         """A smooth random displacement ``[N, H, W, 2]`` in grid units, at most ``elastic`` pixels."""
         cells = self.elastic_grid * self.elastic_grid
         coarse = torch.rand(n * 2, cells, generator=generator) * 2 - 1
-        # Bicubic upsampling is linear: one product with the upsampled basis images (exact, 7x cheaper).
+        # Bicubic upsampling is linear: one product with the upsampled basis images (exact, and cheaper).
         smooth = (coarse @ _bicubic_basis(self.elastic_grid, size)).view(n, 2, *size)
         scale = torch.tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 2, 1, 1)  # pixels -> grid units
         return (smooth.clamp(-1, 1) * self.elastic * scale).permute(0, 2, 3, 1)
@@ -135,8 +135,8 @@ def recentre(images: torch.Tensor, box: int = 20, ink: float = 0.25) -> torch.Te
 
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``F.affine_grid(theta, [N, C, height, width], align_corners=False)`` as one plain matrix product with
-    a cached base grid (equal up to float rounding; a fifteenth of the time on a CPU, where both
-    ``affine_grid`` and a broadcast batched product are slow)."""
+    a cached base grid (equal up to float rounding; on a CPU both ``affine_grid`` and a broadcast batched
+    product are slow)."""
     n = len(theta)
     base = _base_grid(height, width).to(theta.device, theta.dtype)  # [H*W, 3]
     grid = base @ theta.reshape(n * 2, 3).T  # [H*W, N*2]

@@ -65,7 +65,7 @@ class TrainConfig:
     activation: str = "relu"  # mlp only
     widths: tuple[int, ...] = ()  # cnn (3) and cnn4 (4): channels of each convolution; empty: the net's own
     # optimisation
-    epochs: int = 13  # the recipe's: as many as fit in 3 minutes on a 2-core CPU (docs/benchmarks.md)
+    epochs: int = 13  # the recipe's, chosen on the validation split (docs/benchmarks.md)
     batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N
     eval_batch_size: int = 1000
     optimizer: str = "sgd"

@@ -73,8 +73,9 @@ class MLP(nn.Sequential):
 class GridPool(nn.Module):
     """Average pooling to a ``size`` x ``size`` map that passes a map of that size through untouched.
 
-    On 28x28 digits the map already is 3x3, and ``AdaptiveAvgPool2d``'s backward pass still cost 4 % of
-    a CPU training step; other image sizes are pooled exactly as ``AdaptiveAvgPool2d(size)`` would.
+    On 28x28 digits the map already is 3x3, and ``AdaptiveAvgPool2d``'s backward pass still cost a
+    measurable share of a CPU training step (docs/benchmarks.md); other image sizes are pooled exactly as
+    ``AdaptiveAvgPool2d(size)`` would.
     """
 
     def __init__(self, size: int) -> None:
