@@ -6,9 +6,12 @@
 It starts the service (``python -m service``, HTTP and gRPC on free ports) and, each round: measures the
 model's own batch-64 rate in this process (bench_serve.py's ``InProcess``), runs wrk against the HTTP binary
 OIP route with one 28x28 UINT8 image per request at 64 connections, then a gRPC load of the same request
-(``ModelInfer``, raw contents) at 64 calls in flight, then 64-image gRPC requests at 8 in flight. No gRPC
-load generator is packaged for this machine: the gRPC load is ``--clients`` processes of this script, each
-a bounded asyncio loop on grpc.aio, and their CPU is reported beside the service's. Printed per round and
+(``ModelInfer``, raw contents) at 64 calls in flight, then 64-image gRPC requests at 8 in flight. The gRPC
+load comes from ``h2load`` (Debian's ``nghttp2-client``: compiled, like wrk for HTTP, so the load costs the
+shared cores little), which sends the gRPC frames over ``--clients`` HTTP/2 connections; it cannot read
+gRPC status trailers, so errors are counted from the service's own metrics. ``--load python`` (the
+default without h2load) uses ``--clients`` processes of this script instead, each a bounded asyncio loop on
+grpc.aio. Either way the load's CPU is reported beside the service's. Printed per round and
 as medians: images/s, p50/p99, errors, the targets' ratios (gRPC 1-image / HTTP binary 1-image; gRPC
 64-image / in-process batch 64), CPU per request by role (runtime, HTTP workers, gRPC front end, client)
 and every process's RSS. Results also go to ``--out`` as JSON.
@@ -20,7 +23,10 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,7 +39,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_serve import InProcess, cpu_seconds, digit, free_port, service_memory, start, stop, wrk  # noqa: E402
+from bench_serve import (  # noqa: E402
+    InProcess,
+    batch_stats,
+    batch_totals,
+    cpu_seconds,
+    digit,
+    free_port,
+    service_memory,
+    start,
+    stop,
+    wrk,
+)
+
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,8 +63,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=4, help="seconds per load run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every run (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=2,
-                        help="gRPC load processes; the calls in flight are split between them "
-                        "(default: %(default)s)")
+                        help="gRPC connections (h2load) or load processes (python); the calls in flight are "
+                        "split between them (default: %(default)s)")
+    parser.add_argument("--load", choices=("h2load", "python"),
+                        default="h2load" if shutil.which("h2load") else "python",
+                        help="the gRPC load generator (default: h2load where it is installed, else python; "
+                        "now %(default)s)")
     parser.add_argument("--out", default="bench-results/grpc.json", help="(default: %(default)s)")
     parser.add_argument("--client", nargs=5, metavar=("TARGET", "MODEL", "IMAGES", "CALLS", "SECONDS"),
                         help=argparse.SUPPRESS)  # one load process (the parent starts them)
@@ -116,6 +139,49 @@ def grpc_load(target: str, model: str, images: int, calls: int, seconds: int, cl
             "client_cpu_s": sum(r["cpu_s"] for r in results)}
 
 
+def h2load_run(target: str, url: str, model: str, images: int, calls: int, seconds: int, clients: int,
+               folder: Path) -> dict:
+    """The same load from h2load: gRPC frames of the same request POSTed as HTTP/2 streams, ``calls`` in
+    flight over ``clients`` connections, after a 1 s warm-up. Errors are the gRPC calls the service
+    answered with any other status meanwhile (its metrics), since h2load sees only HTTP statuses."""
+    message = infer_request(model, images).SerializeToString()
+    body, log = folder / f"grpc{images}.body", folder / f"grpc{images}.log"
+    body.write_bytes(b"\0" + struct.pack(">I", len(message)) + message)  # uncompressed, length-prefixed
+    log.unlink(missing_ok=True)  # h2load appends to its log
+    connections = max(1, min(clients, calls))
+    failed_before = grpc_failures(url)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(
+        ["h2load", "-t", "1", "-c", str(connections), "-m", str(-(-calls // connections)), "-D", str(seconds),
+         "--warm-up-time=1", f"--log-file={log}", "-d", str(body), "-H", "content-type: application/grpc",
+         "-H", "te: trailers", f"http://{target}{GRPC_PATH}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"h2load failed ({proc.returncode}): {out}")
+    latencies = sorted(int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines()
+                       if line.split("\t")[1] == "200")
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return {"requests": len(latencies), "images_per_s": len(latencies) * images / seconds,
+            "errors": grpc_failures(url) - failed_before,
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None,
+            "client_cpu_s": cpu}
+
+
+def grpc_failures(url: str) -> float:
+    """gRPC calls the service has answered with anything but OK, from its /metrics."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "trainserve_requests" for sample in family.samples
+               if sample.name.endswith("_total") and sample.labels.get("protocol") == "grpc"
+               and sample.labels.get("status") != "200")
+
+
 def roles(root: int) -> dict[int, str]:
     """pid -> runtime, grpc (the gRPC front end), http (the HTTP front end and its workers) or launcher."""
     out = {}
@@ -167,11 +233,14 @@ def one_round(args: argparse.Namespace, root: int, url: str, target: str, model:
            "http_bin1_c64": {**http, "cpu_us_per_request": http_cpu}}
     for key, images, calls in (("grpc_1_c64", 1, 64), ("grpc_64_c8", 64, 8)):
         def load(i: int = images, c: int = calls) -> dict:
+            if args.load == "h2load":
+                return h2load_run(target, url, args.model, i, c, args.duration, args.clients, folder)
             return grpc_load(target, args.model, i, c, args.duration, args.clients)
 
+        before = batch_totals(url)
         result, cpu = cpu_us(root, load, lambda r: r["requests"])
         cpu["client"] = round(1e6 * result["client_cpu_s"] / max(result["requests"], 1))
-        row[key] = {**result, "cpu_us_per_request": cpu}
+        row[key] = {**result, "cpu_us_per_request": cpu, "batches": batch_stats(before, batch_totals(url))}
     row["grpc_1_vs_http_bin1"] = row["grpc_1_c64"]["images_per_s"] / row["http_bin1_c64"]["images_per_s"]
     row["grpc_64_vs_inprocess_batch64"] = row["grpc_64_c8"]["images_per_s"] / batch64
     return row
@@ -185,7 +254,14 @@ def print_round(n: int, r: dict) -> None:
           f"HTTP) | gRPC 64 img c8 {r['grpc_64_c8']['images_per_s']:.0f} img/s "
           f"(x{r['grpc_64_vs_inprocess_batch64']:.2f} of in-process) | CPU us/request: HTTP "
           f"{r['http_bin1_c64']['cpu_us_per_request']}, gRPC {r['grpc_1_c64']['cpu_us_per_request']}, "
-          f"gRPC 64 {r['grpc_64_c8']['cpu_us_per_request']}", flush=True)
+          f"gRPC 64 {r['grpc_64_c8']['cpu_us_per_request']} | runtime batches (images, pass ms): "
+          f"{_batches(r['http_bin1_c64'])} HTTP, {_batches(r['grpc_1_c64'])} gRPC, "
+          f"{_batches(r['grpc_64_c8'])} gRPC 64", flush=True)
+
+
+def _batches(run: dict) -> str:
+    stats = run.get("batches")
+    return f"{stats['images']:.1f}, {stats['pass_ms']:.2f}" if stats else "-"
 
 
 def main() -> int:
@@ -206,7 +282,8 @@ def main() -> int:
         rss = {}
         for p in memory["processes"]:
             rss.setdefault(kinds.get(p["pid"], "http"), []).append(round(p["rss_mib"]))
-        print(f"service ready in {ready_s:.1f} s; RSS MiB by role: {rss}", flush=True)
+        print(f"service ready in {ready_s:.1f} s; RSS MiB by role: {rss}; gRPC load from {args.load}",
+              flush=True)
         model = InProcess(Path(args.model_dir), args.model)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +297,8 @@ def main() -> int:
               f"{medians['grpc_64_vs_inprocess_batch64']:.2f} (target >= 0.85)")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"ready_s": ready_s, "rss_mib_by_role": rss, "memory": memory,
+        out.write_text(json.dumps({"load": args.load, "ready_s": ready_s, "rss_mib_by_role": rss,
+                                   "memory": memory,
                                    "rounds": rows, "medians": medians, "cpus": len(os.sched_getaffinity(0))},
                                   indent=1))
     finally:
