@@ -45,7 +45,7 @@ def _server(row: dict[str, Any]) -> str:
 
 
 def _peer(row: dict[str, Any]) -> bool:
-    """Whether the row is another server's (a --peer): the same PNG, not trainserve."""
+    """Whether the row is another server's (a --peer or --peer-json): the same request, not trainserve."""
     return _server(row) not in ("service", "versus") and not _server(row).startswith("format:")
 
 
@@ -79,6 +79,10 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             if theirs is not None:
                 target(f"1 PNG per request at c={connections}, multiple of {peer} (paired rounds)",
                        mine and _paired(mine, theirs), goal, "x", at_least=True)
+    json_rows = _run(results, "json", 64), _run(results, "json", 64, "mosec")
+    if json_rows[1] is not None:
+        target("OIP JSON, one image, c=64, multiple of mosec's JSON (paired rounds)",
+               json_rows[0] and _paired(json_rows[0], json_rows[1]), 1.0, "x", at_least=True)
     single = _run(results, "png", 1)
     target("1 PNG per request: p50 at c=1", single and single["p50_ms"], 0.9, "ms", at_least=False)
     png = _run(results, "png", 64)
@@ -110,13 +114,13 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         lines += [f"  {r['payload']:6} c={r['connections']:<3} {_paired(r, other):.3f} x"
                   for r, other in versus if other]
     for peer in dict.fromkeys(_server(r) for r in results["runs"] if _peer(r)):
-        lines.append(f"against {peer} (1 PNG per request, the median of the round-by-round ratios; above 1: "
-                     "trainserve is faster):")
-        lines += [f"  png    c={r['connections']:<3} {_paired(mine, r):.3f} x  ({mine['images_per_s']:.0f} "
-                  f"against {r['images_per_s']:.0f} images/s, p50 {mine['p50_ms']:.2f} against "
-                  f"{r['p50_ms']:.2f} ms)"
+        lines.append(f"against {peer} (1 image per request, the median of the round-by-round ratios; "
+                     "above 1: trainserve is faster):")
+        lines += [f"  {r['payload']:6} c={r['connections']:<3} {_paired(mine, r):.3f} x  "
+                  f"({mine['images_per_s']:.0f} against {r['images_per_s']:.0f} images/s, p50 "
+                  f"{mine['p50_ms']:.2f} against {r['p50_ms']:.2f} ms)"
                   for r in results["runs"]
-                  if _server(r) == peer and (mine := _run(results, "png", r["connections"]))]
+                  if _server(r) == peer and (mine := _run(results, r["payload"], r["connections"]))]
     for fmt in dict.fromkeys(_server(r) for r in results["runs"] if _server(r).startswith("format:")):
         lines.append(f"served as {fmt.removeprefix('format:')} (the median of the round-by-round ratios to "
                      f"the main service, which served {results.get('format') or 'its default'}):")

@@ -15,11 +15,13 @@ also starts the classic one-forward-per-request Flask app (scripts/naive_app.py,
 on the same artifact and sends it the same PNG, its runs alternating with the service's PNG runs, so the
 ratio between the two (the median of the round-by-round ratios) is measured side by side. ``--peer
 NAME=URL`` does the same with any other server that answers that PNG POSTed to URL, and the summary gives
-the service's PNG throughput as a multiple of each peer's; ``--torchserve`` starts TorchServe on the same
-artifact (scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`), ``--mosec`` the
-same with mosec (scripts/mosec_peer.py; both: `make bench-peers`). ``--formats torchscript,exported,aoti``
-(with ``--start``) also starts the service once per model format (TRAINSERVE_MODEL_FORMAT) and runs every
-payload against each, its rounds alternating with the main service's. With ``--start``
+the service's PNG throughput as a multiple of each peer's (``--peer-json NAME=URL``: the same for the
+OIP JSON request of one image); ``--torchserve`` starts TorchServe on the same artifact
+(scripts/torchserve_peer.py) and measures it that way (`make bench-torchserve`), ``--mosec`` the same with
+mosec (scripts/mosec_peer.py, PNG and JSON; both: `make bench-peers`). ``--formats
+torchscript,exported,aoti`` (with ``--start``) also starts the service once per model format
+(TRAINSERVE_MODEL_FORMAT) and runs every payload against each, its rounds alternating with the main
+service's. With ``--start``
 it also reports time-to-ready, each worker's memory and how each run's connections were spread over the
 workers. Results go to bench-results/serve.json and a chart of throughput vs
 concurrency to bench-results/serve.png.
@@ -60,7 +62,8 @@ done = function(summary, latency, requests)
 end
 """
 
-IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1, "peer": 1}
+IMAGES_PER_REQUEST = {"png": 1, "json": 1, "bin64": 64, "json64": 64, "naive": 1, "live": 1, "peer": 1,
+                      "peerjson": 1}
 POST = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "%(content_type)s"
@@ -92,13 +95,17 @@ def parse_args() -> argparse.Namespace:
                         help="another server, already running, that answers the PNG POSTed to URL (a whole "
                              "endpoint, e.g. torchserve=http://127.0.0.1:8080/predictions/mnist-cnn): its "
                              "rounds alternate with the service's PNG rounds; repeat for more")
+    parser.add_argument("--peer-json", action="append", default=[], metavar="NAME=URL",
+                        help="the same for the json payload: a server that answers the OIP JSON request of "
+                             "one UINT8 image POSTed to URL; its rounds alternate with the service's json "
+                             "rounds")
     parser.add_argument("--torchserve", action="store_true",
                         help="also start TorchServe on the same artifact (scripts/torchserve_peer.py, on "
                              "--torchserve-url's port and the next two) and measure it as a --peer")
     parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080", help="(default: %(default)s)")
     parser.add_argument("--mosec", action="store_true",
                         help="also start mosec on the same artifact (scripts/mosec_peer.py, on --mosec-url's "
-                             "port) and measure it as a --peer")
+                             "port) and measure it as a --peer and a --peer-json")
     parser.add_argument("--mosec-url", default=None, help="(default: a free port on 127.0.0.1)")
     parser.add_argument("--formats", default="", metavar="FORMAT,...",
                         help="with --start, also serve the model in each of these formats (torchscript, "
@@ -121,13 +128,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="bench-results/serve.json",
                         help="JSON results; the chart goes beside it (default: %(default)s)")
     args = parser.parse_args()
-    peers = {}  # name -> URL
-    for peer in args.peer:
-        name, _, url = peer.partition("=")
-        if not name or not url.startswith("http") or name in ("service", "versus", "naive"):
-            parser.error(f"--peer {peer!r}: give NAME=URL, e.g. torchserve=http://127.0.0.1:8080/predictions/m")
-        peers[name] = url
-    args.peer = peers
+    for option in ("peer", "peer_json"):
+        peers = {}  # name -> URL
+        for peer in getattr(args, option):
+            name, _, url = peer.partition("=")
+            if not name or not url.startswith("http") or name in ("service", "versus", "naive"):
+                parser.error(f"--{option.replace('_', '-')} {peer!r}: give NAME=URL, e.g. "
+                             "torchserve=http://127.0.0.1:8080/predictions/m")
+            peers[name] = url
+        setattr(args, option, peers)
     args.formats = [f for f in args.formats.split(",") if f]
     if args.formats and not args.start:
         parser.error("--formats starts a service per format: give --start too")
@@ -444,13 +453,18 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
     peers = args.peer
     extra_kinds = [*(["naive"] if args.naive else []), *(["peer"] if peers else [])]
     bodies = {kind: payload(kind, name, tmp) for kind in {*kinds, *extra_kinds}}
-    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers, **args.format_urls}
+    json_peers = {f"json:{peer}": url for peer, url in args.peer_json.items()} if "json" in kinds else {}
+    if json_peers:  # the service's json request, POSTed to the peer's whole URL
+        bodies["peerjson"] = ("", *bodies["json"][1:])
+    urls = {"service": args.url, "versus": args.versus, "naive": args.naive_url, **peers, **json_peers,
+            **args.format_urls}
     # (server, payload) pairs whose rounds alternate: the service's, --versus's, each --formats service's, the
     # naive app's, the peers'.
     groups = [[("service", kind), *([("versus", kind)] if args.versus else []),
                *[(server, kind) for server in args.format_urls],
                *([("naive", "naive")] if kind == "png" and args.naive else []),
-               *([(peer, "peer") for peer in peers] if kind == "png" else [])] for kind in kinds]
+               *([(peer, "peer") for peer in peers] if kind == "png" else []),
+               *([(peer, "peerjson") for peer in json_peers] if kind == "json" else [])] for kind in kinds]
     if args.naive and "png" not in kinds:
         groups.append([("naive", "naive")])
     rows = []
@@ -470,6 +484,8 @@ def measure(kinds: list[str], name: str, args: argparse.Namespace, model: InProc
                     row["server"] = server
                 elif kind == "peer":
                     row["payload"], row["server"] = "png", server  # the same PNG, another server
+                elif kind == "peerjson":
+                    row["payload"], row["server"] = "json", server.removeprefix("json:")
                 rows.append(row)
                 print(report(row), flush=True)
     return rows
@@ -566,9 +582,11 @@ def main() -> None:
                    "--port", str(urlsplit(url).port)]
             mosec, _ = start(cmd, dict(os.environ), f"{url}/")  # it listens once its workers are up
             args.peer["mosec"] = f"{url}/inference"
+            args.peer_json["mosec"] = f"{url}/v2/infer"
         with tempfile.TemporaryDirectory() as tmp:
             masters = {"service": proc.pid if proc else None, "naive": naive.pid if naive else None,
                        "torchserve": peer.pid if peer else None, "mosec": mosec.pid if mosec else None,
+                       "json:mosec": mosec.pid if mosec else None,
                        "trainserve-gunicorn": second.pid if second else None}
             rows = measure(args.payloads.split(","), name, args, model, Path(tmp), masters)
         for server in (proc, naive, peer, mosec, second, *formats):

@@ -11,7 +11,10 @@ scripts/torchserve_peer.py: dynamic batching (``--batch-size`` 32, ``--max-batch
 front end listens on 127.0.0.1:PORT and hands each batch of raw bodies to a worker, which decodes every
 image as the TorchServe handler does (Pillow, grey-scale, resize to the model's input) and answers each
 with the naive app's JSON (label and probabilities). POST a PNG to /inference; GET / answers as soon as the
-front end is up, before the workers are. Stop it with Ctrl-C or SIGTERM: mosec stops its workers with it.
+front end is up, before the workers are. A second route, /v2/infer, takes the Open Inference Protocol's JSON
+request of UINT8 images (what trainserve's OIP JSON route takes: one tensor, ``data`` a flat list) and
+answers its ``label`` output, on ``--workers`` processes of its own. Stop it with Ctrl-C or SIGTERM: mosec
+stops its workers with it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mosec import Server, Worker
+from mosec import Runtime, Server, Worker
 from mosec.errors import DecodingError
 from PIL import Image, UnidentifiedImageError
 
@@ -76,6 +79,36 @@ class Classifier(Worker):
         return json.dumps(data).encode()
 
 
+class TensorClassifier(Classifier):
+    """OIP JSON bodies of UINT8 images in, the OIP answer with a ``label`` output per request out."""
+
+    req_mime_type = "application/json"
+
+    def deserialize(self, data: bytes) -> np.ndarray:
+        """One request's tensor [N, 1, H, W] from its JSON (mosec answers a DecodingError with 400)."""
+        try:
+            tensor = json.loads(data)["inputs"][0]
+            images = np.asarray(tensor["data"], dtype=np.uint8).reshape(tensor["shape"])
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise DecodingError(f"not an OIP request of UINT8 images: {err}") from err
+        if images.shape[1:] != (1, self.height, self.width):
+            raise DecodingError(f"shape {list(images.shape)} is not [N, 1, {self.height}, {self.width}]")
+        return images
+
+    def forward(self, data: list[np.ndarray]) -> list[dict]:
+        """One batch of requests (each one or more images) through the model, one answer per request."""
+        sizes = [len(x) for x in data]
+        with torch.inference_mode():
+            labels = self.model(torch.from_numpy(np.concatenate(data))).argmax(dim=1).tolist()
+        answers, start = [], 0
+        for size in sizes:
+            chosen = [self.labels[i] for i in labels[start:start + size]]
+            answers.append({"outputs": [{"name": "label", "datatype": "BYTES", "shape": [size],
+                                         "data": chosen}]})
+            start += size
+        return answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("models"), help="(default: %(default)s)")
@@ -97,9 +130,11 @@ def main() -> None:
                 "--log-level", "warning"]
     server = Server()
     env = {ARTIFACT_ENV: str(folder), "OMP_NUM_THREADS": "1"}
-    server.append_worker(Classifier, num=args.workers, max_batch_size=args.batch_size,
-                         max_wait_time=args.max_batch_delay_ms, env=[env] * args.workers)
-    print(f"mosec: POST images to http://127.0.0.1:{args.port}/inference", flush=True)
+    server.register_runtime({
+        f"/{route}": [Runtime(worker, num=args.workers, max_batch_size=args.batch_size,
+                              max_wait_time=args.max_batch_delay_ms, env=[env] * args.workers)]
+        for route, worker in (("inference", Classifier), ("v2/infer", TensorClassifier))})
+    print(f"mosec: POST images to http://127.0.0.1:{args.port}/inference, OIP JSON to /v2/infer", flush=True)
     server.run()
 
 

@@ -87,3 +87,16 @@ def test_peer_rows_are_another_servers_and_summarised_against_the_services_png_r
     # The naive-app target still compares the service's own PNG row, not the peer's.
     verdicts = {t["target"]: t["value"] for t in out["targets"]}
     assert verdicts["1 PNG per request at c=64, multiple of the naive app"] == 3.0
+
+
+def test_json_peer_rows_are_judged_against_the_services_json_rows():
+    png, json_row = row("png", 64, [300.0, 300.0]), row("json", 64, [200.0, 240.0, 180.0])
+    peer_png = row("png", 64, [400.0, 400.0], server="mosec")
+    peer_json = row("json", 64, [250.0, 200.0, 200.0], server="mosec")
+    out = summary(results(png, json_row, peer_png, peer_json))
+    verdicts = {t["target"]: t for t in out["targets"]}
+    json_target = verdicts["OIP JSON, one image, c=64, multiple of mosec's JSON (paired rounds)"]
+    assert json_target["value"] == 0.9 and json_target["met"] is False  # round ratios 0.8, 1.2, 0.9
+    assert verdicts["1 PNG per request at c=64, multiple of mosec (paired rounds)"]["value"] == 0.75
+    lines = "\n".join(out["lines"])
+    assert "json   c=64  0.900 x" in lines and "png    c=64  0.750 x" in lines
