@@ -22,6 +22,7 @@ from PIL import Image
 from service.contract.manifest import read_manifest, verify_checksum
 from training import nondigits
 from training.export import load_scripted
+from training.trust import Scorer, outlier_scores
 
 
 def main() -> None:
@@ -38,9 +39,7 @@ def main() -> None:
     threshold, temperature = manifest.outliers.threshold, manifest.calibration.temperature
     model = load_scripted(verify_checksum(manifest, args.artifact))
     images, kinds = nondigits.generate(args.count, args.seed)
-    with torch.inference_mode():
-        logits = torch.cat([model(chunk.float() / 255) for chunk in images.split(1000)]).double()
-    scores = 1.0 - (logits / temperature).softmax(dim=1).max(dim=1).values
+    scores = outlier_scores(Scorer(model, torch.device("cpu"), torch.contiguous_format)(images), temperature)
     print(f"{args.artifact}: threshold {threshold:.4f}, temperature {temperature:g}, {args.count} images, "
           f"seed {args.seed}")
     print(f"{'kind':<10} {'images':>7} {'flagged':>9} {'missed':>7} {'lowest':>7}  must be flagged")
@@ -52,8 +51,7 @@ def main() -> None:
         print(f"{kind:<10} {len(chosen):>7} {100 * (1 - missed / len(chosen)):>8.2f}% {missed:>7} "
               f"{chosen.min().item():>7.4f}  {'yes' if kind in nondigits.MUST_FLAG else 'no'}")
     if args.lowest:
-        must = torch.isin(kinds, torch.tensor([nondigits.KINDS.index(kind) for kind in nondigits.MUST_FLAG]
-                                               + [nondigits.KINDS.index("blotches")]))
+        must = nondigits.must_flag(kinds) | (kinds == nondigits.KINDS.index("blotches"))
         order = torch.nonzero(must).flatten()[scores[must].argsort()[:24]]
         tiles = [np.kron(images[i, 0].numpy(), np.ones((4, 4), np.uint8)) for i in order.tolist()]
         tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 8)

@@ -38,6 +38,11 @@ def generate(count: int, seed: int, drawn: tuple[str, ...] = DRAWN) -> tuple[tor
     return torch.from_numpy(images).unsqueeze(1), kinds
 
 
+def must_flag(kinds: torch.Tensor) -> torch.Tensor:
+    """Which of ``kinds`` (indices into ``KINDS``) are of a kind in ``MUST_FLAG``."""
+    return torch.isin(kinds, torch.tensor([KINDS.index(kind) for kind in MUST_FLAG]))
+
+
 def _prepared(pixels: np.ndarray) -> np.ndarray:
     from service.contract.images import mnist_style  # the service's own preparation of an upload
 
@@ -76,7 +81,8 @@ def _noise(rng: np.random.Generator) -> tuple[np.ndarray, str]:
         coarse = rng.integers(0, 256, (int(rng.integers(3, 9)),) * 2).astype(np.uint8)
         return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
 
-    return _maybe_prepared(rng, lambda: field(28), lambda: field(_CANVAS)), kind
+    image = _maybe_prepared(rng, lambda: field(28), lambda: field(_CANVAS))  # sets kind
+    return image, kind
 
 
 def _scribble(rng: np.random.Generator) -> tuple[np.ndarray, str]:

@@ -98,7 +98,7 @@ def _outliers(scorer: Scorer, val_logits: torch.Tensor, test_logits: torch.Tenso
     from sklearn.metrics import roc_auc_score
 
     def score(logits: torch.Tensor) -> torch.Tensor:
-        return 1.0 - (logits / temperature).softmax(dim=1).max(dim=1).values
+        return outlier_scores(logits, temperature)
 
     val, test = score(val_logits), score(test_logits)
     threshold, lowered = choose_threshold(val, score(scorer(_cap_images(odd.generated_val, limit))),
@@ -132,13 +132,17 @@ def _outliers(scorer: Scorer, val_logits: torch.Tensor, test_logits: torch.Tenso
     return spec, metrics, figure
 
 
+def outlier_scores(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The "not a digit" score (``SCORE``) of each row of ``logits`` at ``temperature``."""
+    return 1.0 - (logits / temperature).softmax(dim=1).max(dim=1).values
+
+
 def choose_threshold(digits: torch.Tensor, generated: torch.Tensor, kinds: torch.Tensor,
                      flag_rate: float) -> tuple[float, bool]:
     """The score ``flag_rate`` of the validation ``digits`` reach, lowered (True) where a blank, solid or
     noise image of the validation set of ``generated`` non-digits scores less: those must all be flagged."""
     threshold = torch.quantile(digits, 1.0 - flag_rate).item()
-    indices = torch.tensor([nondigits.KINDS.index(kind) for kind in nondigits.MUST_FLAG])
-    must = torch.isin(kinds[:len(generated)], indices)
+    must = nondigits.must_flag(kinds[:len(generated)])
     lowest = generated[must].min().item() if must.any() else threshold
     # Flagged means score >= threshold; the margin covers the service's float32 against float64 here.
     margin = 1e-4
