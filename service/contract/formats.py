@@ -153,8 +153,21 @@ def load(entry: ModelFormat, path: Path, device: torch.device) -> Forward:
             # A CUDA build of torch on a machine without CUDA says it found no CUDA runtime when inductor
             # loads its C++ tooling; a CPU package needs none.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # torch warns whenever the package's instruction set is not this CPU's exact set, a subset
+            # included (an AVX2 package on an AVX-512 CPU); _check_aoti has refused any package that
+            # needs an instruction set this CPU lacks, so only that one mismatch is dropped.
+            _PACKAGE_LOG.addFilter(_subset_isa_notice)
         return FloatPixels(torch._inductor.aoti_load_package(str(path), device_index=index))
     raise ValueError(f"{entry.format} files are not loaded here")
+
+
+_PACKAGE_LOG = logging.getLogger("torch.export.pt2_archive._package")
+
+
+def _subset_isa_notice(record: logging.LogRecord) -> bool:
+    """False for torch's "Device information mismatch for AOTI_CPU_ISA" record (see ``load``)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (str(record.msg).startswith("Device information mismatch") and args[:1] == ("AOTI_CPU_ISA",))
 
 
 class FloatPixels:

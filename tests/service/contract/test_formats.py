@@ -239,3 +239,18 @@ def test_with_a_gpu_export_compiles_a_cuda_package_and_the_gpu_runtime_serves_it
         # cuDNN may run the convolutions in TF32: close to the CPU's answer, not equal to it.
         np.testing.assert_allclose(served.forward([x]), expected, atol=1e-2)
     assert load_model(folder, gpu, False, 8).format == formats.AUTO_ORDER["cuda"][0]
+
+
+def test_only_torchs_instruction_set_notice_is_dropped_once_the_package_was_checked():
+    # An AVX2 package on an AVX-512 CPU makes torch warn that the sets differ; _check_aoti has refused any
+    # package needing what this CPU lacks, so that record goes, and every other mismatch still shows.
+    def record(key: str) -> logging.LogRecord:
+        return logging.LogRecord(formats._PACKAGE_LOG.name, logging.WARNING, __file__, 1,
+                                 "Device information mismatch for %s: %s vs %s. This could cause some issues "
+                                 "when loading the AOTInductor compiled artifacts.", (key, "AVX512", "AVX2"), None)
+
+    assert not formats._subset_isa_notice(record("AOTI_CPU_ISA"))
+    assert formats._subset_isa_notice(record("AOTI_DEVICE_KEY"))
+    other = logging.LogRecord(formats._PACKAGE_LOG.name, logging.WARNING, __file__, 1, "something else", None,
+                              None)
+    assert formats._subset_isa_notice(other)
