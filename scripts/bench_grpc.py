@@ -53,6 +53,7 @@ from bench_serve import (  # noqa: E402
 )
 
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+CONNECTIONS_PER_CLIENT = 4  # of each Python load process
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,9 +63,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="mnist-cnn", help="model name (default: %(default)s)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per load run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every run (default: %(default)s)")
-    parser.add_argument("--clients", type=int, default=2,
-                        help="gRPC connections (h2load) or load processes (python); the calls in flight are "
-                        "split between them (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=None,
+                        help="gRPC connections (h2load; default 8) or load processes (python, each with 4 "
+                        "connections; default 2); the calls in flight are split between them, and the kernel "
+                        "spreads the connections over the service's gRPC processes")
     parser.add_argument("--load", choices=("h2load", "python"),
                         default="h2load" if shutil.which("h2load") else "python",
                         help="the gRPC load generator (default: h2load where it is installed, else python; "
@@ -72,7 +74,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="bench-results/grpc.json", help="(default: %(default)s)")
     parser.add_argument("--client", nargs=5, metavar=("TARGET", "MODEL", "IMAGES", "CALLS", "SECONDS"),
                         help=argparse.SUPPRESS)  # one load process (the parent starts them)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.clients is None:
+        args.clients = 8 if args.load == "h2load" else 2
+    return args
 
 
 def infer_request(model: str, images: int):
@@ -95,12 +100,14 @@ async def client_load(target: str, model: str, images: int, calls: int, seconds:
     request = infer_request(model, images)
     latencies: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    # Connections of their own (not one shared subchannel), so the service's gRPC processes share them.
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(CONNECTIONS_PER_CLIENT)]
+    try:
         measuring_from = time.perf_counter() + 1.0
         until = measuring_from + seconds
 
-        async def loop() -> None:
+        async def loop(stub) -> None:
             nonlocal errors
             while (sent := time.perf_counter()) < until:
                 try:
@@ -111,9 +118,13 @@ async def client_load(target: str, model: str, images: int, calls: int, seconds:
                 if sent >= measuring_from:
                     latencies.append(time.perf_counter() - sent)
 
+        stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
         cpu = time.process_time()
         await asyncio.sleep(0)
-        await asyncio.gather(*(loop() for _ in range(calls)))
+        await asyncio.gather(*(loop(stubs[n % len(stubs)]) for n in range(calls)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return {"requests": len(latencies), "errors": errors, "latencies": latencies,
             "cpu_s": time.process_time() - cpu}
 
@@ -196,15 +207,22 @@ def roles(root: int) -> dict[int, str]:
 
 
 def cpu_us(root: int, run, requests_of) -> tuple[dict, dict[str, float]]:
-    """Run ``run()``; its result and the service's CPU per request by role, microseconds."""
+    """Run ``run()``; its result and the service's CPU per request by role, microseconds. The result gains
+    ``grpc_cpu_shares``: each gRPC front-end process's share of their CPU (the kernel spreads connections
+    over the processes that share the port, so the load can land unevenly)."""
     kinds = roles(root)
     before = cpu_seconds(root)
     result = run()
     after = cpu_seconds(root)
     spent: dict[str, float] = {}
+    fronts: list[float] = []
     for pid, (_, seconds) in after.items():
         role = kinds.get(pid, "http")
-        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
+        used = seconds - before.get(pid, ("", 0.0))[1]
+        spent[role] = spent.get(role, 0.0) + used
+        if role == "grpc":
+            fronts.append(used)
+    result["grpc_cpu_shares"] = sorted((round(f / max(sum(fronts), 1e-9), 2) for f in fronts), reverse=True)
     done = max(requests_of(result), 1)
     return result, {role: round(1e6 * s / done) for role, s in sorted(spent.items())}
 
@@ -256,7 +274,9 @@ def print_round(n: int, r: dict) -> None:
           f"{r['http_bin1_c64']['cpu_us_per_request']}, gRPC {r['grpc_1_c64']['cpu_us_per_request']}, "
           f"gRPC 64 {r['grpc_64_c8']['cpu_us_per_request']} | runtime batches (images, pass ms): "
           f"{_batches(r['http_bin1_c64'])} HTTP, {_batches(r['grpc_1_c64'])} gRPC, "
-          f"{_batches(r['grpc_64_c8'])} gRPC 64", flush=True)
+          f"{_batches(r['grpc_64_c8'])} gRPC 64 | gRPC processes' CPU shares: "
+          f"{r['grpc_1_c64']['grpc_cpu_shares']} 1-image, {r['grpc_64_c8']['grpc_cpu_shares']} 64-image",
+          flush=True)
 
 
 def _batches(run: dict) -> str:

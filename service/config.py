@@ -76,8 +76,10 @@ class ServiceConfig:
     bind: str = "127.0.0.1:8000"
     # The Open Inference Protocol's gRPC service (Triton's port by default); "off": none.
     grpc_bind: str = "127.0.0.1:8001"
-    # gRPC front-end processes; each runs one event loop and binds the same port (SO_REUSEPORT).
-    grpc_workers: int = 1
+    # gRPC front-end processes; each runs one event loop and binds the same port (SO_REUSEPORT). 0: as many
+    # as the HTTP workers (one loop is the limit at 64 calls in flight: docs/benchmarks.md#grpc); one on a
+    # unix: socket, which only one process can hold.
+    grpc_workers: int = 0
     # Where the HTTP workers' readiness looks for the gRPC front end (set by the launcher when it starts
     # one; empty: not checked).
     grpc_probe: str = ""
@@ -183,6 +185,11 @@ class ServiceConfig:
     def worker_count(self) -> int:
         """HTTP worker processes to start (``workers``, or one per core)."""
         return self.workers or _cpu_count()
+
+    @property
+    def grpc_worker_count(self) -> int:
+        """gRPC front-end processes to start (``grpc_workers``, or as many as the HTTP workers on a port)."""
+        return self.grpc_workers or (1 if self.grpc_bind.startswith("unix:") else self.worker_count)
 
     @property
     def torch_thread_count(self) -> int:
@@ -293,7 +300,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model_format": (_choice(*MODEL_FORMATS), "auto, torchscript, exported or aoti"),
     "bind": (_matching(_BIND_RE), "HOST:PORT (or unix:PATH)"),
     "grpc_bind": (_matching(_GRPC_BIND_RE), "HOST:PORT, unix:PATH or off"),
-    "grpc_workers": (int, "an integer >= 1"),
+    "grpc_workers": (int, "an integer >= 0 (0: as many as the HTTP workers)"),
     "grpc_probe": (str, "HOST:PORT or unix:PATH (set by the launcher)"),
     "server": (_choice("granian", "gunicorn"), "granian or gunicorn"),
     "workers": (int, "an integer >= 0 (0: one per core)"),
@@ -337,7 +344,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "device": lambda v: bool(_DEVICE_RE.match(v)),
     "bind": lambda v: bool(_BIND_RE.match(v)),
     "grpc_bind": lambda v: bool(_GRPC_BIND_RE.match(v)),
-    "grpc_workers": lambda v: v >= 1,
+    "grpc_workers": lambda v: v >= 0,
     "server": lambda v: v in ("granian", "gunicorn"),
     "model_format": lambda v: v in MODEL_FORMATS,
     "workers": lambda v: v >= 0,

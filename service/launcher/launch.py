@@ -152,7 +152,7 @@ class Launcher:
         if config.grpc_bind != "off":
             # The HTTP workers' readiness then covers the gRPC front end too (web/dataplane.py).
             self.env["TRAINSERVE_GRPC_PROBE"] = probe_address(config.grpc_bind)
-            self.grpc = GrpcFrontEnd(config.grpc_workers, front_end_env(self.env))
+            self.grpc = GrpcFrontEnd(config.grpc_worker_count, front_end_env(self.env))
         self.front: subprocess.Popen[bytes] | None = None
         self.spare: subprocess.Popen[bytes] | None = None
         self.spare_retry_at = 0.0

@@ -24,6 +24,10 @@ def preflight(config: ServiceConfig, devices: Sequence[str]) -> None:
             raise ConfigError(f"TRAINSERVE_GRPC_BIND={config.grpc_bind} is TRAINSERVE_BIND as well: give "
                               "gRPC a port of its own (Triton's is 8001), or TRAINSERVE_GRPC_BIND=off")
         check_bind(config.grpc_bind, "TRAINSERVE_GRPC_BIND")
+        if config.grpc_bind.startswith("unix:") and config.grpc_workers > 1:
+            raise ConfigError(f"TRAINSERVE_GRPC_WORKERS={config.grpc_workers} with TRAINSERVE_GRPC_BIND="
+                              f"{config.grpc_bind}: only one process can serve a unix socket; bind a port "
+                              "(the processes share it) or leave TRAINSERVE_GRPC_WORKERS unset")
 
 
 def check_model_dir(config: ServiceConfig) -> None:

@@ -20,6 +20,7 @@ from service.launcher.launch import (
     runtime_devices,
     sweep_dead_processes,
 )
+from service.launcher.preflight import preflight
 
 
 def test_runtimes_per_device():
@@ -39,6 +40,18 @@ def test_a_gpu_that_is_not_there_is_a_setting_to_fix():
     if not gpus:
         with pytest.raises(ConfigError, match="set TRAINSERVE_DEVICE=cpu"):
             runtime_devices(ServiceConfig(device="cuda"))
+
+
+def test_grpc_front_ends_follow_the_http_workers_except_on_a_unix_socket(tmp_path):
+    assert ServiceConfig(workers=3).grpc_worker_count == 3
+    assert ServiceConfig(workers=3, grpc_workers=1).grpc_worker_count == 1
+    assert ServiceConfig().grpc_worker_count == ServiceConfig().worker_count
+    on_socket = ServiceConfig(workers=3, grpc_bind=f"unix:{tmp_path}/grpc.sock")
+    assert on_socket.grpc_worker_count == 1
+    models = Path(__file__).resolve().parents[3] / "models"
+    with pytest.raises(ConfigError, match="only one process can serve a unix socket"):
+        preflight(on_socket.replace(grpc_workers=2, model_dir=models), ["cpu"])
+    preflight(on_socket.replace(model_dir=models), ["cpu"])  # one process: fine
 
 
 def test_granian_serves_the_asgi_factory_with_bounded_header_reads(tmp_path):
