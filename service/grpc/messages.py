@@ -1,7 +1,8 @@
 """ModelInferRequest and ModelInferResponse as the documents every door shares: pure functions, no gRPC.
 
-A request becomes the same OIP document an HTTP body does (validated by the same schema, ``INFER_REQUEST``),
-its input an array over ``raw_input_contents`` (``np.frombuffer``: no copy) or from the typed ``contents``;
+A request becomes the same OIP document an HTTP body does (validated by the same schema, ``INFER_REQUEST``,
+through ``load_infer_request``), its input an array over ``raw_input_contents`` (``np.frombuffer``: no copy)
+or from the typed ``contents``;
 the answer document (``exchange.infer_document``) becomes ``outputs`` and ``raw_output_contents``, in the
 byte layout of the binary tensor extension (little-endian, row-major; BYTES as 4-byte lengths and UTF-8).
 """
@@ -16,7 +17,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.grpc.proto import grpc_service_pb2 as pb
 from service.web import binary
-from service.web.schemas import INFER_REQUEST, load
+from service.web.schemas import load_infer_request
 
 # Each datatype's typed contents field (Triton's rule); FP16 has none: it travels as raw contents only.
 CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -45,7 +46,7 @@ def infer_request(message: pb.ModelInferRequest) -> dict[str, Any]:
                                for o in message.outputs]
     if message.id:
         document["id"] = message.id
-    request = load(INFER_REQUEST, document)
+    request = load_infer_request(document)
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} input(s): "

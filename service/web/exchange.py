@@ -23,7 +23,7 @@ from service.web.binary import wants_binary
 from service.web.confidence import annotate, calibrated, judge
 from service.web.corrections import content_hash
 from service.web.limits import parse_json
-from service.web.schemas import INFER_REQUEST, PREDICT_REQUEST, load
+from service.web.schemas import PREDICT_REQUEST, load, load_infer_request
 from service.web.tensors import (
     check_input_name,
     oip_outputs,
@@ -90,9 +90,13 @@ def cut_short(received: int, declared: int) -> InvalidInput:
 # --- requests ----------------------------------------------------------------------------------------------
 def json_request(schema: Any, mimetype: str, raw: Body, limit: int) -> dict[str, Any]:
     """A JSON body validated by ``schema`` (415 for another content type, 400 if malformed)."""
+    _json_type(mimetype)
+    return load(schema, parse_json(raw, limit))
+
+
+def _json_type(mimetype: str) -> None:
     if mimetype and mimetype != JSON and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"content type {mimetype!r} is not supported here: send application/json")
-    return load(schema, parse_json(raw, limit))
 
 
 def infer_request(mimetype: str, header_length: str | None, body: Body,
@@ -101,15 +105,16 @@ def infer_request(mimetype: str, header_length: str | None, body: Body,
     For binary inputs ``body`` should be writable (a bytearray): the arrays are views over it."""
     if header_length is None and mimetype == "application/octet-stream":
         # tritonclient.http.aio sends a JSON-only request labelled so (aiohttp's default); Triton reads it.
-        request, payload = load(INFER_REQUEST, parse_json(body, limit)), memoryview(b"")
+        request, payload = load_infer_request(parse_json(body, limit)), memoryview(b"")
     elif header_length is None:
-        request, payload = json_request(INFER_REQUEST, mimetype, body, limit), memoryview(b"")
+        _json_type(mimetype)
+        request, payload = load_infer_request(parse_json(body, limit)), memoryview(b"")
     else:
         if mimetype not in BINARY_TYPES:
             raise UnsupportedMediaType(f"content type {mimetype!r} is not supported with "
                                        f"{binary.HEADER}: send application/octet-stream or none")
         header, payload = binary.split(body, header_length)
-        request = load(INFER_REQUEST, parse_json(header, limit))
+        request = load_infer_request(parse_json(header, limit))
     binary.attach_inputs(request["inputs"], payload)
     return request
 

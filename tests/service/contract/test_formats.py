@@ -247,7 +247,8 @@ def test_only_torchs_instruction_set_notice_is_dropped_once_the_package_was_chec
     def record(key: str) -> logging.LogRecord:
         return logging.LogRecord(formats._PACKAGE_LOG.name, logging.WARNING, __file__, 1,
                                  "Device information mismatch for %s: %s vs %s. This could cause some issues "
-                                 "when loading the AOTInductor compiled artifacts.", (key, "AVX512", "AVX2"), None)
+                                 "when loading the AOTInductor compiled artifacts.", (key, "AVX512", "AVX2"),
+                                 None)
 
     assert not formats._subset_isa_notice(record("AOTI_CPU_ISA"))
     assert formats._subset_isa_notice(record("AOTI_DEVICE_KEY"))
