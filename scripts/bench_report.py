@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,11 @@ def _run(results: dict[str, Any], payload: str, connections: int, server: str = 
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
     """a's throughput over b's: the median of the round-by-round ratios when both ran the same rounds
     alternately (bench_serve.py does that for the naive app and --versus), else the ratio of the medians."""
+    # A round in which b answered nothing (a peer that failed) has no ratio: the rest decide, or inf.
     if len(a.get("rounds", [])) == len(b.get("rounds", [])) > 0:
-        return statistics.median(x / y for x, y in zip(a["rounds"], b["rounds"], strict=True))
-    return a["images_per_s"] / b["images_per_s"]
+        ratios = [x / y for x, y in zip(a["rounds"], b["rounds"], strict=True) if y]
+        return statistics.median(ratios) if ratios else math.inf
+    return a["images_per_s"] / b["images_per_s"] if b["images_per_s"] else math.inf
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,9 @@ def test_paired_ratio_is_the_median_of_round_by_round_ratios_not_the_ratio_of_me
     assert _paired(fast, slow) == 2.0
     # Without the same rounds on both sides there is nothing to pair: the ratio of the medians.
     assert _paired(fast, row("naive", 64, [40.0])) == 90.0 / 40.0
+    # A round in which the other server answered nothing (a peer that failed) is left out, not a crash.
+    assert _paired(fast, row("mosec", 64, [100.0, 0.0, 20.0])) == 2.5
+    assert _paired(fast, row("mosec", 64, [0.0, 0.0, 0.0])) == float("inf")
 
 
 def test_summary_judges_each_target_and_names_what_was_not_measured():
