@@ -30,7 +30,7 @@ from service.handoff.catalog import ServedModel
 from service.handoff.client import RuntimeClient
 from service.handoff.grouping import GroupingClient
 from service.logs import request_id as request_id_var
-from service.metrics import Metrics
+from service.metrics import Done, Metrics
 from service.routing import split
 from service.web import exchange, management, operability
 from service.web.api.v2 import SERVER
@@ -76,6 +76,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.control = control  # pings, load and unload, in threads
         self.metrics = metrics
         self.draining = False
+        # The metrics of a loop turn's calls, written once at its end (as the HTTP hot path's: web/asgi.py).
+        self._done: list[Done] = []
+        self._in_flight_change = 0
+        self._metrics_soon = False
 
     async def ready(self) -> bool:
         """Every runtime answers and is not draining, and neither is this process."""
@@ -111,7 +115,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The reply, or the failure that took its place (logged and counted here, as every answer is)."""
         token = request_id_var.set(call.request_id)
         outcome: T | ServiceError
-        self.metrics.in_flight.inc()  # the gauge HTTP's requests count in: what the front ends hold now
+        self._count(1)  # the gauge HTTP's requests count in: what the front ends hold now
         try:
             outcome = await work(call)
         except ServiceError as exc:
@@ -122,16 +126,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outcome = ServiceError("internal server error")
         finally:
             request_id_var.reset(token)
-            self.metrics.in_flight.dec()
+            self._count(-1)
         took = time.monotonic() - call.arrived
-        failure = outcome if isinstance(outcome, ServiceError) else None
-        code = 200 if failure is None else failure.status
-        self.metrics.request_done(call.model, call.endpoint, code, took, "grpc")
-        if call.version is not None and call.endpoint == "v2.infer":
-            self.metrics.inference_done(call.model, call.version, failure is None, took)
+        code = outcome.status if isinstance(outcome, ServiceError) else 200
+        self._done.append((call.model, call.endpoint, code,
+                           call.version if call.endpoint == "v2.infer" else None, took))
         if self.config.access_log:
             operability.log_access("GRPC", f"/{SERVICE}/{call.method}", code, None, took * 1000)
         return outcome
+
+    def _count(self, change: int) -> None:
+        self._in_flight_change += change
+        if not self._metrics_soon:
+            self._metrics_soon = True
+            asyncio.get_running_loop().call_soon(self._write_metrics)
+
+    def _write_metrics(self) -> None:
+        self._metrics_soon = False
+        done, self._done = self._done, []
+        change, self._in_flight_change = self._in_flight_change, 0
+        self.metrics.requests_done(done, change, "grpc")
 
     async def _model(self, call: Call, name: str, version: str) -> ServedModel:
         found = (await self.client.catalog()).get(name, version or None)
