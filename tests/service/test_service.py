@@ -66,6 +66,7 @@ def _per_worker_counts(folder: Path, tmp: Path) -> dict[str, float]:
     counts = {}
     for db in folder.glob("counter_*.db"):
         single = tmp / db.stem
+        shutil.rmtree(single, ignore_errors=True)
         single.mkdir(parents=True)
         shutil.copy(db, single / db.name)
         registry = CollectorRegistry()
@@ -87,8 +88,12 @@ def test_metrics_of_every_process_are_summed_in_one_scrape(serve, artifact_root,
         statuses = [r.status_code for r in pool.map(lambda _: requests.post(url, json=ZERO, timeout=30),
                                                     range(48))]
     assert statuses == [200] * 48
-    # Which worker accepts a connection is the kernel's choice: the split is not asserted, the sum is.
-    counts = _per_worker_counts(prom, tmp_path / "split")
+    # Which worker accepts a connection is the kernel's choice: the split is not asserted, the sum is. A
+    # worker writes a loop turn's counts once, just after the turn's answers are sent: wait for them.
+    deadline = time.monotonic() + 30
+    while sum((counts := _per_worker_counts(prom, tmp_path / "split")).values()) < 48 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "counter_99999" not in counts and sum(counts.values()) == 48
     deadline = time.monotonic() + 30  # the runtime records a batch right after answering it
     while (sample(text := requests.get(f"{server.url}/metrics", timeout=10).text,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 import requests
@@ -36,12 +37,18 @@ def _request() -> object:
     return request
 
 
-def _grpc_answers(url: str, code: int) -> float:
-    """ModelInfer answers the service counted with this HTTP-equivalent status, over gRPC."""
-    text = requests.get(f"{url}/metrics", timeout=30).text
-    return sum(float(v) for v in re.findall(
-        rf'^trainserve_requests_total\{{(?=[^}}]*endpoint="v2.infer")(?=[^}}]*protocol="grpc")'
-        rf'(?=[^}}]*status="{code}")[^}}]*\}} (\S+)$', text, re.M))
+def _grpc_answers(url: str, code: int, expected: float) -> float:
+    """ModelInfer answers the service counted with this HTTP-equivalent status, over gRPC, once they reach
+    ``expected`` or 30 s have passed (a front end writes a loop turn's counts just after its answers)."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = requests.get(f"{url}/metrics", timeout=30).text
+        counted = sum(float(v) for v in re.findall(
+            rf'^trainserve_requests_total\{{(?=[^}}]*endpoint="v2.infer")(?=[^}}]*protocol="grpc")'
+            rf'(?=[^}}]*status="{code}")[^}}]*\}} (\S+)$', text, re.M))
+        if counted >= expected or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.05)
 
 
 def test_a_full_queue_is_refused_at_once_and_a_passed_deadline_is_the_services(serve, special_root):
@@ -67,7 +74,7 @@ def test_a_full_queue_is_refused_at_once_and_a_passed_deadline_is_the_services(s
     for error in refused:
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in error.details()
         assert dict(error.trailing_metadata())["retry-after"] == "1"
-    assert _grpc_answers(server.url, 429) == len(refused)
+    assert _grpc_answers(server.url, 429, len(refused)) == len(refused)
 
     # A deadline of the service's own: 2 s, while the runtime is stopped; the client would wait 120 s.
     short = serve({"TRAINSERVE_MODEL_DIR": str(special_root), "TRAINSERVE_WORKERS": "1",
@@ -84,5 +91,5 @@ def test_a_full_queue_is_refused_at_once_and_a_passed_deadline_is_the_services(s
             os.kill(runtime, signal.SIGCONT)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert caught.value.details() == "model slow/1 did not answer before the request deadline"
-        assert _grpc_answers(short.url, 504) == 1
+        assert _grpc_answers(short.url, 504, 1) == 1
         assert stub.ModelInfer(_request(), timeout=120).model_name == "slow"  # and it serves on

@@ -11,6 +11,7 @@ import queue
 import subprocess
 import sys
 import textwrap
+import time
 
 import grpc
 import numpy as np
@@ -238,9 +239,15 @@ def test_kserve_grpc_client(service, mnist):
 
 def test_grpc_requests_are_counted_with_their_protocol(service, client):
     client.infer("mnist-tiny", [_input(np.zeros((1, 784), np.uint8))])
-    text = requests.get(f"{service.url}/metrics", timeout=30).text
-    grpc_lines = [line for line in text.splitlines() if line.startswith("trainserve_requests_total{")
-                  and 'protocol="grpc"' in line and 'endpoint="v2.infer"' in line and 'status="200"' in line]
+    deadline = time.monotonic() + 30  # a front end writes a loop turn's counts just after its answers
+    while True:
+        text = requests.get(f"{service.url}/metrics", timeout=30).text
+        grpc_lines = [line for line in text.splitlines() if line.startswith("trainserve_requests_total{")
+                      and 'protocol="grpc"' in line and 'endpoint="v2.infer"' in line
+                      and 'status="200"' in line]
+        if (grpc_lines and float(grpc_lines[0].split()[1]) >= 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert grpc_lines and float(grpc_lines[0].split()[1]) >= 1
     assert {line.split('protocol="')[1].split('"')[0] for line in text.splitlines()
             if line.startswith("trainserve_requests_total{")} <= {"http", "grpc"}
