@@ -9,6 +9,7 @@ from the URL rules, statuses from HTTP; never request data.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Iterable
@@ -226,6 +227,36 @@ class Metrics:
         scrape = CollectorRegistry()
         prom_mp.MultiProcessCollector(scrape, path=str(self.multiproc_dir))
         return scrape
+
+
+class LoopTurnMetrics:
+    """What an event loop's requests record, kept over one loop turn and written once at its end through
+    ``Metrics.requests_done`` and ``routed_many``: every counter and gauge write is an mmap write under the
+    multiprocess mode, too dear to make for each request on a hot path (the HTTP hot path, gRPC)."""
+
+    def __init__(self, metrics: Metrics, protocol: str = "http") -> None:
+        self.metrics = metrics
+        self.protocol = protocol
+        self.done: list[Done] = []  # answered this turn
+        self.routed: list[RouteDone] = []  # and their versions and roles (service/routing)
+        self._in_flight_change = 0
+        self._soon = False
+
+    def count(self, change: int) -> None:
+        """A request taken (+1) or let go (-1); the turn's metrics are written at its end."""
+        self._in_flight_change += change
+        if not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        self._soon = False
+        done, self.done = self.done, []
+        change, self._in_flight_change = self._in_flight_change, 0
+        self.metrics.requests_done(done, change, self.protocol)
+        if self.routed:
+            routed, self.routed = self.routed, []
+            self.metrics.routed_many(routed)
 
 
 class BatchRecorder:

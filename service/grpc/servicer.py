@@ -30,7 +30,7 @@ from service.handoff.catalog import ServedModel
 from service.handoff.client import RuntimeClient
 from service.handoff.grouping import GroupingClient
 from service.logs import request_id as request_id_var
-from service.metrics import Done, Metrics
+from service.metrics import LoopTurnMetrics, Metrics
 from service.routing import split
 from service.web import exchange, management, operability
 from service.web.api.v2 import SERVER
@@ -76,10 +76,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.control = control  # pings, load and unload, in threads
         self.metrics = metrics
         self.draining = False
-        # The metrics of a loop turn's calls, written once at its end (as the HTTP hot path's: web/asgi.py).
-        self._done: list[Done] = []
-        self._in_flight_change = 0
-        self._metrics_soon = False
+        self.turn = LoopTurnMetrics(metrics, "grpc")  # a loop turn's calls, written once at its end
 
     async def ready(self) -> bool:
         """Every runtime answers and is not draining, and neither is this process."""
@@ -115,7 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The reply, or the failure that took its place (logged and counted here, as every answer is)."""
         token = request_id_var.set(call.request_id)
         outcome: T | ServiceError
-        self._count(1)  # the gauge HTTP's requests count in: what the front ends hold now
+        self.turn.count(1)  # the gauge HTTP's requests count in: what the front ends hold now
         try:
             outcome = await work(call)
         except ServiceError as exc:
@@ -126,26 +123,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outcome = ServiceError("internal server error")
         finally:
             request_id_var.reset(token)
-            self._count(-1)
+            self.turn.count(-1)
         took = time.monotonic() - call.arrived
         code = outcome.status if isinstance(outcome, ServiceError) else 200
-        self._done.append((call.model, call.endpoint, code,
-                           call.version if call.endpoint == "v2.infer" else None, took))
+        self.turn.done.append((call.model, call.endpoint, code,
+                               call.version if call.endpoint == "v2.infer" else None, took))
         if self.config.access_log:
             operability.log_access("GRPC", f"/{SERVICE}/{call.method}", code, None, took * 1000)
         return outcome
-
-    def _count(self, change: int) -> None:
-        self._in_flight_change += change
-        if not self._metrics_soon:
-            self._metrics_soon = True
-            asyncio.get_running_loop().call_soon(self._write_metrics)
-
-    def _write_metrics(self) -> None:
-        self._metrics_soon = False
-        done, self._done = self._done, []
-        change, self._in_flight_change = self._in_flight_change, 0
-        self.metrics.requests_done(done, change, "grpc")
 
     async def _model(self, call: Call, name: str, version: str) -> ServedModel:
         found = (await self.client.catalog()).get(name, version or None)

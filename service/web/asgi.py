@@ -28,7 +28,7 @@ from service.config import ServiceConfig
 from service.errors import InvalidInput, ServiceError
 from service.handoff.grouping import GroupingClient
 from service.logs import request_id as request_id_var
-from service.metrics import Done, RouteDone
+from service.metrics import LoopTurnMetrics
 from service.web import encoding, exchange, limits, operability
 from service.web.api.common import EXTENSION
 from service.web.app import create_app
@@ -72,10 +72,7 @@ class HotPath:
         self._reading: dict[asyncio.Task[Any], float] = {}  # bodies being read -> their deadline
         self._late: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
-        self._done: list[Done] = []  # answered this loop turn, for the metrics
-        self._routed: list[RouteDone] = []  # and their versions and roles (service/routing)
-        self._in_flight_change = 0
-        self._metrics_soon = False
+        self.turn = LoopTurnMetrics(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -112,7 +109,7 @@ class HotPath:
         call = Call(headers, arrived, operability.take_request_id(headers.get("x-request-id", "")),
                     ROUTES[handler], scope["path"])
         token = request_id_var.set(call.request_id)
-        self._count(1)
+        self.turn.count(1)
         try:
             try:
                 # The rules Flask's hook applies to what precedes the body (the hot routes take no query).
@@ -129,7 +126,7 @@ class HotPath:
             if call.followup is not None and answer.status < 400:
                 self.followups.answered(call.followup)  # the answer is sent: nothing here delays it
         finally:
-            self._count(-1)
+            self.turn.count(-1)
             request_id_var.reset(token)
 
     async def _respond(self, send: Send, call: Call, answer: exchange.Answer) -> None:
@@ -153,27 +150,11 @@ class HotPath:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         took = time.monotonic() - call.arrived
-        self._done.append((call.model, call.endpoint, answer.status, call.version, took))
+        self.turn.done.append((call.model, call.endpoint, answer.status, call.version, took))
         if call.routed is not None:
-            self._routed.append((call.model, call.version or "", call.routed.role, answer.status))
+            self.turn.routed.append((call.model, call.version or "", call.routed.role, answer.status))
         if self.config.access_log:
             operability.log_access("POST", call.path, answer.status, len(body), took * 1000)
-
-    def _count(self, change: int) -> None:
-        """Track the requests held; the metrics of a loop turn's requests are written once, at its end."""
-        self._in_flight_change += change
-        if not self._metrics_soon:
-            self._metrics_soon = True
-            asyncio.get_running_loop().call_soon(self._write_metrics)
-
-    def _write_metrics(self) -> None:
-        self._metrics_soon = False
-        done, self._done = self._done, []
-        change, self._in_flight_change = self._in_flight_change, 0
-        self.metrics.requests_done(done, change)
-        if self._routed:
-            routed, self._routed = self._routed, []
-            self.metrics.routed_many(routed)
 
     async def _to_flask(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
                         arrived: float) -> None:

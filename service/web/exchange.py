@@ -103,11 +103,11 @@ def infer_request(mimetype: str, header_length: str | None, body: Body,
                   limit: int) -> dict[str, Any]:
     """An OIP inference request, JSON or binary (a JSON header and raw tensor bytes), inputs as arrays.
     For binary inputs ``body`` should be writable (a bytearray): the arrays are views over it."""
-    if header_length is None and mimetype == "application/octet-stream":
-        # tritonclient.http.aio sends a JSON-only request labelled so (aiohttp's default); Triton reads it.
-        request, payload = load_infer_request(parse_json(body, limit)), memoryview(b"")
-    elif header_length is None:
-        _json_type(mimetype)
+    if header_length is None:
+        # tritonclient.http.aio labels a JSON-only request application/octet-stream (aiohttp's default);
+        # Triton reads it.
+        if mimetype != "application/octet-stream":
+            _json_type(mimetype)
         request, payload = load_infer_request(parse_json(body, limit)), memoryview(b"")
     else:
         if mimetype not in BINARY_TYPES:
