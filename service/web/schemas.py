@@ -434,10 +434,19 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
 
 
 INFER_REQUEST = InferRequest()
+PREDICT_REQUEST = PredictRequest()
+CLASSIFY_ARGS = ClassifyArgs()
+EXPLAIN_REQUEST = ExplainRequest()
+EXPLAIN_ARGS = ExplainArgs()
+FEEDBACK_REQUEST = FeedbackRequest()
+FEEDBACK_ARGS = FeedbackArgs()
+
+
 # Inference requests repeat: a client sends the same header (names, shape, datatype, parameters) with new
-# tensor data. INFER_REQUEST's answer for a document depends on nothing else, and marshmallow takes about
-# 40 us to give it where remembering takes 4, so recent answers are kept, keyed by the document's repr
-# with each input's data set aside (repr tells 1 from 1.0 and True, and NaN from null, as JSON would not).
+# tensor data. INFER_REQUEST's answer for a document depends on nothing else, and marshmallow gives it at
+# about ten times the cost of remembering it (docs/benchmarks.md), so recent answers are kept, keyed by the
+# document's repr with each input's data set aside (repr tells 1 from 1.0 and True, and NaN from null, as
+# JSON would not).
 _SEEN: dict[str, bytes] = {}
 _SEEN_MAX = 256  # documents remembered; all are forgotten when it is full (bounded, thread-safe)
 _SEEN_CHARS = 4096  # longer documents are validated every time
@@ -466,9 +475,3 @@ def load_infer_request(document: Any) -> dict[str, Any]:
         if "data" in given:
             loaded["data"] = given["data"]
     return request
-PREDICT_REQUEST = PredictRequest()
-CLASSIFY_ARGS = ClassifyArgs()
-EXPLAIN_REQUEST = ExplainRequest()
-EXPLAIN_ARGS = ExplainArgs()
-FEEDBACK_REQUEST = FeedbackRequest()
-FEEDBACK_ARGS = FeedbackArgs()
